@@ -1,0 +1,30 @@
+# The two commands a new user needs (see README):
+#   make run   - set up and run the platform's main job on embedded defaults
+#   make test  - set up and run the test suite (what CI runs)
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test setup lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	bash infra/local/run_demo.sh
+
+test: $(STAMP)
+	bash infra/local/run_tests.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check mfli tasks dags tests bench
+	$(BIN)/ruff check --select AIR3 dags
+
+clean:
+	rm -rf .mfli build *.egg-info
