@@ -48,7 +48,8 @@ def _as_utc(value: Any) -> datetime | None:
         dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     if dt.tzinfo is None:
         raise ValueError(f"timestamp {value!r} has no timezone: pass an ISO 8601 time with an offset")
-    return dt.astimezone(timezone.utc)
+    # a plain stdlib datetime (Airflow hands pendulum objects whose isoformat can differ)
+    return datetime.fromtimestamp(dt.timestamp(), tz=timezone.utc)
 
 
 def dataset_fingerprint(path: str | Path) -> str:

@@ -1,0 +1,37 @@
+"""``mfli bench``: quality, serving and freshness benchmarks (results as JSON plus a printed table)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Benchmarks: quality (all methods, one split), serving, freshness.")
+
+
+@app.command()
+def quality(
+    data: Path = typer.Option(..., "--data", help="Dataset folder (auto-detected format)."),
+    split: str = typer.Option("time", "--split", help="time | last | cold"),
+    methods: str = typer.Option("mfli,exact", "--methods", help="Comma list: mfli,mfli_trigger,exact,mfli_kmeans,hnsw,hnsw_add,ivf,dr,pop"),
+    seeds: int = typer.Option(3, "--seeds", min=1),
+    epochs: int = typer.Option(None, "--epochs", help="Override the training epochs."),
+    beam: int = typer.Option(32, "--beam", help="MFLI user-mode beam per facet."),
+    max_users: int = typer.Option(None, "--max-users", help="Evaluate a seeded sample of test users."),
+    out: Path = typer.Option(None, "--out", help="Write {method: {metric: {mean, std, values}}} as JSON."),
+) -> None:
+    """Train, index and evaluate every method on the same split, in one process."""
+    from mfli.data.loaders import load_dataset
+    from mfli.eval.harness import QualityConfig, format_table, run_quality
+
+    ds = load_dataset(data)
+    cfg = QualityConfig(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), split=split,
+                        seeds=seeds, epochs=epochs, beam=beam, max_users=max_users)
+    results = run_quality(ds, cfg, log=lambda s: typer.echo(s, err=True))
+    typer.echo(format_table(results))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        typer.echo(f"wrote {out}", err=True)
+from mfli.cli.bench_perf import register as _reg; _reg(app)  # noqa: I001

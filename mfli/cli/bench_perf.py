@@ -1,0 +1,175 @@
+"""``mfli bench serving`` and ``mfli bench delta``: the serving and freshness benchmarks.
+
+    mfli bench serving --items 1000000 --dim 64 --queries 2048 --out docs/results/serving_1m.json \
+        --plot docs/results/serving_1m.png
+    mfli bench delta --items 10000 --base-items 100000 --out docs/results/delta_10k.json
+
+Both print markdown tables on stdout, progress on stderr, and write the full result as JSON.
+``register(app)`` adds the two commands to the ``mfli bench`` group.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def _mfli_sweep(text: str) -> tuple[tuple[int, int | None], ...]:
+    """``"16:4,64:16,64"`` -> ((16, 4), (64, 16), (64, None)): beam[:clusters_per_query]."""
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        beam, _, cpq = part.partition(":")
+        out.append((int(beam), int(cpq) if cpq and cpq != "all" else None))
+    return tuple(out)
+
+
+def serving(
+    out: Annotated[Path, typer.Option("--out", help="Result JSON.")],
+    items: Annotated[int, typer.Option("--items", min=1, help="Catalogue size N.")] = 1_000_000,
+    dim: Annotated[
+        int, typer.Option("--dim", min=1, help="Embedding size d per facet (ANN indexes F*d).")
+    ] = 64,
+    queries: Annotated[
+        int, typer.Option("--queries", min=1, help="Queries for batched timing and recall.")
+    ] = 2048,
+    facets: Annotated[int, typer.Option("--facets", min=1, help="F facets.")] = 2,
+    layers: Annotated[int, typer.Option("--layers", min=1, help="L codebook layers.")] = 2,
+    codes: Annotated[int, typer.Option("--codes", min=2, help="M codewords per layer.")] = 256,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Search and torch threads.")] = 1,
+    build_threads: Annotated[
+        int, typer.Option("--build-threads", min=1, help="FAISS build / k-means threads.")
+    ] = 2,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Recall-vs-throughput PNG.")] = None,
+    embeddings: Annotated[
+        str, typer.Option("--embeddings", help="model (trained towers) | synthetic (clusters).")
+    ] = "model",
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma list of exact,mfli,hnsw,ivf,dr.")
+    ] = "exact,mfli,hnsw,ivf,dr",
+    b1_queries: Annotated[
+        int, typer.Option("--b1-queries", min=0, help="Queries timed one at a time.")
+    ] = 200,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    k: Annotated[int, typer.Option("--k", min=1, help="recall@k.")] = 100,
+    train_steps: Annotated[
+        int, typer.Option("--train-steps", min=1, help="Optimiser steps of the brief training.")
+    ] = 200,
+    users: Annotated[int, typer.Option("--users", min=1, help="Synthetic users.")] = 10_000,
+    interactions: Annotated[int, typer.Option("--interactions", min=1, help="Synthetic events.")] = 200_000,
+    model_dir: Annotated[
+        Path | None, typer.Option("--model", help="Reuse a model saved with --save-model.")
+    ] = None,
+    save_model: Annotated[
+        Path | None, typer.Option("--save-model", help="Save the trained model here.")
+    ] = None,
+    mfli_sweep: Annotated[
+        str,
+        typer.Option(
+            "--mfli-sweep", help="beam:clusters_per_query points ('all' or nothing: every cluster)."
+        ),
+    ] = "16:4,32:8,64:16,64:32,128:32,128:64",
+    hnsw_ef: Annotated[str, typer.Option("--hnsw-ef", help="efSearch values.")] = "100,200,400,800,1600",
+    ivf_nprobe: Annotated[str, typer.Option("--ivf-nprobe", help="nprobe values.")] = "8,16,32,64,128,256",
+    dr_beams: Annotated[str, typer.Option("--dr-beams", help="DR beam values.")] = "10,25,50,100",
+    dr_items: Annotated[
+        int, typer.Option("--dr-items", min=0, help="DR catalogue size (0: all items).")
+    ] = 100_000,
+    budget: Annotated[
+        float | None, typer.Option("--budget", help="Seconds after which remaining sweep points are skipped.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Build time, memory, queries/s (batch 1 and batched), p50/p99 and recall@k for every method."""
+    from mfli.eval.serving_bench import ServingBenchConfig, format_tables, run_serving_bench, write_json
+    from mfli.eval.serving_bench import plot as plot_fn
+
+    cfg = ServingBenchConfig(
+        n_items=items,
+        dim=dim,
+        n_queries=queries,
+        b1_queries=b1_queries,
+        batch_size=batch_size,
+        k=k,
+        facets=facets,
+        layers=layers,
+        codes=codes,
+        threads=threads,
+        build_threads=build_threads,
+        embeddings=embeddings,
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        seed=seed,
+        n_users=users,
+        n_interactions=interactions,
+        train_steps=train_steps,
+        model_dir=str(model_dir) if model_dir else None,
+        save_model_dir=str(save_model) if save_model else None,
+        mfli_sweep=_mfli_sweep(mfli_sweep),
+        hnsw_ef=_ints(hnsw_ef),
+        ivf_nprobe=_ints(ivf_nprobe),
+        dr_beams=_ints(dr_beams),
+        dr_items=dr_items,
+        budget_s=budget,
+    )
+    try:
+        cfg.validated()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    result = run_serving_bench(cfg, log=lambda s: typer.echo(s, err=True))
+    write_json(result, out)
+    if plot:
+        plot_fn(result, plot)
+    typer.echo(format_tables(result))
+    typer.echo(f"wrote {out}" + (f" and {plot}" if plot else ""), err=True)
+
+
+def delta(
+    out: Annotated[Path, typer.Option("--out", help="Result JSON.")],
+    items: Annotated[int, typer.Option("--items", min=1, help="New items in the delta.")] = 10_000,
+    base_items: Annotated[
+        int, typer.Option("--base-items", min=1, help="Items in the live full snapshot.")
+    ] = 100_000,
+    dim: Annotated[int, typer.Option("--dim", min=1)] = 64,
+    facets: Annotated[int, typer.Option("--facets", min=1, max=3)] = 2,
+    train_steps: Annotated[int, typer.Option("--train-steps", min=1)] = 200,
+    users: Annotated[int, typer.Option("--users", min=1)] = 10_000,
+    interactions: Annotated[int, typer.Option("--interactions", min=1)] = 200_000,
+    threads: Annotated[int, typer.Option("--threads", min=1)] = 1,
+    build_threads: Annotated[int, typer.Option("--build-threads", min=1)] = 2,
+    work_dir: Annotated[
+        Path | None, typer.Option("--work-dir", help="Keep the store and snapshot here (default: temporary).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Seconds from new items' features to a served delta (encode, assign, write, reload) vs HNSW."""
+    from mfli.eval.freshness_bench import FreshnessBenchConfig, format_tables, run_freshness_bench
+    from mfli.eval.serving_bench import write_json
+
+    cfg = FreshnessBenchConfig(
+        new_items=items,
+        base_items=base_items,
+        dim=dim,
+        facets=facets,
+        train_steps=train_steps,
+        n_users=users,
+        n_interactions=interactions,
+        threads=threads,
+        build_threads=build_threads,
+        work_dir=str(work_dir) if work_dir else None,
+        seed=seed,
+    )
+    result = run_freshness_bench(cfg, log=lambda s: typer.echo(s, err=True))
+    write_json(result, out)
+    typer.echo(format_tables(result))
+    typer.echo(f"wrote {out}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serving`` and ``delta`` to the ``mfli bench`` group."""
+    app.command("serving")(serving)
+    app.command("delta")(delta)

@@ -1,0 +1,284 @@
+"""Quality benchmark: every method on the same split, in one process (REFERENCE.md section 4).
+
+Per seed: split the dataset, train MFLI (towers + co-trained codebooks), build the index from the
+items that have training events and rebalance it, then add the items without training events (the
+split's cold items among them) through the delta path, from content alone. Methods:
+
+- ``mfli``: user-to-item beam search over the codebook, items of the reached clusters scored by
+  ``sum_f q_f . e_f`` (no ANN);
+- ``mfli_trigger``: the paper's trigger mode, the user's most recent training items as triggers;
+- ``exact``: exact maximum inner product search over the same embeddings (the embeddings' ceiling);
+- ``mfli_kmeans``: ablation, k-means RQ fitted after training instead of co-trained;
+- ``hnsw``, ``ivf``: the same towers trained without codebooks, FAISS indexes rebuilt only at
+  snapshot time (cold items invisible), ``hnsw_add``: HNSW with incremental ``add`` of new items;
+- ``dr``: Deep Retrieval; ``pop``: popularity.
+
+Queries come from each test user's training history; retrieval excludes the user's training items.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from mfli.data.dataset import Dataset
+from mfli.eval.metrics import METRIC_KEYS, categories_by_item, evaluate_retrieval, positives_by_user, train_counts
+
+ALL_METHODS = ("mfli", "mfli_trigger", "exact", "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop")
+K_MAX = 200  # the largest K any metric reads
+
+
+@dataclass
+class QualityConfig:
+    """What ``mfli bench quality`` runs."""
+
+    methods: tuple[str, ...] = ("mfli", "mfli_trigger", "exact", "hnsw", "ivf", "dr", "pop")
+    split: str = "time"  # "time" | "last" | "cold" (mfli.data.split.make_split)
+    seeds: int = 3  # seeds 0..seeds-1: split (cold), training and retrieval sampling
+    epochs: int | None = None  # override TrainConfig.epochs (None: the library default)
+    beam: int = 32  # user-mode beam per facet
+    triggers: int = 10  # most recent training items used as triggers
+    trigger_clusters: int = 16  # K clusters drawn per facet in trigger mode
+    hnsw_ef_search: int = 128  # FAISS HNSW efSearch for the quality table
+    ivf_nprobe: int = 16  # FAISS IVF nprobe for the quality table
+    max_users: int | None = None  # evaluate a seeded sample of test users (None: all)
+    num_threads: int = 0  # torch threads for training (0: process default)
+    train_overrides: dict = field(default_factory=dict)  # TrainConfig fields, e.g. {"batch_size": 1024}
+
+
+def content_matrix(items: pd.DataFrame, dim: int = 256) -> np.ndarray:
+    """``(N, dim)`` float32 L2-normalised hashed bag of categories and title/text tokens.
+
+    Deep Retrieval places items never seen in training on the paths of their nearest trained
+    neighbours in this space (crc32 hashing keeps it deterministic across processes).
+    """
+    import re
+
+    out = np.zeros((len(items), dim), np.float32)
+    tok = re.compile(r"[a-z0-9]+")
+    for row, (cats, title, text) in enumerate(zip(items["categories"], items["title"], items["text"])):
+        feats = [f"c:{c}" for c in (list(cats) if cats is not None else [])]
+        feats += [f"t:{t}" for t in tok.findall(f"{title or ''} {text or ''}".lower())[:64]]
+        for f in feats:
+            out[row, zlib.crc32(f.encode()) % dim] += 1.0
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.maximum(norm, 1e-12)
+
+
+def _summary(values: list[dict]) -> dict:
+    keys = [k for k in values[0] if isinstance(values[0][k], (int, float))]
+    return {
+        k: {"mean": float(np.mean([v[k] for v in values])), "std": float(np.std([v[k] for v in values])),
+            "values": [float(v[k]) for v in values]}
+        for k in keys
+    }
+
+
+class _SeedRun:
+    """Everything shared by the methods of one seed: split, users, queries, ground truth."""
+
+    def __init__(self, ds: Dataset, cfg: QualityConfig, seed: int) -> None:
+        from mfli.data.split import make_split
+
+        self.ds, self.cfg, self.seed = ds, cfg, seed
+        self.split = make_split(ds, cfg.split, seed=seed)
+        train = self.split.train.sort_values(["user_id", "event_ts"], kind="stable")
+        test_users = np.sort(self.split.test["user_id"].unique())
+        hist = train.groupby("user_id")["item_id"].apply(lambda s: s.to_numpy(np.int64))
+        test_users = test_users[np.isin(test_users, hist.index.to_numpy())]
+        if cfg.max_users and len(test_users) > cfg.max_users:
+            rng = np.random.default_rng(seed)
+            test_users = np.sort(rng.choice(test_users, cfg.max_users, replace=False))
+        self.users = test_users
+        self.histories = [hist[u] for u in test_users]
+        self.positives = positives_by_user(self.split.test, test_users)
+        self.known = np.sort(train["item_id"].unique())
+        items = ds.items
+        self.known_items = items[items["item_id"].isin(self.known)].reset_index(drop=True)
+        self.new_items = items[~items["item_id"].isin(self.known)].reset_index(drop=True)
+        self.counts = train_counts(self.split.train)
+        self.metric_inputs = dict(
+            cold_items=self.split.cold_items,
+            item_categories=categories_by_item(items),
+            train_counts=self.counts,
+            catalogue=items["item_id"].to_numpy(np.int64),
+        )
+        self._models: dict[str, object] = {}
+
+    def evaluate(self, retrieved: np.ndarray) -> dict:
+        return evaluate_retrieval(retrieved, self.positives, **self.metric_inputs)
+
+    def model(self, mode: str):
+        """The trained model for codebook ``mode`` ("joint", "kmeans_after" or "none"), trained once."""
+        if mode not in self._models:
+            from mfli.train import TrainConfig, train
+
+            tcfg = TrainConfig(seed=self.seed, num_threads=self.cfg.num_threads)
+            tcfg = replace(tcfg, **self.cfg.train_overrides)
+            if self.cfg.epochs is not None:
+                tcfg.epochs = self.cfg.epochs
+            tcfg.model.codebook.mode = mode
+            t0 = time.perf_counter()
+            self._models[mode] = (train(self.ds, self.split.train, tcfg), time.perf_counter() - t0)
+        return self._models[mode]
+
+    def queries(self, model) -> np.ndarray:
+        return model.user_embeddings(self.users, self.histories).numpy()
+
+
+def _mfli_index(run: _SeedRun, model):
+    """Full build over items with training events + rebalance, then new items through the delta path."""
+    from mfli.index.build import build_from_encoded, encode_items, popularity_score
+    from mfli.index.delta import apply_delta, assign_paths
+
+    t0 = time.perf_counter()
+    enc = encode_items(model, run.known_items)
+    result = build_from_encoded(
+        enc, model.codebooks, model.facets, popularity_score(enc.item_ids, run.split.train)
+    )
+    build_s = time.perf_counter() - t0
+    view = result.index
+    if len(run.new_items):
+        new = encode_items(model, run.new_items)
+        clusters = assign_paths(new.embeddings, model.codebooks, result.maps)
+        view = apply_delta(result.index, new.item_ids, new.embeddings, clusters)
+    return result, view, build_s
+
+
+def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint") -> dict:
+    from mfli.eval.metrics import index_health
+    from mfli.serve.retriever import Retriever, RetrieverConfig
+
+    model, train_s = run.model(codebook_mode)
+    result, view, build_s = _mfli_index(run, model)
+    cfg = RetrieverConfig(beam=run.cfg.beam, merge="sum", n_clusters=run.cfg.trigger_clusters,
+                          sampling="multinomial", seed=run.seed)
+    retriever = Retriever(view, model.codebooks, model.facets, cfg)
+    t0 = time.perf_counter()
+    if mode == "trigger":
+        triggers = [h[-run.cfg.triggers:] for h in run.histories]
+        res = retriever.retrieve_triggers(triggers, K_MAX, exclude=run.histories)
+    else:
+        res = retriever.retrieve_users(run.queries(model), K_MAX, exclude=run.histories)
+    query_s = time.perf_counter() - t0
+    out = run.evaluate(res.item_ids)
+    health = index_health(result.index)
+    out.update({f"index_{k}": v for k, v in health.items() if isinstance(v, (int, float))})
+    out.update(train_s=train_s, build_s=build_s, query_s=query_s)
+    return out
+
+
+def _run_exact(run: _SeedRun) -> dict:
+    from mfli.index.build import encode_items
+    from mfli.serve.exact import exact_search
+
+    model, train_s = run.model("joint")
+    enc = encode_items(model, run.ds.items)
+    t0 = time.perf_counter()
+    ids, _ = exact_search(run.queries(model), enc.embeddings, K_MAX, enc.item_ids, exclude=run.histories)
+    out = run.evaluate(ids)
+    out.update(train_s=train_s, query_s=time.perf_counter() - t0)
+    return out
+
+
+def _run_ann(run: _SeedRun, kind: str, incremental: bool) -> dict:
+    from mfli.baselines.ann import AnnConfig, AnnIndex, concat_facets
+
+    model, train_s = run.model("none")
+    known = model.item_embeddings(run.known_items).numpy()
+    cfg = AnnConfig(kind=kind, mode="incremental" if incremental else "rebuild_at_snapshot",
+                    ef_search=run.cfg.hnsw_ef_search, nprobe=run.cfg.ivf_nprobe)
+    t0 = time.perf_counter()
+    index = AnnIndex(cfg).build(concat_facets(known), run.known_items["item_id"].to_numpy(np.int64))
+    build_s = time.perf_counter() - t0
+    if len(run.new_items):
+        new = model.item_embeddings(run.new_items).numpy()
+        index.add(concat_facets(new), run.new_items["item_id"].to_numpy(np.int64))
+    t0 = time.perf_counter()
+    ids, _ = index.search(concat_facets(run.queries(model)), K_MAX, exclude=run.histories)
+    out = run.evaluate(ids)
+    out.update(train_s=train_s, build_s=build_s, query_s=time.perf_counter() - t0)
+    return out
+
+
+def _run_dr(run: _SeedRun) -> dict:
+    from mfli.baselines.deep_retrieval import DeepRetrieval, DRConfig
+
+    n_items = len(run.ds.items)
+    # published settings are for 1e5-1e6 items: smaller K keeps paths populated on small catalogues
+    K = 20 if n_items < 50_000 else 50
+    dr = DeepRetrieval(DRConfig(K=K, D=2 if n_items < 50_000 else 3, seed=run.seed,
+                                num_threads=run.cfg.num_threads))
+    content = content_matrix(run.ds.items)
+    ids = run.ds.items["item_id"].to_numpy(np.int64)
+    t0 = time.perf_counter()
+    dr.fit(run.split.train, item_ids=ids, item_content=content)
+    train_s = time.perf_counter() - t0
+    new_mask = ~np.isin(ids, run.known)
+    if new_mask.any():
+        dr.assign_new_items(ids[new_mask], content[new_mask])
+    t0 = time.perf_counter()
+    got, _ = dr.retrieve(run.histories, K_MAX, exclude=run.histories)
+    out = run.evaluate(got)
+    out.update(train_s=train_s, query_s=time.perf_counter() - t0)
+    return out
+
+
+def _run_pop(run: _SeedRun) -> dict:
+    from mfli.baselines.popularity import Popularity
+
+    pop = Popularity().fit(run.split.train, item_ids=run.ds.items["item_id"].to_numpy(np.int64))
+    ids, _ = pop.retrieve(run.histories, K_MAX, exclude=run.histories)
+    return run.evaluate(ids)
+
+
+_RUNNERS = {
+    "mfli": lambda r: _run_mfli(r, "user"),
+    "mfli_trigger": lambda r: _run_mfli(r, "trigger"),
+    "mfli_kmeans": lambda r: _run_mfli(r, "user", codebook_mode="kmeans_after"),
+    "exact": _run_exact,
+    "hnsw": lambda r: _run_ann(r, "hnsw", incremental=False),
+    "hnsw_add": lambda r: _run_ann(r, "hnsw", incremental=True),
+    "ivf": lambda r: _run_ann(r, "ivf", incremental=False),
+    "dr": _run_dr,
+    "pop": _run_pop,
+}
+
+
+def run_quality(ds: Dataset, cfg: QualityConfig, log=print) -> dict:
+    """Run every method of ``cfg`` for each seed; returns ``{method: {metric: {mean, std, values}}}``."""
+    unknown = [m for m in cfg.methods if m not in _RUNNERS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(_RUNNERS)}")
+    per_method: dict[str, list[dict]] = {m: [] for m in cfg.methods}
+    for seed in range(cfg.seeds):
+        run = _SeedRun(ds, cfg, seed)
+        log(f"seed {seed}: {run.split.kind} split, {len(run.users)} test users, "
+            f"{len(run.known_items)} items with training events, {len(run.new_items)} without")
+        for method in cfg.methods:
+            t0 = time.perf_counter()
+            res = _RUNNERS[method](run)
+            res["seconds"] = time.perf_counter() - t0
+            per_method[method].append(res)
+            log(f"  {method:<13} recall@100={res['recall@100']:.4f} cold_recall@100={res['cold_recall@100']:.4f} "
+                f"({res['seconds']:.1f}s)")
+    return {m: _summary(v) for m, v in per_method.items()}
+
+
+def format_table(results: dict, metrics=METRIC_KEYS, ref: str | None = "exact") -> str:
+    """Markdown table of mean ± std per method, plus each method's recall@100 ratio to ``ref``."""
+    has_ref = ref in results
+    head = ["method", *metrics] + ([f"recall@100 / {ref}"] if has_ref else []) + ["train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, r in results.items():
+        cells = [m] + [f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}" if k in r else "-" for k in metrics]
+        if has_ref:
+            base = results[ref]["recall@100"]["mean"]
+            cells.append(f"{r['recall@100']['mean'] / base:.3f}" if base > 0 else "-")
+        cells.append(f"{r['train_s']['mean']:.0f}" if "train_s" in r else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""The MFLI model: item tower, user tower and multifaceted RQ codebook, with the training loss.
+
+Loss (REFERENCE.md 1.2), summed over facets f with weight w_f:
+
+    w_f * [ L_MF,f + qmf_weight * L_QMF,f + lambda * penalty_f + beta * commit_f + anchor_weight * anchor_f ]
+
+L_MF is in-batch sampled softmax on the raw facet embeddings, L_QMF the same softmax with the
+positives (and in-batch negatives) replaced by their quantised reconstructions, so the retrieval
+objective itself trains the codewords. The anchor term ``||sg(e) - e_hat||^2`` moves only the
+codewords and keeps them on their items: L_QMF scores normalised reconstructions, so without it
+nothing stops a deeper layer from drifting away and raising the quantisation error. The optional
+commitment term ``||e - sg(e_hat)||^2`` (off by default) would pull the embeddings toward their
+codewords instead. Engagement facets use user -> item and trigger -> co-engaged
+pairs with logQ correction and an optional label filter; semantic facets use shared-key item pairs,
+and fit their user head to the (detached) semantic item space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mfli.model.config import ModelConfig
+from mfli.model.features import FeatureSpace, ItemFeatures
+from mfli.model.losses import sampled_softmax
+from mfli.model.quantizer import MultiFacetRQ
+from mfli.model.towers import ItemTower, UserTower
+
+
+@dataclass
+class Batch:
+    """One training step's tensors (all on the model's device).
+
+    Attributes:
+        users: ``(B, K)`` user feature ids.  hist: features of the U distinct history items.
+        hist_index: ``(B, H)`` rows into ``hist``.  hist_mask: ``(B, H)`` bool (false = empty slot).
+        ui_items: B target items.  ui_weight / ui_logq: ``(B,)``.
+        ii_a / ii_b: trigger and co-engaged items (B2 rows each); ii_label, ii_logq: ``(B2,)``.
+        sem_a / sem_b: semantic anchor and positive items (B3 rows each).
+    """
+
+    users: torch.Tensor
+    hist: ItemFeatures
+    hist_index: torch.Tensor
+    hist_mask: torch.Tensor
+    ui_items: ItemFeatures
+    ui_weight: torch.Tensor
+    ui_logq: torch.Tensor
+    ii_a: ItemFeatures
+    ii_b: ItemFeatures
+    ii_label: torch.Tensor
+    ii_logq: torch.Tensor
+    sem_a: ItemFeatures
+    sem_b: ItemFeatures
+
+
+def _cat(parts: list[ItemFeatures]) -> ItemFeatures:
+    return ItemFeatures(*(torch.cat(ts) for ts in zip(*(p.tensors() for p in parts))))
+
+
+class MFLIModel(nn.Module):
+    """Towers + codebook.
+
+    Args:
+        cfg: model configuration (facets, sizes, codebook).
+        fs: fitted feature space (vocabulary sizes).
+        n_codes: M, resolved from the catalogue size when ``cfg.codebook.codes`` is None.
+        start_step, layer_interval: resolved codebook schedule (optimiser steps).
+        seed: codebook k-means / re-seeding seed.
+        qmf_warmup: steps over which the L_QMF weight ramps from 0 to ``qmf_weight`` after the
+            codebook starts (a sudden second objective on fresh k-means codewords jolts the towers).
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        fs: FeatureSpace,
+        n_codes: int,
+        start_step: int,
+        layer_interval: int,
+        seed: int = 0,
+        qmf_warmup: int = 0,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.qmf_warmup = qmf_warmup
+        F, h, d = len(cfg.facets), cfg.hidden, cfg.dim
+        if F == 0:
+            raise ValueError("at least one facet is required")
+        names = cfg.facet_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"facet names must be unique, got {names}")
+        self.item_tower = ItemTower(
+            fs.n_ids, fs.n_categories, fs.n_tokens, fs.n_brands, fs.n_age, h, F, d, cfg.id_dropout
+        )
+        self.user_tower = UserTower(
+            fs.n_user_values, len(fs.user_columns), self.item_tower.input_dim, h, F, d, cfg.history_len, cfg.pooling
+        )
+        cb = cfg.codebook
+        self.rq = MultiFacetRQ(
+            cb.layers, F, n_codes, d,
+            start_step=start_step, layer_interval=layer_interval, buffer_size=cb.buffer_size,
+            dead_window=cb.dead_window, penalty_temperature=cb.penalty_temperature,
+            straight_through=cb.straight_through, kmeans_iters=cb.kmeans_iters, seed=seed, normalize=cb.normalize,
+        )  # fmt: skip
+
+    # embeddings -------------------------------------------------------------------------------
+    def item_embed(self, feats: ItemFeatures, drop_ids: bool | None = None) -> torch.Tensor:
+        """N items -> ``(N, F, d)``."""
+        return self.item_tower(feats, drop_ids)
+
+    def user_embed(
+        self,
+        users: torch.Tensor,
+        hist: ItemFeatures,
+        hist_index: torch.Tensor,
+        hist_mask: torch.Tensor,
+        drop_ids: bool | None = None,
+    ) -> torch.Tensor:
+        """User feature ids ``(B, K)``, features of U distinct history items, ``hist_index (B, H)``
+        into them and ``hist_mask (B, H)`` -> ``(B, F, d)``. Distinct items are embedded once."""
+        reps = self.user_tower.project_items(self.item_tower.inputs(hist, drop_ids))  # (U, h)
+        return self.user_tower(users, reps[hist_index], hist_mask)
+
+    # loss -------------------------------------------------------------------------------------
+    def loss(self, batch: Batch, quantise: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total loss and its parts (floats, for logging) for one :class:`Batch`.
+
+        ``quantise=False`` skips L_QMF / penalty (plain two-tower training, codebook modes
+        "none" and "kmeans_after").
+        """
+        cb = self.cfg.codebook
+        sizes = [len(batch.ui_items), len(batch.ii_a), len(batch.ii_b), len(batch.sem_a), len(batch.sem_b)]
+        emb = self.item_embed(_cat([batch.ui_items, batch.ii_a, batch.ii_b, batch.sem_a, batch.sem_b]))
+        e_ui, e_a, e_b, s_a, s_b = torch.split(emb, sizes)
+        user = self.user_embed(batch.users, batch.hist, batch.hist_index, batch.hist_mask)
+
+        use_q = quantise and cb.mode == "joint" and self.rq.n_active > 0
+        if use_q:
+            # one quantiser call over every positive, so usage/penalty see the whole step's items
+            targets = torch.cat([e_ui, e_b, s_b])
+            q = self.rq(targets)
+            q_ui, q_b, q_sb = torch.split(q.x_hat, [sizes[0], sizes[2], sizes[4]])
+            penalty, commit, anchor = q.penalty, q.commit, q.anchor
+            if self.training:
+                ids = torch.cat([batch.ui_items.item_ids, batch.ii_b.item_ids, batch.sem_b.item_ids])
+                self.rq.observe(targets, ids)
+        elif self.training and cb.mode == "joint" and self.rq.n_active < self.rq.L:  # buffer for k-means init
+            self.rq.observe(torch.cat([e_ui, e_b, s_b]),
+                            torch.cat([batch.ui_items.item_ids, batch.ii_b.item_ids, batch.sem_b.item_ids]))
+
+        ui_ids, b_ids, sb_ids = batch.ui_items.item_ids, batch.ii_b.item_ids, batch.sem_b.item_ids
+        qmf_weight = cb.qmf_weight
+        if self.qmf_warmup > 0:
+            qmf_weight *= min(1.0, max(0.0, (self.rq.step - self.rq.start_step + 1) / self.qmf_warmup))
+        total = emb.new_zeros(())
+        parts = {"mf": 0.0, "qmf": 0.0, "pen": 0.0, "commit": 0.0}
+        for f, fc in enumerate(self.cfg.facets):
+            tau = fc.temperature
+            mf = emb.new_zeros(())
+            qmf = emb.new_zeros(())
+            if fc.kind == "engagement":
+                ui_mask = None if fc.min_label is None else batch.ui_weight >= fc.min_label
+                ii_mask = None if fc.min_label is None else batch.ii_label >= fc.min_label
+                if fc.user_item_weight:
+                    mf = mf + fc.user_item_weight * sampled_softmax(
+                        user[:, f], e_ui[:, f], ui_ids, tau, batch.ui_logq, fc.logq, ui_mask)
+                    if use_q:
+                        qmf = qmf + fc.user_item_weight * sampled_softmax(
+                            user[:, f], q_ui[:, f], ui_ids, tau, batch.ui_logq, fc.logq, ui_mask)
+                if fc.item_item_weight and len(e_a):
+                    mf = mf + fc.item_item_weight * sampled_softmax(
+                        e_a[:, f], e_b[:, f], b_ids, tau, batch.ii_logq, fc.logq, ii_mask)
+                    if use_q:
+                        qmf = qmf + fc.item_item_weight * sampled_softmax(
+                            e_a[:, f], q_b[:, f], b_ids, tau, batch.ii_logq, fc.logq, ii_mask)
+            elif fc.kind == "semantic":
+                if fc.user_item_weight:
+                    # the user head learns to query the semantic space; items are not moved by users
+                    mf = mf + fc.user_item_weight * sampled_softmax(
+                        user[:, f], e_ui[:, f].detach(), ui_ids, tau, batch.ui_logq, fc.logq)
+                if fc.item_item_weight and len(s_a):
+                    mf = mf + fc.item_item_weight * sampled_softmax(s_a[:, f], s_b[:, f], sb_ids, tau)
+                    if use_q:
+                        qmf = qmf + fc.item_item_weight * sampled_softmax(s_a[:, f], q_sb[:, f], sb_ids, tau)
+            else:
+                raise ValueError(f"facet {fc.name!r}: unknown kind {fc.kind!r}")
+            facet_loss = mf + qmf_weight * qmf
+            if use_q:
+                facet_loss = (facet_loss + cb.penalty_weight * penalty[f] + cb.commit_weight * commit[f]
+                              + cb.anchor_weight * anchor[f])
+                parts["pen"] += float(penalty[f].detach())
+                parts["commit"] += float(commit[f].detach())
+            total = total + fc.weight * facet_loss
+            parts["mf"] += float(mf.detach())
+            parts["qmf"] += float(qmf.detach())
+            parts[f"loss_{fc.name}"] = float(facet_loss.detach())
+        parts["loss"] = float(total.detach())
+        return total, parts

@@ -1,0 +1,155 @@
+"""Task functions of the hourly delta DAG.
+
+New items of a window are encoded from content with the *live* snapshot's model, assigned code paths
+with its codebooks and rebalance map (no retraining, no rebuild), checked by the cold-start gate and
+published as an immutable delta bound to that snapshot id.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from tasks.artifacts import (
+    artifact_uri,
+    get_npz,
+    get_parquet,
+    open_run_store,
+    put_npz,
+    put_parquet,
+    scratch_dir,
+    split_uri,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _snapshot_cache() -> Path:
+    from tasks.runs import mfli_home
+
+    return mfli_home() / "cache"
+
+
+def load_live(store_uri: str, snapshot_id: str):
+    """``(model, index)`` of a published snapshot, downloaded once into the local cache and verified."""
+    from mfli.index.inverted import MultiFacetIndex
+    from mfli.store import load_snapshot
+    from mfli.train import TrainedModel
+
+    root = load_snapshot(open_run_store(store_uri), snapshot_id, _snapshot_cache())
+    return TrainedModel.load(root / "model"), MultiFacetIndex.load(root / "index")
+
+
+def extract_new_items_task(run: dict) -> dict | None:
+    """Items created in ``[start, end)`` that the live snapshot does not hold; None means skip."""
+    from mfli.store import read_latest
+    from tasks.extract import extract_new_items
+
+    latest = read_latest(open_run_store(run["store_uri"]))
+    if latest is None:
+        log.info("no snapshot published yet in %s: nothing to attach a delta to, skipping", run["store_uri"])
+        return None
+    items = extract_new_items(run)
+    if len(items):
+        _, index = load_live(run["store_uri"], latest.snapshot_id)
+        items = items[~np.isin(items["item_id"].to_numpy(np.int64), index.item_ids)].reset_index(drop=True)
+    if items.empty:
+        log.info("no new items in window %s for snapshot %s, skipping", run["window"], latest.snapshot_id)
+        return None
+    uri = put_parquet(run["store_uri"], artifact_uri(run, "new_items.parquet"), items)
+    return {"snapshot_id": latest.snapshot_id, "items_uri": uri, "n_items": int(len(items))}
+
+
+def plan_delta_shards_task(run: dict, new_items: dict) -> list[dict]:
+    n = int(new_items["n_items"])
+    shards = max(1, min(int(run["params"].get("shards", 1)), n))
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    return [
+        {"store_uri": run["store_uri"], "snapshot_id": new_items["snapshot_id"], "items_uri": new_items["items_uri"],
+         "shard": i, "start": int(bounds[i]), "stop": int(bounds[i + 1]),
+         "out_uri": artifact_uri(run, f"assigned/shard-{i:05d}.npz")}
+        for i in range(shards)
+    ]
+
+
+def encode_assign_shard_task(shard: dict) -> dict:
+    """Content-only embeddings and rebalanced cluster assignment of one shard of new items."""
+    from mfli.index.build import encode_items
+    from mfli.index.delta import assign_paths
+
+    s = shard["store_uri"]
+    items = get_parquet(s, shard["items_uri"]).iloc[shard["start"]:shard["stop"]].reset_index(drop=True)
+    model, index = load_live(s, shard["snapshot_id"])
+    enc = encode_items(model, items)
+    clusters = assign_paths(enc.embeddings, model.codebooks, index.maps)
+    put_npz(s, shard["out_uri"], {"item_ids": enc.item_ids, "embeddings": enc.embeddings, "clusters": clusters})
+    return {"shard": shard["shard"], "assigned_uri": shard["out_uri"], "items": int(len(items))}
+
+
+def cold_start_gate_task(run: dict, new_items: dict, shards: list[dict]) -> dict:
+    """New items must land in non-empty, non-overflowing clusters and be retrievable by a query made
+    of their own content embedding (user-mode beam search) at ``min_self_retrieval_rate``.
+
+    Writes the delta parquet (item, facet, cluster, embedding rows) to the work area when it passes.
+    """
+    from mfli.index.build import auto_rebalance_config
+    from mfli.index.delta import apply_delta, delta_rows_table
+    from mfli.serve.retriever import Retriever, RetrieverConfig
+    from tasks.gates import GateFailed
+
+    s = run["store_uri"]
+    parts = [get_npz(s, sh["assigned_uri"]) for sh in sorted(shards, key=lambda d: d["shard"])]
+    ids = np.concatenate([p["item_ids"] for p in parts])
+    emb = np.concatenate([p["embeddings"] for p in parts])
+    clusters = np.concatenate([p["clusters"] for p in parts])
+    model, index = load_live(s, new_items["snapshot_id"])
+    params = run["params"]
+    cap = auto_rebalance_config(index.n_items).cap * float(params.get("max_cluster_overflow", 2.0))
+
+    failures = []
+    c0 = clusters[:, :, 0] if clusters.ndim == 3 else clusters
+    for f in range(index.n_facets):
+        cid, size = index.cluster_sizes(f)
+        sizes = dict(zip(cid.tolist(), size.tolist()))
+        before = np.array([sizes.get(int(c), 0) for c in c0[:, f]])
+        if (before == 0).any():
+            failures.append(f"{(before == 0).sum()} new items routed to empty clusters in facet {index.facet_names[f]}")
+        uniq, add = np.unique(c0[:, f], return_counts=True)
+        after = np.array([sizes.get(int(c), 0) for c in uniq]) + add
+        if (after > cap).any():
+            failures.append(f"{int((after > cap).sum())} clusters of facet {index.facet_names[f]} would hold more "
+                            f"than {cap:.0f} items (largest {int(after.max())})")
+    view = apply_delta(index, ids, emb, clusters)
+    retriever = Retriever(view, model.codebooks, model.facets, RetrieverConfig(beam=32, merge="sum"))
+    got = retriever.retrieve_users(emb, 100).item_ids
+    rate = float((got == ids[:, None]).any(1).mean()) if len(ids) else 1.0
+    floor = float(params.get("min_self_retrieval_rate", 0.5))
+    if rate < floor:
+        failures.append(f"self-retrieval rate {rate:.3f} < {floor:.3f}")
+    summary = {"passed": not failures, "self_retrieval_rate": rate, "items": int(len(ids)), "failures": failures}
+    if failures:
+        raise GateFailed(f"cold-start gate failed for window {run['window']}:\n"
+                         + "\n".join(f"  - {x}" for x in failures) + "\nno delta was published")
+    with scratch_dir() as tmp:
+        pq.write_table(delta_rows_table(ids, emb, clusters, index.facet_names), tmp / "delta.parquet")
+        summary["delta_uri"] = artifact_uri(run, "delta.parquet")
+        store, key = split_uri(s, summary["delta_uri"])
+        store.put_file(key, tmp / "delta.parquet")
+    return summary
+
+
+def publish_delta_task(run: dict, new_items: dict, gate: dict) -> dict:
+    """Publish the window's delta bound to the snapshot it was assigned with (idempotent per window)."""
+    from mfli.store import publish_delta
+
+    s = run["store_uri"]
+    store, key = split_uri(s, gate["delta_uri"])
+    manifest = publish_delta(store, new_items["snapshot_id"], run["window"], store.get_bytes(key),
+                             {"items": gate["items"], "self_retrieval_rate": gate["self_retrieval_rate"],
+                              "start": run["start"], "end": run["end"]})
+    log.info("published delta %s for snapshot %s (%d items)", run["window"], new_items["snapshot_id"], gate["items"])
+    return {"snapshot_id": new_items["snapshot_id"], "window": run["window"], "items": gate["items"],
+            "manifest": {k: v for k, v in manifest.items() if isinstance(v, (str, int, float))}}

@@ -1,0 +1,33 @@
+"""Airflow for DAG tests: a throw-away AIRFLOW_HOME with SQLite, set before airflow is imported."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+_HOME = Path(tempfile.mkdtemp(prefix="mfli-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """Migrated metadata DB (~3 s, once per session)."""
+    from airflow.utils import db
+
+    db.initdb()
+    return _HOME
+
+
+@pytest.fixture(scope="session")
+def dagbag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
