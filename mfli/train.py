@@ -1,6 +1,6 @@
 """Train the MFLI towers and co-trained multifaceted RQ codebook on canonical tables.
 
-    mfli train ../shared/datasets/ml-latest-small --out runs/ml --split time --epochs 20 --seed 0
+    mfli train ../shared/datasets/ml-latest-small --out runs/ml --split time --epochs 10 --seed 0
 
 or from Python::
 

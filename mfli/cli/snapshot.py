@@ -41,6 +41,10 @@ def _fail(exc: Exception) -> None:
 def list_cmd(
     store: str = _STORE,
     all_: bool = typer.Option(False, "--all", help="Also show incomplete (unpublished or abandoned) snapshots."),
+    metrics: str = typer.Option(
+        "recall@100,cold_recall@100,topic_match@100,coverage@100", "--metrics",
+        help="Comma list of metrics to show; 'all' shows every metric in the manifests.",
+    ),
 ) -> None:
     """Show snapshots oldest first with their metrics; the live one is marked with '*'."""
     from rich.console import Console
@@ -56,7 +60,9 @@ def list_cmd(
     if not rows:
         typer.echo(f"no snapshots in {store}")
         return
-    metric_names = sorted({k for r in rows for k, v in r["metrics"].items() if isinstance(v, (int, float, str))})
+    available = sorted({k for r in rows for k, v in r["metrics"].items() if isinstance(v, (int, float, str))})
+    wanted = [m.strip() for m in metrics.split(",") if m.strip()]
+    metric_names = available if wanted == ["all"] else [m for m in wanted if m in available]
     table = Table(title=f"snapshots in {opened.uri}")
     table.add_column("live")
     table.add_column("snapshot_id")

@@ -20,7 +20,7 @@ def _publish_two(tmp_path, artifacts):
 
 def test_list_shows_metrics_and_live_marker(tmp_path, artifacts):
     _publish_two(tmp_path, artifacts)
-    res = runner.invoke(app, ["list", "--store", str(tmp_path / "store")])
+    res = runner.invoke(app, ["list", "--store", str(tmp_path / "store"), "--metrics", "recall@50,ndcg@10"])
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.output.splitlines() if " s1 " in ln or " s2 " in ln]
     assert len(lines) == 2
