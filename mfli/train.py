@@ -64,7 +64,9 @@ class TrainConfig:
     valid_frac: float = 0.05  # share of each user's latest events held out for early stopping; 0: none
     valid_k: int = 100  # K of the validation recall@K
     valid_max_users: int = 2000  # validation users scored (a seeded sample beyond this)
-    num_threads: int = 0  # torch CPU threads; 0 leaves the process default (shared machines)
+    # torch CPU threads during training (0: leave the process default). The step's ops are small:
+    # on a busy 2-core machine 2 threads ran 2x slower than 1 (spin-waiting); raise it on idle many-core hosts
+    num_threads: int = 1
     deterministic: bool = True  # deterministic torch kernels: multi-threaded embedding backward is not
     progress: bool = True  # tqdm bar on stderr with losses and codebook health
     health_max_items: int = 50000  # items embedded for the epoch-end codebook health

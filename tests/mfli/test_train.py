@@ -14,7 +14,7 @@ from mfli.data.errors import DataError
 from mfli.model.quantizer import rq_encode
 from mfli.train import TrainConfig, TrainedModel, train
 
-SMALL = {"batch_size": 32, "epochs": 6, "progress": False, "num_threads": 1,
+SMALL = {"batch_size": 32, "epochs": 6, "progress": False,
          "model": {"hidden": 32, "dim": 16, "id_dropout": 0.5, "codebook": {"codes": 4}}}  # fmt: skip
 
 

@@ -15,6 +15,15 @@ from mfli.model.losses import sampled_softmax
 from mfli.model.quantizer import MultiFacetRQ, pack_codes, rq_decode, rq_encode, unpack_codes
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small ops: extra threads only spin-wait on a shared machine (20x slower when it is busy)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _unit(*shape: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(*shape, generator=g), dim=-1)
