@@ -30,12 +30,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mfli import distributed
 from mfli.data.dataset import Dataset
 from mfli.data.errors import DataError
 from mfli.model.config import ModelConfig, from_dict, to_dict
 from mfli.model.features import FeatureSpace, ItemFeatures, UserFeatures
 from mfli.model.mfli_model import Batch, MFLIModel
-from mfli.model.pairs import PairSampler
+from mfli.model.pairs import ItemPairBatch, PairSampler, UserItemBatch
 from mfli.model.quantizer import rq_encode
 
 _FORMAT_VERSION = 1
@@ -50,6 +51,10 @@ class TrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     batch_size: int = 1024  # user -> item pairs per step; also the in-batch negatives per query
+    # contiguous shards of each step's batch, each with its own in-batch negatives, losses averaged.
+    # Under torchrun it must be 1 or the world size (one shard per rank, batch_size stays global);
+    # a single process with batch_shards=N reproduces an N-rank data-parallel run
+    batch_shards: int = 1
     item_item_batch: int | None = None  # trigger -> co-engaged pairs per step; None -> batch_size
     semantic_batch: int | None = None  # semantic pairs per step; None -> batch_size // 2
     co_window: int = 5  # events at most this far apart in a history count as co-engaged
@@ -121,6 +126,11 @@ def _history_matrix(rows: Sequence[np.ndarray], H: int) -> np.ndarray:
         if len(r):
             out[b, H - len(r):] = r
     return out
+
+
+def _slice_pairs(p: UserItemBatch | ItemPairBatch, lo: int, hi: int) -> UserItemBatch | ItemPairBatch:
+    """Rows ``[lo, hi)`` of every array field of a pair batch."""
+    return type(p)(**{k: v[lo:hi] for k, v in vars(p).items()})
 
 
 def health_summary(health: dict[str, list[dict]]) -> str:
@@ -390,10 +400,25 @@ class _Trainer:
                 "hist": [by_user[users[i]].to_numpy() for i in keep], "tm": tm}  # fmt: skip
 
     def _batch(self, events: np.ndarray, rng: np.random.Generator) -> Batch:
-        cfg, s, dev, cat = self.cfg, self.sampler, self.dev, self.catalogue
+        return self._shard_batches(events, rng, [0], 1)[0]
+
+    def _shard_batches(self, events: np.ndarray, rng: np.random.Generator, shards: Sequence[int],
+                       n_shards: int) -> list[Batch]:  # fmt: skip
+        """Sample the global batch (identically on every rank: same rng calls) and cut ``shards`` of
+        ``n_shards`` contiguous pieces from each of its three pair kinds."""
+        cfg, s = self.cfg, self.sampler
         ui = s.user_item(events)
         ii = s.co_engaged(rng, cfg.item_item_batch or cfg.batch_size, cfg.co_window)
         sem = s.semantic(rng, cfg.semantic_batch or cfg.batch_size // 2)
+        out = []
+        for k in shards:
+            ui_k, ii_k, sem_k = (_slice_pairs(p, *distributed.shard_bounds(len(p.target_rows), k, n_shards))
+                                 for p in (ui, ii, sem))  # fmt: skip
+            out.append(self._to_batch(ui_k, ii_k, sem_k))
+        return out
+
+    def _to_batch(self, ui: UserItemBatch, ii: ItemPairBatch, sem: ItemPairBatch) -> Batch:
+        dev, cat = self.dev, self.catalogue
         uniq, inv = np.unique(np.maximum(ui.history, 0), return_inverse=True)
 
         def rows(r: np.ndarray) -> ItemFeatures:
@@ -459,12 +484,33 @@ class _Trainer:
         return torch.cat(out)
 
     def run(self) -> TrainedModel:
-        from tqdm.auto import tqdm
-
         cfg, model = self.cfg, self.model
         mode = cfg.model.codebook.mode
         if mode not in ("joint", "kmeans_after", "none"):
             raise ValueError(f"codebook mode must be joint|kmeans_after|none, got {mode!r}")
+        info = distributed.current()
+        n_shards = info.world if info.enabled else cfg.batch_shards
+        if n_shards < 1 or (info.enabled and cfg.batch_shards not in (1, info.world)):
+            raise ValueError(f"batch_shards must be >= 1 (1 or the world size {info.world} under torchrun), "
+                             f"got {cfg.batch_shards}")  # fmt: skip
+        my_shards = [info.rank] if info.enabled else list(range(n_shards))
+        # DDP averages the ranks' gradients; the codebook's buffer/usage/codewords are synced by hand
+        ddp = distributed.wrap(model, info, self.dev) if info.enabled else None
+        if ddp is not None:
+            model.rq.observe = distributed.gathered_observe(model.rq)
+        try:
+            return self._run(info, n_shards, my_shards, ddp)
+        finally:
+            if ddp is not None:
+                del model.rq.observe
+
+    def _run(self, info: distributed.DistInfo, n_shards: int, my_shards: list[int],
+             ddp: torch.nn.Module | None) -> TrainedModel:  # fmt: skip
+        from tqdm.auto import tqdm
+
+        cfg, model = self.cfg, self.model
+        mode = cfg.model.codebook.mode
+        show = cfg.progress and info.is_main
         rng = np.random.default_rng(cfg.seed)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         history: list[dict] = []
@@ -479,17 +525,34 @@ class _Trainer:
             n_steps = min(self.steps_per_epoch, self.planned - step)
             sums: dict[str, float] = {}
             bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
-                       disable=not cfg.progress, leave=False, dynamic_ncols=True)  # fmt: skip
+                       disable=not show, leave=False, dynamic_ncols=True)  # fmt: skip
             for i in bar:
                 events = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                batch = self._batch(events, rng)
-                loss, parts = model.loss(batch, quantise=mode == "joint")
+                batches = self._shard_batches(events, rng, my_shards, n_shards)
+                usage_before = model.rq.usage.clone() if ddp is not None else None
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                parts = {}
+                for batch in batches:
+                    if ddp is not None:
+                        loss, p = ddp(batch, quantise=mode == "joint")
+                    else:
+                        loss, p = model.loss(batch, quantise=mode == "joint")
+                    (loss / len(batches)).backward()
+                    for k, v in p.items():
+                        parts[k] = parts.get(k, 0.0) + v / len(batches)
+                if ddp is not None:  # logged losses: the mean over ranks, as a single process reports
+                    names = sorted(parts)
+                    t = torch.tensor([parts[k] for k in names], dtype=torch.float64, device=self.dev)
+                    torch.distributed.all_reduce(t)
+                    parts = dict(zip(names, (t / info.world).tolist()))
                 opt.step()
                 step += 1
                 if mode == "joint":
+                    if ddp is not None:
+                        distributed.sync_usage(model.rq, usage_before)
                     events_cb = model.rq.schedule(step)
+                    if ddp is not None:
+                        distributed.sync_codebook_state(model.rq)
                     if events_cb or (model.rq.n_active and step % 50 == 0):
                         health_text = health_summary(model.rq.health(model.rq.buffer(), self.fs_names))
                 for k, v in parts.items():
@@ -508,7 +571,7 @@ class _Trainer:
             vr = self.valid_recall()
             rec[f"valid_recall@{cfg.valid_k}"] = vr
             history.append(rec)
-            if cfg.progress:
+            if show:
                 tail = f" valid recall@{cfg.valid_k} {vr:.4f}" if vr is not None else ""
                 print(f"epoch {epoch + 1}: loss {rec.get('loss', 0.0):.4f}{tail} | {health_text}", file=sys.stderr)
             settled = mode != "joint" or model.rq.n_active == model.rq.L
@@ -555,6 +618,10 @@ def train(
 
     Returns:
         the :class:`TrainedModel` (best validation epoch once the codebook is fully on).
+
+    Launched by torchrun (``WORLD_SIZE`` > 1) the same call trains data-parallel
+    (:mod:`mfli.distributed`): each rank takes its shard of the global batch, every rank returns the
+    same model, and only rank 0 shows progress (saving is the caller's, on rank 0).
     """
     cfg = cfg or TrainConfig()
     for col in ("user_id", "item_id", "event_ts", "weight"):
@@ -570,6 +637,8 @@ def train(
         torch.set_num_threads(cfg.num_threads)
     torch.use_deterministic_algorithms(cfg.deterministic or old_det, warn_only=True)
     try:
+        # under torchrun: join the process group; every rank seeds alike, so replicas start equal
+        distributed.init(resolve_device(cfg.device))
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % (2**32))
         trainer = _Trainer(ds, train_interactions, valid_interactions, cfg)
