@@ -17,7 +17,6 @@ safetensors + JSON with sha256 checksums, never pickle.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import sys
@@ -31,6 +30,7 @@ import pandas as pd
 import torch
 
 from mfli import distributed
+from mfli.checksums import sha256_file as _sha256
 from mfli.data.dataset import Dataset
 from mfli.data.errors import DataError
 from mfli.model.config import ModelConfig, from_dict, to_dict
@@ -100,13 +100,6 @@ def resolve_codes(cfg: ModelConfig, n_train_items: int) -> int:
         return int(cb.codes)
     return max(4, round((max(n_train_items, 1) / cb.items_per_cluster) ** (1.0 / max(cb.layers, 1))))
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _lookup(sorted_keys: np.ndarray, order: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -14,7 +14,6 @@ Usage::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from mfli.checksums import sha256_file as _sha256
 from mfli.data.errors import DataError
 
 KINDS = ("exact", "hnsw", "ivf")
@@ -65,13 +65,6 @@ def ivf_nlist(n: int) -> int:
     """The IVF list count for n vectors: round(4 sqrt(n)) capped at n // 39 (faiss wants 39 points per list)."""
     return max(1, min(round(4 * math.sqrt(n)), n // 39))
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class AnnIndex:

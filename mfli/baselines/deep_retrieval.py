@@ -14,7 +14,6 @@ live in their own files; this one holds the configuration, the training loop and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -37,6 +36,7 @@ from mfli.baselines.dr_em import (
     unpack_paths,
 )
 from mfli.baselines.dr_model import DRNet
+from mfli.checksums import sha256_file as _sha256
 from mfli.data.errors import DataError
 
 FORMAT = "mfli-deep-retrieval"
@@ -88,13 +88,6 @@ def _ts_key(ts: pd.Series) -> np.ndarray:
         return ts.to_numpy()
     return pd.to_datetime(ts, utc=True).astype("int64").to_numpy()
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class DeepRetrieval:

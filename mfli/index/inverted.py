@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from mfli.checksums import sha256_file as _sha256
 
 if TYPE_CHECKING:  # split_merge imports this module; the runtime import happens inside functions
     from mfli.index.split_merge import RebalanceMap
@@ -470,10 +471,3 @@ class MultiFacetIndex:
                                       f"manifest says {manifest['n_items']} of dim {manifest['dim']}")
         return index
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
