@@ -25,16 +25,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--codes", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--build-threads", type=int, default=2)
+    ap.add_argument("--build-threads", type=int, default=1)
     ap.add_argument("--embeddings", choices=("model", "synthetic"), default="model")
     ap.add_argument("--dr-items", type=int, default=100_000)
+    ap.add_argument("--budget", type=float, default=None, help="seconds; later sweep points are skipped")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--plot", type=Path, default=None)
     a = ap.parse_args(argv)
     cfg = ServingBenchConfig(n_items=a.items, dim=a.dim, n_queries=a.queries, facets=a.facets, layers=a.layers,
                              codes=a.codes, threads=a.threads, build_threads=a.build_threads,
-                             embeddings=a.embeddings, dr_items=a.dr_items, seed=a.seed)
+                             embeddings=a.embeddings, dr_items=a.dr_items, budget_s=a.budget, seed=a.seed)
     result = run_serving_bench(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
     write_json(result, a.out)
     if a.plot:

@@ -44,7 +44,7 @@ def serving(
     threads: Annotated[int, typer.Option("--threads", min=1, help="Search and torch threads.")] = 1,
     build_threads: Annotated[
         int, typer.Option("--build-threads", min=1, help="FAISS build / k-means threads.")
-    ] = 2,
+    ] = 1,
     plot: Annotated[Path | None, typer.Option("--plot", help="Recall-vs-throughput PNG.")] = None,
     embeddings: Annotated[
         str, typer.Option("--embeddings", help="model (trained towers) | synthetic (clusters).")
@@ -59,7 +59,7 @@ def serving(
     k: Annotated[int, typer.Option("--k", min=1, help="recall@k.")] = 100,
     train_steps: Annotated[
         int, typer.Option("--train-steps", min=1, help="Optimiser steps of the brief training.")
-    ] = 200,
+    ] = 150,
     users: Annotated[int, typer.Option("--users", min=1, help="Synthetic users.")] = 10_000,
     interactions: Annotated[int, typer.Option("--interactions", min=1, help="Synthetic events.")] = 200_000,
     model_dir: Annotated[
@@ -73,7 +73,7 @@ def serving(
         typer.Option(
             "--mfli-sweep", help="beam:clusters_per_query points ('all' or nothing: every cluster)."
         ),
-    ] = "16:4,32:8,64:16,64:32,128:32,128:64",
+    ] = "16:4,32:8,64:16,128:32,128:64",
     hnsw_ef: Annotated[str, typer.Option("--hnsw-ef", help="efSearch values.")] = "100,200,400,800,1600",
     ivf_nprobe: Annotated[str, typer.Option("--ivf-nprobe", help="nprobe values.")] = "8,16,32,64,128,256",
     dr_beams: Annotated[str, typer.Option("--dr-beams", help="DR beam values.")] = "10,25,50,100",

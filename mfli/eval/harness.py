@@ -211,8 +211,8 @@ def _run_dr(run: _SeedRun) -> dict:
     n_items = len(run.ds.items)
     # published settings are for 1e5-1e6 items: smaller K keeps paths populated on small catalogues
     K = 20 if n_items < 50_000 else 50
-    dr = DeepRetrieval(DRConfig(K=K, D=2 if n_items < 50_000 else 3, seed=run.seed,
-                                num_threads=run.cfg.num_threads))
+    dr = DeepRetrieval(DRConfig(n_nodes=K, n_layers=2 if n_items < 50_000 else 3, seed=run.seed,
+                                num_threads=run.cfg.num_threads or 1))
     content = content_matrix(run.ds.items)
     ids = run.ds.items["item_id"].to_numpy(np.int64)
     t0 = time.perf_counter()

@@ -23,11 +23,13 @@ One process, one catalogue, one set of queries (REFERENCE.md section 4, "serving
    (nlist = 4 sqrt(N), trained on a sample of 39 * nlist vectors, the rest added; nprobe sweep),
    ``dr`` (Deep Retrieval trained on the same interactions; beam sweep; see below).
 4. **Per sweep point**: queries/s at batch 1 (``b1_queries`` queries one at a time; p50/p99 latency
-   from them) and at batch ``batch_size`` (all ``n_queries``), and recall@k from the batched run.
+   from them) and at batch ``batch_size`` (all ``n_queries``), and recall@k from the batched run
+   (exact search is timed on its first ``exact_queries`` only: it is slow and its recall is 1).
    Per method: build seconds by stage, peak RSS growth during the build (``VmHWM`` reset through
    ``/proc/self/clear_refs``; polled ``VmRSS`` where that is not allowed) and the bytes kept for serving.
 5. **Equal recall**: every method's queries/s interpolated (log-linear between Pareto points) at
-   each recall that both it and MFLI reach; ``mfli_over_hnsw`` is the headline ratio.
+   target recalls and at every sweep point of HNSW and IVF; ``headline`` is MFLI over HNSW at the
+   highest recall HNSW reaches (the target is >= 1.5).
 
 **Deep Retrieval** scores with its own networks (user encoder over item-id histories, path model,
 re-ranker), not with the two-tower embeddings, so its recall is measured against *its own* exact
@@ -40,7 +42,8 @@ The library's ``DeepRetrieval.retrieve`` re-normalises every item vector on each
 caches them (the model is frozen while serving) so that batch-1 latency measures the method.
 
 Threads: searches and all torch work use ``threads`` (default 1: queries/s per core); FAISS index
-builds and k-means use ``build_threads``.
+builds, encoding and k-means use ``build_threads`` (default 1 as well: on a busy shared machine a
+second OpenMP thread mostly spins).
 """
 
 from __future__ import annotations
@@ -79,22 +82,26 @@ class ServingBenchConfig:
     layers: int = 2  # L codebook layers
     codes: int = 256  # M codewords per layer
     threads: int = 1  # search and torch threads
-    build_threads: int = 2  # FAISS build / k-means threads
+    # FAISS build / k-means threads. 1 by default: on a shared 2-core machine a second OpenMP thread
+    # mostly spins (many small k-means in rebalancing ran 8x slower with 2 threads under load)
+    build_threads: int = 1
     embeddings: str = "model"  # "model" (trained towers, content only) or "synthetic" (topic clusters)
     methods: tuple[str, ...] = ("exact", "mfli", "hnsw", "ivf", "dr")
     seed: int = 0
     # model source: the synthetic catalogue and the brief training
     n_users: int = 10_000  # synthetic users (queries are sampled from them)
     n_interactions: int = 200_000  # synthetic events; items with events form the training subsample
-    train_steps: int = 200  # optimiser steps (batch 512): a brief training, enough for structure
+    train_steps: int = 150  # optimiser steps (batch 512): a brief training, enough for structure
     hidden: int = 128  # tower width
     model_dir: str | None = None  # load a model saved by a previous run instead of training
     save_model_dir: str | None = None  # save the trained model here (reuse with model_dir)
     # sweeps
-    mfli_sweep: tuple[tuple[int, int | None], ...] = ((16, 4), (32, 8), (64, 16), (64, 32), (128, 32), (128, 64))
+    mfli_sweep: tuple[tuple[int, int | None], ...] = ((16, 4), (32, 8), (64, 16), (128, 32), (128, 64))
     hnsw_ef: tuple[int, ...] = (100, 200, 400, 800, 1600)  # efSearch (AnnIndex raises it to >= k)
     ivf_nprobe: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     dr_beams: tuple[int, ...] = (10, 25, 50, 100)
+    exact_queries: int = 512  # exact search is timed on the first ones only (slow; its recall is 1 anyway)
+    exact_b1_queries: int = 50
     hnsw_m: int = 32
     ef_construction: int = 40
     ivf_train_per_list: int = 39  # IVF k-means sample: this many vectors per list (faiss's minimum)
@@ -530,11 +537,16 @@ def bench_exact(data: BenchData, cfg: ServingBenchConfig, log: Log) -> tuple[dic
         t0 = time.perf_counter()
         index = AnnIndex(AnnConfig(kind="exact", num_threads=cfg.threads)).build(_concat(data.items), data.item_ids)
         build = time.perf_counter() - t0
+    # FAISS's flat scan is far faster per query on large batches: the reference takes 4096 at a time
     ref = np.concatenate([index.search(q[s : s + 4096], cfg.k)[0] for s in range(0, len(q), 4096)])
-    point = measure(lambda sl: index.search(q[sl], cfg.k)[0], len(q), cfg.b1_queries, cfg.batch_size, ref)
+    nq = min(len(q), cfg.exact_queries)
+    point = measure(lambda sl: index.search(q[sl], cfg.k)[0], nq, min(cfg.b1_queries, cfg.exact_b1_queries),
+                    cfg.batch_size, ref[:nq])
+    point["timed_queries"] = nq
     log(f"  exact: {point['qps_b1']:.1f} q/s (b1), {point[f'qps_b{cfg.batch_size}']:.1f} q/s (b{cfg.batch_size})")
     out = {"n_items": len(data.item_ids), "params": {"index": "IndexFlatIP", "dim": int(q.shape[1])},
-           "build": {"seconds": {"total": build}, "index_bytes": int(index.memory_bytes()), **mem.report()},
+           "build": {"seconds": {"total": build}, "index_bytes": int(index.memory_bytes()),
+                     "serving_bytes": int(index.memory_bytes()), **mem.report()},
            "sweep": [{**point}]}
     return out, ref
 
@@ -569,6 +581,11 @@ def bench_mfli(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadli
         sec["serving_prep"] = time.perf_counter() - t0
         gc.collect()
     sec["total"] = sum(sec.values())
+    # what serving holds: the index (embeddings included) plus the retriever's facet-ordered copies,
+    # (nnz_f, d) per facet and, for merge="sum", (nnz_f, F * d) per facet (see the Retriever docstring)
+    F, d = index.n_facets, index.dim
+    nnz = [int(csr.rows.size) for csr in index.facets]
+    serving_bytes = int(index.nbytes() + sum(n * d * 4 + n * F * d * 4 for n in nnz))
     balance = [{"facet": data.facet_names[f], "clusters_before": b.n_clusters, "clusters_after": a.n_clusters,
                 "max_before": b.max_size, "max_after": a.max_size, "gini_before": round(b.gini, 4),
                 "gini_after": round(a.gini, 4)} for f, (b, a) in enumerate(zip(res.before, res.after))]
@@ -590,8 +607,9 @@ def bench_mfli(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadli
         "params": {"L": int(data.codebooks.shape[0]), "M": int(data.codebooks.shape[2]), "facets": data.facet_names,
                    "merge": "sum", "beam_score": "ip", "rebalance": asdict(rb_cfg),
                    "codebook_source": data.source.get("codebook_source")},
-        "build": {"seconds": sec, "index_bytes": int(index.nbytes()), **mem.report(),
-                  "note": "retained RSS includes the retriever's facet-ordered copies of the embeddings"},
+        "build": {"seconds": sec, "index_bytes": int(index.nbytes()), "serving_bytes": serving_bytes, **mem.report(),
+                  "note": "index_bytes: the saved index (embeddings, CSR, maps); serving_bytes adds the "
+                          "retriever's facet-ordered copies of the embeddings"},
         "balance": balance,
         "sweep": sweep,
     }
@@ -623,7 +641,8 @@ def bench_hnsw(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadli
     return {"n_items": len(data.item_ids),
             "params": {"M": cfg.hnsw_m, "ef_construction": cfg.ef_construction, "dim": int(q.shape[1]),
                        "build_threads": cfg.build_threads},
-            "build": {"seconds": {"total": build}, "index_bytes": int(index.memory_bytes()), **mem.report()},
+            "build": {"seconds": {"total": build}, "index_bytes": int(index.memory_bytes()),
+                      "serving_bytes": int(index.memory_bytes()), **mem.report()},
             "sweep": sweep}
 
 
@@ -666,7 +685,8 @@ def bench_ivf(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadlin
         log(f"  ivf nprobe={nprobe}: recall {point['recall']:.3f}, {point['qps_b1']:.0f} q/s b1, "
             f"{point[f'qps_b{cfg.batch_size}']:.0f} q/s b{cfg.batch_size}")
     return {"n_items": int(N), "params": {"nlist": nlist, "train_sample": int(n_train), "dim": int(q.shape[1])},
-            "build": {"seconds": sec, "index_bytes": int(index.memory_bytes()), **mem.report()}, "sweep": sweep}
+            "build": {"seconds": sec, "index_bytes": int(index.memory_bytes()),
+                      "serving_bytes": int(index.memory_bytes()), **mem.report()}, "sweep": sweep}
 
 
 def bench_dr(data: BenchData, cfg: ServingBenchConfig, deadline: _Deadline, log: Log) -> dict:
@@ -706,8 +726,7 @@ def bench_dr(data: BenchData, cfg: ServingBenchConfig, deadline: _Deadline, log:
     rr.items = lambda idx=None: cached if idx is None else cached[idx]
     H = data.histories
     with torch.no_grad():
-        u = np.concatenate([rr.user(dr.net.encoder(dr._hist_tensor(H[s : s + 1024]))).numpy()
-                            for s in range(0, len(H), 1024)])
+        u = np.concatenate([rr.user(dr.user_vectors(H[s : s + 1024])).numpy() for s in range(0, len(H), 1024)])
     import faiss
 
     flat = faiss.IndexFlatIP(u.shape[1])
@@ -725,11 +744,15 @@ def bench_dr(data: BenchData, cfg: ServingBenchConfig, deadline: _Deadline, log:
         sweep.append({"beam": beam, **point})
         log(f"  dr beam={beam}: recall {point['recall']:.3f} (vs its brute force), {point['qps_b1']:.0f} q/s b1, "
             f"{point[f'qps_b{cfg.batch_size}']:.0f} q/s b{cfg.batch_size}, union {point['union_mean']:.0f}")
+    # serving holds the networks, the paths (+ their CSR) and the cached re-ranker item vectors
+    model_bytes = sum(p.numel() * p.element_size() for p in dr.net.parameters())
+    dr_bytes = int(model_bytes + dr.codes.nbytes * 2 + cached.numel() * 4)
     return {"n_items": int(n_dr), "n_trained_items": len(trained_ids),
             "params": {"n_layers": D, "n_nodes": K, "n_paths": J, "em_rounds": 1, "alpha": drc.alpha,
                        "content_for_placement": "two-tower content embeddings (concatenated facets)"},
             "reference": "the re-ranker's brute-force top-k over DR's catalogue (its own exact search)",
-            "build": {"seconds": {"fit": fit_s, "total": fit_s}, **mem.report()}, "sweep": sweep}
+            "build": {"seconds": {"fit": fit_s, "total": fit_s}, "index_bytes": dr_bytes, "serving_bytes": dr_bytes,
+                      **mem.report()}, "sweep": sweep}
 
 
 # ------------------------------------------------------------------------------------------------ analysis
@@ -833,7 +856,9 @@ def run_serving_bench(cfg: ServingBenchConfig, log: Log = print) -> dict:
     }
     methods = result["methods"]
     log("exact search (reference)")
+    t0 = time.perf_counter()
     exact, ref = bench_exact(data, cfg, log)
+    exact["wall_seconds"] = time.perf_counter() - t0
     if "exact" in cfg.methods:
         methods["exact"] = exact
     for name in ("mfli", "hnsw", "ivf", "dr"):
@@ -887,14 +912,15 @@ def format_tables(result: dict) -> str:
     bs = result["config"]["batch_size"]
     bkey = f"qps_b{bs}"
     methods = result["methods"]
-    lines = ["| method | items | build (s) | peak RSS growth (MB) | index (MB) |", "|---|---|---|---|---|"]
+    lines = ["| method | items | build (s) | index (MB) | serving memory (MB) | peak RSS growth in build (MB) |",
+             "|---|---|---|---|---|---|"]
     for name, m in methods.items():
         if "build" not in m:
             continue
         b = m["build"]
         lines.append(f"| {name} | {m['n_items']:,} | {b['seconds']['total']:.1f} | "
-                     f"{b['peak_rss_delta_bytes'] / 2**20:,.0f} | "
-                     f"{_fmt(b.get('index_bytes', 0) / 2**20 if b.get('index_bytes') else None)} |")
+                     f"{b.get('index_bytes', 0) / 2**20:,.0f} | {b.get('serving_bytes', 0) / 2**20:,.0f} | "
+                     f"{b['peak_rss_delta_bytes'] / 2**20:,.0f} |")
     head = (f"| method | setting | recall@{result['config']['k']} | q/s batch 1 | p50 ms | p99 ms | "
             f"q/s batch {bs} |")
     lines += ["", head, "|---|---|---|---|---|---|---|"]

@@ -68,7 +68,8 @@ def test_json_has_every_method_with_sane_numbers(tiny_result):
     assert r["methods"]["exact"]["sweep"][0]["recall"] == pytest.approx(1.0)
     for name in ("mfli", "hnsw", "ivf"):
         assert r["methods"][name]["n_items"] == 3000
-        assert r["methods"][name]["build"]["index_bytes"] >= 3000 * 2 * 16 * 4  # holds the vectors
+        b = r["methods"][name]["build"]
+        assert b["serving_bytes"] >= b["index_bytes"] >= 3000 * 2 * 16 * 4  # holds the vectors
     # full search settings find (nearly) everything exact search finds
     assert r["methods"]["ivf"]["sweep"][-1]["recall"] > 0.99  # nprobe = nlist scans every list
     assert r["methods"]["hnsw"]["sweep"][-1]["recall"] > 0.9
@@ -80,6 +81,8 @@ def test_json_has_every_method_with_sane_numbers(tiny_result):
     assert dr["n_items"] == 3000 and dr["sweep"][0]["union_mean"] > 0
     m = r["methods"]["mfli"]
     assert all(b["clusters_after"] > 0 for b in m["balance"])
+    # merge="sum" serving keeps facet-ordered copies: (N, d) + (N, F * d) per facet on top of the index
+    assert m["build"]["serving_bytes"] - m["build"]["index_bytes"] == 3000 * 2 * (16 + 2 * 16) * 4
 
 
 def test_equal_recall_and_headline(tiny_result):
