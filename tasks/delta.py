@@ -65,13 +65,12 @@ def extract_new_items_task(run: dict) -> dict | None:
 
 def plan_delta_shards_task(run: dict, new_items: dict) -> list[dict]:
     n = int(new_items["n_items"])
-    shards = max(1, min(int(run["params"].get("shards", 1)), n))
-    bounds = np.linspace(0, n, shards + 1).astype(int)
+    from tasks.runs import shard_ranges
+
     return [
         {"store_uri": run["store_uri"], "snapshot_id": new_items["snapshot_id"], "items_uri": new_items["items_uri"],
-         "shard": i, "start": int(bounds[i]), "stop": int(bounds[i + 1]),
-         "out_uri": artifact_uri(run, f"assigned/shard-{i:05d}.npz")}
-        for i in range(shards)
+         "shard": i, "start": start, "stop": stop, "out_uri": artifact_uri(run, f"assigned/shard-{i:05d}.npz")}
+        for i, (start, stop) in enumerate(shard_ranges(n, run["params"].get("shards", 1)))
     ]
 
 

@@ -11,7 +11,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from tasks.artifacts import (
@@ -115,13 +114,13 @@ def _load_model(run_or_store: str, model_uri: str, tmp: Path):
 def plan_shards_task(run: dict, extracted: dict) -> list[dict]:
     """One spec per item shard (contiguous row ranges of the items table)."""
     n = int(extracted["n_items"])
-    shards = max(1, min(int(run["params"].get("shards", 1)), n))
-    bounds = np.linspace(0, n, shards + 1).astype(int)
+    from tasks.runs import shard_ranges
+
+    ranges = shard_ranges(n, run["params"].get("shards", 1))
     return [
-        {"store_uri": run["store_uri"], "items_uri": extracted["items_uri"], "shard": i, "of": shards,
-         "start": int(bounds[i]), "stop": int(bounds[i + 1]),
-         "out_uri": artifact_uri(run, f"encoded/shard-{i:05d}.npz")}
-        for i in range(shards)
+        {"store_uri": run["store_uri"], "items_uri": extracted["items_uri"], "shard": i, "of": len(ranges),
+         "start": start, "stop": stop, "out_uri": artifact_uri(run, f"encoded/shard-{i:05d}.npz")}
+        for i, (start, stop) in enumerate(ranges)
     ]
 
 

@@ -140,3 +140,12 @@ def resolve_delta_run(params: dict, data_interval_start: Any, data_interval_end:
         "end": end.isoformat(),
         "params": dict(params),
     }
+
+
+def shard_ranges(n: int, requested: int) -> list[tuple[int, int]]:
+    """Contiguous ``[start, stop)`` row ranges of ``n`` rows for ``requested`` shards (1..n shards)."""
+    import numpy as np
+
+    shards = max(1, min(int(requested), n))
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    return [(int(bounds[i]), int(bounds[i + 1])) for i in range(shards)]
