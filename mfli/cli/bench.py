@@ -20,6 +20,7 @@ def quality(
     beam: int = typer.Option(32, "--beam", help="MFLI user-mode beam per facet."),
     max_users: int = typer.Option(None, "--max-users", help="Evaluate a seeded sample of test users."),
     out: Path = typer.Option(None, "--out", help="Write {method: {metric: {mean, std, values}}} as JSON."),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch threads for training (0: process default)."),
 ) -> None:
     """Train, index and evaluate every method on the same split, in one process."""
     from mfli.data.loaders import load_dataset
@@ -27,11 +28,19 @@ def quality(
 
     ds = load_dataset(data)
     cfg = QualityConfig(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), split=split,
-                        seeds=seeds, epochs=epochs, beam=beam, max_users=max_users)
-    results = run_quality(ds, cfg, log=lambda s: typer.echo(s, err=True))
+                        seeds=seeds, epochs=epochs, beam=beam, max_users=max_users,
+                        num_threads=threads)
+
+    def write(results: dict) -> None:
+        # rewritten after every seed: an interrupted run keeps the seeds it finished
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(out)
+
+    results = run_quality(ds, cfg, log=lambda s: typer.echo(s, err=True), on_seed=write if out else None)
     typer.echo(format_table(results))
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2))
+        write(results)
         typer.echo(f"wrote {out}", err=True)
 from mfli.cli.bench_perf import register as _reg; _reg(app)  # noqa: I001

@@ -249,8 +249,12 @@ _RUNNERS = {
 }
 
 
-def run_quality(ds: Dataset, cfg: QualityConfig, log=print) -> dict:
-    """Run every method of ``cfg`` for each seed; returns ``{method: {metric: {mean, std, values}}}``."""
+def run_quality(ds: Dataset, cfg: QualityConfig, log=print, on_seed=None) -> dict:
+    """Run every method of ``cfg`` for each seed; returns ``{method: {metric: {mean, std, values}}}``.
+
+    ``on_seed(summary)``, when given, receives the summary over the seeds finished so far after each
+    seed, so a long run leaves usable partial results behind.
+    """
     unknown = [m for m in cfg.methods if m not in _RUNNERS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(_RUNNERS)}")
@@ -266,6 +270,8 @@ def run_quality(ds: Dataset, cfg: QualityConfig, log=print) -> dict:
             per_method[method].append(res)
             log(f"  {method:<13} recall@100={res['recall@100']:.4f} cold_recall@100={res['cold_recall@100']:.4f} "
                 f"({res['seconds']:.1f}s)")
+        if on_seed is not None:
+            on_seed({m: _summary(v) for m, v in per_method.items()})
     return {m: _summary(v) for m, v in per_method.items()}
 
 

@@ -47,3 +47,31 @@ def test_content_matrix_is_deterministic_and_normalised(small_catalogue):
     assert (a == b).all()
     norms = (a * a).sum(1)
     assert ((abs(norms - 1) < 1e-5) | (norms == 0)).all()
+
+
+def test_partial_results_after_every_seed(small_catalogue):
+    seen: list[int] = []
+    cfg = QualityConfig(methods=("pop",), split="last", seeds=2)
+    final = run_quality(small_catalogue, cfg, log=lambda s: None,
+                        on_seed=lambda r: seen.append(len(r["pop"]["recall@100"]["values"])))
+    assert seen == [1, 2]
+    assert len(final["pop"]["recall@100"]["values"]) == 2
+
+
+def test_cli_writes_json_keyed_by_method(small_catalogue, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mfli.cli import app
+    from mfli.data.parquet_format import write_dataset
+
+    data = tmp_path / "data"
+    write_dataset(small_catalogue, data)
+    out = tmp_path / "q.json"
+    res = CliRunner().invoke(app, ["bench", "quality", "--data", str(data), "--split", "last", "--methods", "pop",
+                                   "--seeds", "2", "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    assert list(got) == ["pop"] and set(METRIC_KEYS) <= set(got["pop"])
+    assert len(got["pop"]["recall@100"]["values"]) == 2 and not (tmp_path / "q.json.tmp").exists()
