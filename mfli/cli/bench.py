@@ -21,15 +21,23 @@ def quality(
     max_users: int = typer.Option(None, "--max-users", help="Evaluate a seeded sample of test users."),
     out: Path = typer.Option(None, "--out", help="Write {method: {metric: {mean, std, values}}} as JSON."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads for training (0: process default)."),
+    config: Path = typer.Option(None, "--config", help="JSON file of TrainConfig overrides (as for `mfli train`)."),
 ) -> None:
     """Train, index and evaluate every method on the same split, in one process."""
     from mfli.data.loaders import load_dataset
     from mfli.eval.harness import QualityConfig, format_table, run_quality
+    from mfli.train import TrainConfig
 
+    overrides = {}
+    if config is not None:
+        overrides = json.loads(config.read_text())
+        if not isinstance(overrides, dict):
+            raise typer.BadParameter(f"{config}: expected a JSON object of TrainConfig fields", param_hint="--config")
+        TrainConfig.from_dict(overrides)  # unknown keys fail here, before any training
     ds = load_dataset(data)
     cfg = QualityConfig(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), split=split,
                         seeds=seeds, epochs=epochs, beam=beam, max_users=max_users,
-                        num_threads=threads)
+                        num_threads=threads, train_overrides=overrides)
 
     def write(results: dict) -> None:
         # rewritten after every seed: an interrupted run keeps the seeds it finished

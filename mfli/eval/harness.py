@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,7 @@ class QualityConfig:
     ivf_nprobe: int = 16  # FAISS IVF nprobe for the quality table
     max_users: int | None = None  # evaluate a seeded sample of test users (None: all)
     num_threads: int = 0  # torch threads for training (0: process default)
-    train_overrides: dict = field(default_factory=dict)  # TrainConfig fields, e.g. {"batch_size": 1024}
+    train_overrides: dict = field(default_factory=dict)  # TrainConfig fields, nested, e.g. {"batch_size": 1024}
 
 
 def content_matrix(items: pd.DataFrame, dim: int = 256) -> np.ndarray:
@@ -117,8 +117,9 @@ class _SeedRun:
         if mode not in self._models:
             from mfli.train import TrainConfig, train
 
-            tcfg = TrainConfig(seed=self.seed, num_threads=self.cfg.num_threads)
-            tcfg = replace(tcfg, **self.cfg.train_overrides)
+            # overrides may be nested like the dataclasses ({"model": {"codebook": {...}}})
+            tcfg = TrainConfig.from_dict({"num_threads": self.cfg.num_threads, **self.cfg.train_overrides,
+                                          "seed": self.seed})
             if self.cfg.epochs is not None:
                 tcfg.epochs = self.cfg.epochs
             tcfg.model.codebook.mode = mode
