@@ -276,15 +276,17 @@ def run_quality(ds: Dataset, cfg: QualityConfig, log=print, on_seed=None) -> dic
     return {m: _summary(v) for m, v in per_method.items()}
 
 
-def format_table(results: dict, metrics=METRIC_KEYS, ref: str | None = "exact") -> str:
-    """Markdown table of mean ± std per method, plus each method's recall@100 ratio to ``ref``."""
-    has_ref = ref in results
-    head = ["method", *metrics] + ([f"recall@100 / {ref}"] if has_ref else []) + ["train s"]
+def format_table(results: dict, metrics=METRIC_KEYS, ref: str | None = "exact",
+                 also: tuple[str, ...] = ("hnsw",)) -> str:
+    """Markdown table of mean ± std per method, plus each method's recall@100 ratio to ``ref`` and to
+    each method of ``also`` present in ``results``, and the mean training seconds per seed."""
+    refs = [r for r in (ref, *also) if r is not None and r in results]
+    head = ["method", *metrics] + [f"recall@100 / {r}" for r in refs] + ["train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, r in results.items():
         cells = [m] + [f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}" if k in r else "-" for k in metrics]
-        if has_ref:
-            base = results[ref]["recall@100"]["mean"]
+        for name in refs:
+            base = results[name]["recall@100"]["mean"]
             cells.append(f"{r['recall@100']['mean'] / base:.3f}" if base > 0 else "-")
         cells.append(f"{r['train_s']['mean']:.0f}" if "train_s" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")

@@ -1,0 +1,38 @@
+"""Print the markdown tables of ``mfli bench quality`` JSON files (what docs/benchmarks.md shows).
+
+    python bench/quality_tables.py docs/results/quality_ml_time.json docs/results/quality_amazon_*.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from mfli.eval.harness import format_table
+
+
+def cold_ratio(results: dict, num: str = "mfli", den: str = "hnsw") -> str:
+    """MFLI's cold recall@100 over the rebuild-at-snapshot ANN's, as text (the ANN's is often 0)."""
+    if num not in results or den not in results:
+        return "-"
+    a, b = results[num]["cold_recall@100"]["mean"], results[den]["cold_recall@100"]["mean"]
+    if math.isnan(a) or math.isnan(b):
+        return "n/a (no cold test items)"
+    if b == 0:
+        return f"{a:.4f} vs 0 (unbounded)" if a > 0 else "0 vs 0"
+    return f"{a / b:.2f}x"
+
+
+def main(paths: list[str]) -> None:
+    for path in paths:
+        results = json.loads(Path(path).read_text())
+        seeds = len(next(iter(results.values()))["recall@100"]["values"])
+        print(f"### {Path(path).stem} ({seeds} seed{'s' if seeds != 1 else ''})\n")
+        print(format_table(results))
+        print(f"\nmfli cold recall@100 / hnsw (rebuild at snapshot): {cold_ratio(results)}\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
