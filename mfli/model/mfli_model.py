@@ -103,7 +103,8 @@ class MFLIModel(nn.Module):
             cb.layers, F, n_codes, d,
             start_step=start_step, layer_interval=layer_interval, buffer_size=cb.buffer_size,
             dead_window=cb.dead_window, penalty_temperature=cb.penalty_temperature,
-            straight_through=cb.straight_through, kmeans_iters=cb.kmeans_iters, seed=seed, normalize=cb.normalize,
+            straight_through=cb.straight_through, straight_through_scale=cb.straight_through_scale,
+            kmeans_iters=cb.kmeans_iters, seed=seed, normalize=cb.normalize,
         )  # fmt: skip
 
     # embeddings -------------------------------------------------------------------------------

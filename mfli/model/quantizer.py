@@ -150,7 +150,8 @@ class MultiFacetRQ(nn.Module):
         dead_window: steps over which usage is counted; codes unused over a window are re-seeded.
         penalty_temperature: soft-assignment temperature, relative to each row's mean squared
             distance so the same value works at every layer (residuals shrink layer by layer).
-        straight_through: L_QMF gradients also flow to the encoder (d x_hat / d x = I).
+        straight_through: L_QMF gradients also flow to the encoder (d x_hat / d x = scale * I).
+        straight_through_scale: that scale (1: the plain estimator; 0: same as no straight-through).
         normalize: return ``x_hat`` L2-normalised. The facet embeddings are unit vectors scored
             with one temperature; an unnormalised reconstruction lets the retrieval loss sharpen
             its softmax by inflating codeword norms, which wrecks the residual quantisation.
@@ -182,6 +183,7 @@ class MultiFacetRQ(nn.Module):
         dead_window: int = 100,
         penalty_temperature: float = 0.2,
         straight_through: bool = True,
+        straight_through_scale: float = 1.0,
         kmeans_iters: int = 20,
         seed: int = 0,
         normalize: bool = True,
@@ -192,6 +194,7 @@ class MultiFacetRQ(nn.Module):
         self.buffer_size, self.dead_window = buffer_size, dead_window
         self.penalty_temperature = penalty_temperature
         self.straight_through = straight_through
+        self.straight_through_scale = float(straight_through_scale)
         self.normalize = normalize
         self.kmeans_iters, self.seed = kmeans_iters, seed
         g = torch.Generator().manual_seed(seed)
@@ -237,7 +240,11 @@ class MultiFacetRQ(nn.Module):
             codes.append(k)
             if self.training:
                 self.usage[layer] += torch.nn.functional.one_hot(k, self.M).sum(0).to(self.usage.dtype)
-        x_hat = recon + (x - x.detach()) if self.straight_through else recon
+        if self.straight_through:
+            # forward value is recon; d x_hat / d x = scale * I
+            x_hat = recon + self.straight_through_scale * (x - x.detach())
+        else:
+            x_hat = recon
         if self.normalize:
             x_hat = torch.nn.functional.normalize(x_hat, dim=-1)
         commit = ((x - recon.detach()) ** 2).sum(-1).mean(0)

@@ -217,3 +217,19 @@ def test_cotraining_beats_a_frozen_codebook():
     assert joint["qerr"] < 0.5 * frozen["qerr"], (joint, frozen)
     assert joint["ppl"] > frozen["ppl"] + 1.0, (joint, frozen)
     assert joint["util"] >= frozen["util"]
+
+
+def test_straight_through_scale_scales_only_the_encoder_gradient():
+    q = _unit(16, 8, seed=5)
+    grads = {}
+    for scale in (1.0, 0.25):
+        x = _unit(16, 2, 8).requires_grad_(True)
+        rq = MultiFacetRQ(2, 2, 4, 8, seed=0, straight_through_scale=scale)
+        rq.observe(x.detach())
+        rq.activate_next_layer()
+        out = rq(x)
+        sampled_softmax(q, out.x_hat[:, 0], torch.arange(16), 0.1).backward()
+        grads[scale] = (x.grad.clone(), rq.codebooks.grad.clone(), out.x_hat.detach())
+    assert torch.equal(grads[1.0][2], grads[0.25][2])  # same forward value
+    assert torch.allclose(grads[0.25][0], 0.25 * grads[1.0][0], atol=1e-7)
+    assert torch.allclose(grads[0.25][1], grads[1.0][1])  # codewords get the full gradient either way
