@@ -77,6 +77,9 @@ class DRConfig:
     eval_pairs_max: int = 20_000  # pairs used for the log-likelihood reported per round
     path_init: str = "random"  # "random" (paper) or "kmeans" (residual k-means of item content)
     n_neighbors: int = 5  # trained content neighbours that place an unseen item
+    knn_exact_max: int = 20_000  # trained items up to which placement's k-NN is exact; above, faiss IVF
+    knn_nlist: int = 0  # IVF lists for placement (0: 4 * sqrt(trained items))
+    knn_nprobe: int = 16  # IVF lists scanned per placed item
     valid_k: int = 100  # recall@k reported per round when ``valid`` is given
     seed: int = 0
     num_threads: int | None = None  # torch.set_num_threads when set
@@ -365,16 +368,19 @@ class DeepRetrieval:
         codes, nb, w = neighbour_paths(
             self.content[ref], self.codes[ref], content, self.cfg.n_neighbors, self.cfg.alpha,
             dict(zip(u.tolist(), cnt.tolist())), np.random.default_rng(self.cfg.seed),
+            exact_max=self.cfg.knn_exact_max, nlist=self.cfg.knn_nlist, nprobe=self.cfg.knn_nprobe,
         )
         self.codes[idx] = codes
-        # embeddings of placed items: the neighbours' weighted mean, so the re-ranker can score them
+        # embeddings of placed items: the neighbours' weighted mean, so the re-ranker can score them;
+        # in batches, since (n, n_neighbors, dim) for a million items would be gigabytes
         with torch.no_grad():
-            wt = torch.from_numpy(w.astype(np.float32)).unsqueeze(2)
-            nbt = torch.from_numpy(ref[nb])
-            self.net.reranker.item_emb.weight[torch.from_numpy(idx)] = (self.net.reranker.item_emb(nbt) * wt).sum(1)
-            self.net.encoder.item_emb.weight[torch.from_numpy(idx) + 1] = (
-                self.net.encoder.item_emb(nbt + 1) * wt
-            ).sum(1)
+            rr, enc = self.net.reranker.item_emb, self.net.encoder.item_emb
+            for a in range(0, len(idx), 65_536):
+                wt = torch.from_numpy(w[a : a + 65_536].astype(np.float32)).unsqueeze(2)
+                nbt = torch.from_numpy(ref[nb[a : a + 65_536]])
+                it = torch.from_numpy(idx[a : a + 65_536])
+                rr.weight[it] = (rr(nbt) * wt).sum(1)
+                enc.weight[it + 1] = (enc(nbt + 1) * wt).sum(1)
         return codes
 
     def assign_new_items(self, item_ids: Sequence[int] | np.ndarray, content: np.ndarray) -> np.ndarray:
