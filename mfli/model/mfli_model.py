@@ -29,6 +29,13 @@ from mfli.model.quantizer import MultiFacetRQ
 from mfli.model.towers import ItemTower, UserTower
 
 
+def _grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` in the forward pass; ``scale`` times its gradient in the backward pass."""
+    if scale == 1.0:
+        return x
+    return x.detach() + scale * (x - x.detach())
+
+
 @dataclass
 class Batch:
     """One training step's tensors (all on the model's device).
@@ -153,6 +160,10 @@ class MFLIModel(nn.Module):
                             torch.cat([batch.ui_items.item_ids, batch.ii_b.item_ids, batch.sem_b.item_ids]))
 
         ui_ids, b_ids, sb_ids = batch.ui_items.item_ids, batch.ii_b.item_ids, batch.sem_b.item_ids
+        # query sides of L_QMF: same values, their gradient scaled by qmf_query_scale
+        user_q = _grad_scale(user, cb.qmf_query_scale)
+        e_a_q = _grad_scale(e_a, cb.qmf_query_scale)
+        s_a_q = _grad_scale(s_a, cb.qmf_query_scale)
         qmf_weight = cb.qmf_weight
         if self.qmf_warmup > 0:
             qmf_weight *= min(1.0, max(0.0, (self.rq.step - self.rq.start_step + 1) / self.qmf_warmup))
@@ -170,13 +181,13 @@ class MFLIModel(nn.Module):
                         user[:, f], e_ui[:, f], ui_ids, tau, batch.ui_logq, fc.logq, ui_mask)
                     if use_q:
                         qmf = qmf + fc.user_item_weight * sampled_softmax(
-                            user[:, f], q_ui[:, f], ui_ids, tau, batch.ui_logq, fc.logq, ui_mask)
+                            user_q[:, f], q_ui[:, f], ui_ids, tau, batch.ui_logq, fc.logq, ui_mask)
                 if fc.item_item_weight and len(e_a):
                     mf = mf + fc.item_item_weight * sampled_softmax(
                         e_a[:, f], e_b[:, f], b_ids, tau, batch.ii_logq, fc.logq, ii_mask)
                     if use_q:
                         qmf = qmf + fc.item_item_weight * sampled_softmax(
-                            e_a[:, f], q_b[:, f], b_ids, tau, batch.ii_logq, fc.logq, ii_mask)
+                            e_a_q[:, f], q_b[:, f], b_ids, tau, batch.ii_logq, fc.logq, ii_mask)
             elif fc.kind == "semantic":
                 if fc.user_item_weight:
                     # the user head learns to query the semantic space; items are not moved by users
@@ -185,7 +196,7 @@ class MFLIModel(nn.Module):
                 if fc.item_item_weight and len(s_a):
                     mf = mf + fc.item_item_weight * sampled_softmax(s_a[:, f], s_b[:, f], sb_ids, tau)
                     if use_q:
-                        qmf = qmf + fc.item_item_weight * sampled_softmax(s_a[:, f], q_sb[:, f], sb_ids, tau)
+                        qmf = qmf + fc.item_item_weight * sampled_softmax(s_a_q[:, f], q_sb[:, f], sb_ids, tau)
             else:
                 raise ValueError(f"facet {fc.name!r}: unknown kind {fc.kind!r}")
             facet_loss = mf + qmf_weight * qmf

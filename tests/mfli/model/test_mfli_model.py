@@ -106,3 +106,27 @@ def test_unknown_facet_kind_is_rejected(tiny_dataset):
 
 def test_model_config_facet_names():
     assert ModelConfig().facet_names == ["engagement", "semantic"]
+
+
+def test_qmf_query_scale_scales_the_query_towers_gradient_from_l_qmf(tiny_dataset):
+    def user_grad(query_scale: float) -> tuple[float, torch.Tensor]:
+        t = _trainer(tiny_dataset, default_facets(), start_step=0, qmf_query_scale=query_scale,
+                     straight_through=False, penalty_weight=0.0, anchor_weight=0.0)
+        t.model.load_state_dict(ref.model.state_dict())
+        t.model.rq.codebooks.data.copy_(ref.model.rq.codebooks.data)
+        t.model.rq.active.fill_(1)
+        loss, parts = _loss(t)
+        t.cfg.model.codebook.qmf_weight = 0.0  # the L_MF part alone
+        mf_only, _ = _loss(t)
+        (loss - mf_only).backward()  # gradient of L_QMF alone
+        return parts["qmf"], t.model.user_tower.heads.proj.weight.grad.clone()
+
+    ref = _trainer(tiny_dataset, default_facets(), start_step=0)
+    ref.model.rq.observe(torch.nn.functional.normalize(torch.randn(64, 2, 8), dim=-1))
+    ref.model.rq.activate_next_layer()
+    q1, g1 = user_grad(1.0)
+    q3, g3 = user_grad(0.3)
+    q0, g0 = user_grad(0.0)
+    assert q1 == pytest.approx(q3) == pytest.approx(q0)  # same loss value
+    assert g1.abs().sum() > 0 and g0.abs().sum() == 0
+    assert torch.allclose(g3, 0.3 * g1, atol=1e-6)
