@@ -43,6 +43,21 @@ FORMAT = "mfli-deep-retrieval"
 VERSION = 1
 
 
+class _Optimizers:
+    """Several optimisers stepped as one (dense Adam for the networks, SparseAdam for item tables)."""
+
+    def __init__(self, *opts: torch.optim.Optimizer) -> None:
+        self.opts = opts
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.opts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.opts:
+            o.step()
+
+
 @dataclass
 class DRConfig:
     """Deep Retrieval settings. Defaults are the paper's MovieLens-20M ones where it publishes them.
@@ -80,6 +95,10 @@ class DRConfig:
     knn_exact_max: int = 20_000  # trained items up to which placement's k-NN is exact; above, faiss IVF
     knn_nlist: int = 0  # IVF lists for placement (0: 4 * sqrt(trained items))
     knn_nprobe: int = 16  # IVF lists scanned per placed item
+    # lazy Adam (sparse gradients) for the two per-item tables; dense Adam touches every row each step,
+    # which dominates training on large catalogues. None: on above sparse_items_above catalogue items
+    sparse_items: bool | None = None
+    sparse_items_above: int = 200_000
     valid_k: int = 100  # recall@k reported per round when ``valid`` is given
     seed: int = 0
     num_threads: int | None = None  # torch.set_num_threads when set
@@ -255,10 +274,11 @@ class DeepRetrieval:
         self.trained = pair_count > 0
         log_q_all = torch.from_numpy(np.log(pair_count / pair_count.sum() + 1e-12).astype(np.float32))
 
+        sparse = cfg.sparse_items if cfg.sparse_items is not None else N > cfg.sparse_items_above
         self.net = DRNet(
             N, item_dim=cfg.item_dim, user_dim=cfg.user_dim, encoder=cfg.encoder, n_nodes=cfg.n_nodes,
             n_layers=cfg.n_layers, node_dim=cfg.node_dim, hidden=cfg.hidden, rerank_dim=cfg.rerank_dim,
-            rerank_temperature=cfg.rerank_temperature,
+            rerank_temperature=cfg.rerank_temperature, sparse_items=sparse,
         )
         if cfg.path_init == "kmeans":
             if item_content is None:
@@ -268,7 +288,11 @@ class DeepRetrieval:
             self.codes = random_paths(N, cfg.n_paths, cfg.n_nodes, cfg.n_layers, rng)
         # items without pairs play no part in EM; they are placed from content at the end
         self.codes[~self.trained] = -1
-        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        if sparse:
+            opt = _Optimizers(torch.optim.Adam(self.net.dense_parameters(), lr=cfg.lr),
+                              torch.optim.SparseAdam(self.net.item_parameters(), lr=cfg.lr))
+        else:
+            opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
 
         eval_sel = rng.choice(len(pos), size=min(cfg.eval_pairs_max, len(pos)), replace=False)
         eval_hist = self._windows(seq, start[pos[eval_sel]], pos[eval_sel], cfg.history_len)

@@ -28,12 +28,12 @@ class HistoryEncoder(nn.Module):
         ``(B, out_dim)`` float32; an empty history gives the encoding of a zero input.
     """
 
-    def __init__(self, n_items: int, item_dim: int, out_dim: int, kind: str = "mean") -> None:
+    def __init__(self, n_items: int, item_dim: int, out_dim: int, kind: str = "mean", sparse: bool = False) -> None:
         super().__init__()
         if kind not in ("mean", "gru"):
             raise ValueError(f"encoder must be 'mean' or 'gru', got {kind!r}")
         self.kind = kind
-        self.item_emb = nn.Embedding(n_items + 1, item_dim, padding_idx=0)
+        self.item_emb = nn.Embedding(n_items + 1, item_dim, padding_idx=0, sparse=sparse)
         nn.init.normal_(self.item_emb.weight, std=0.1)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
@@ -135,11 +135,11 @@ class Reranker(nn.Module):
     embedding; trained with an in-batch sampled softmax (Q_softmax of the multi-task loss).
     """
 
-    def __init__(self, x_dim: int, n_items: int, dim: int, temperature: float) -> None:
+    def __init__(self, x_dim: int, n_items: int, dim: int, temperature: float, sparse: bool = False) -> None:
         super().__init__()
         self.temperature = temperature
         self.user_proj = nn.Linear(x_dim, dim)
-        self.item_emb = nn.Embedding(n_items, dim)
+        self.item_emb = nn.Embedding(n_items, dim, sparse=sparse)
         nn.init.normal_(self.item_emb.weight, std=0.1)
 
     def user(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,19 +186,29 @@ class DRNet(nn.Module):
         hidden: int,
         rerank_dim: int,
         rerank_temperature: float,
+        sparse_items: bool = False,
     ) -> None:
         super().__init__()
-        self.encoder = HistoryEncoder(n_items, item_dim, user_dim, encoder)
+        self.encoder = HistoryEncoder(n_items, item_dim, user_dim, encoder, sparse=sparse_items)
         self.paths = PathModel(user_dim, n_nodes, n_layers, node_dim, hidden)
-        self.reranker = Reranker(user_dim, n_items, rerank_dim, rerank_temperature)
+        self.reranker = Reranker(user_dim, n_items, rerank_dim, rerank_temperature, sparse=sparse_items)
+
+    def item_parameters(self) -> list[nn.Parameter]:
+        """The per-item embedding tables (``(N + 1, item_dim)`` history, ``(N, rerank_dim)`` re-ranker)."""
+        return [self.encoder.item_emb.weight, self.reranker.item_emb.weight]
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Every other parameter (towers, path model, projections)."""
+        items = {id(p) for p in self.item_parameters()}
+        return [p for p in self.parameters() if id(p) not in items]
 
     def grow_items(self, hist_rows: torch.Tensor, rerank_rows: torch.Tensor) -> None:
         """Append rows for new items: ``hist_rows (n, item_dim)``, ``rerank_rows (n, rerank_dim)``."""
         old = self.encoder.item_emb
-        new = nn.Embedding(old.num_embeddings + len(hist_rows), old.embedding_dim, padding_idx=0)
+        new = nn.Embedding(old.num_embeddings + len(hist_rows), old.embedding_dim, padding_idx=0, sparse=old.sparse)
         new.weight.data = torch.cat([old.weight.data, hist_rows.to(old.weight.dtype)])
         self.encoder.item_emb = new
         old_r = self.reranker.item_emb
-        new_r = nn.Embedding(old_r.num_embeddings + len(rerank_rows), old_r.embedding_dim)
+        new_r = nn.Embedding(old_r.num_embeddings + len(rerank_rows), old_r.embedding_dim, sparse=old_r.sparse)
         new_r.weight.data = torch.cat([old_r.weight.data, rerank_rows.to(old_r.weight.dtype)])
         self.reranker.item_emb = new_r
