@@ -79,7 +79,7 @@ def serving(
     dr_beams: Annotated[str, typer.Option("--dr-beams", help="DR beam values.")] = "10,25,50,100",
     dr_items: Annotated[
         int, typer.Option("--dr-items", min=0, help="DR catalogue size (0: all items).")
-    ] = 100_000,
+    ] = 0,
     budget: Annotated[
         float | None, typer.Option("--budget", help="Seconds after which remaining sweep points are skipped.")
     ] = None,

@@ -34,10 +34,10 @@ One process, one catalogue, one set of queries (REFERENCE.md section 4, "serving
 **Deep Retrieval** scores with its own networks (user encoder over item-id histories, path model,
 re-ranker), not with the two-tower embeddings, so its recall is measured against *its own* exact
 search: the re-ranker's brute-force top-k over its whole catalogue (DR's own "brute force"
-reference). Training DR and placing ~1M untrained items from content (a flat k-NN over the trained
-items plus a Python greedy) do not fit the budget on 2 cores, so DR is measured on ``dr_items``
-items (the trained ones plus a random fill, placed from content neighbours with the two-tower
-content embeddings); its queries/s therefore belong to a smaller catalogue and are reported as such.
+reference). DR is trained on the items with events and every other item of its catalogue is
+placed from content neighbours (two-tower content embeddings; faiss IVF k-NN above 20k trained
+items). ``dr_items`` (default 0: the whole catalogue) can shrink its catalogue to the trained items
+plus a random fill; queries/s then belong to that smaller catalogue and are reported as such.
 The library's ``DeepRetrieval.retrieve`` re-normalises every item vector on each call; the benchmark
 caches them (the model is frozen while serving) so that batch-1 latency measures the method.
 
@@ -105,7 +105,7 @@ class ServingBenchConfig:
     hnsw_m: int = 32
     ef_construction: int = 40
     ivf_train_per_list: int = 39  # IVF k-means sample: this many vectors per list (faiss's minimum)
-    dr_items: int = 100_000  # DR catalogue size (0: all n_items)
+    dr_items: int = 0  # DR catalogue size (0: all n_items)
     dr_nodes: int | None = None  # DR K; None: ~30 items per path with D=2, J=3
     budget_s: float | None = None  # stop sweeping (skip remaining points) once the run is this old
 
