@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--build-threads", type=int, default=1)
     ap.add_argument("--embeddings", choices=("model", "synthetic"), default="model")
-    ap.add_argument("--dr-items", type=int, default=100_000)
+    ap.add_argument("--dr-items", type=int, default=0)
     ap.add_argument("--budget", type=float, default=None, help="seconds; later sweep points are skipped")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
