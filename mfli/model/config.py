@@ -87,7 +87,7 @@ class CodebookConfig:
     anchor_weight: float = 1.0  # ||sg(e) - e_hat||^2: keeps codewords on their items (error falls per layer)
     straight_through: bool = True  # L_QMF gradients also reach the towers (identity through argmin)
     qmf_query_scale: float = 1.0  # gradient share the query towers (user, trigger) get from L_QMF
-    straight_through_scale: float = 0.3  # L_QMF gradient share the towers get (1.0 cost 3-4% recall; docs/benchmarks.md)
+    straight_through_scale: float = 1.0  # L_QMF gradient share the towers get (ablation in docs/benchmarks.md)
     normalize: bool = True  # L_QMF scores unit-normalised reconstructions (same scale as the embeddings)
     buffer_size: int = 8192  # recent item embeddings kept for k-means init and dead-code re-seeding
     dead_window: int = 100  # steps; a code unused over a whole window is re-seeded
