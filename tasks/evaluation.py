@@ -47,6 +47,7 @@ def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict) -> dict
         categories_by_item,
         codebook_health,
         evaluate_retrieval,
+        histories_by_user,
         index_health,
         positives_by_user,
         train_counts,
@@ -61,9 +62,9 @@ def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict) -> dict
     ds = _dataset(run, extracted)
     cutoff = pd.Timestamp(run["cutoff"])
     inter = ds.interactions
-    train_df = inter[inter["event_ts"] < cutoff].sort_values(["user_id", "event_ts"], kind="stable")
+    train_df = inter[inter["event_ts"] < cutoff]
     test_df = inter[inter["event_ts"] >= cutoff]
-    hist = train_df.groupby("user_id")["item_id"].apply(lambda x: x.to_numpy(np.int64))
+    hist = histories_by_user(train_df)
     users = np.sort(np.intersect1d(test_df["user_id"].unique(), hist.index.to_numpy()))
     histories = [hist[u] for u in users]
     positives = positives_by_user(test_df, users)

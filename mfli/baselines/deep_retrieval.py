@@ -399,10 +399,12 @@ class DeepRetrieval:
         # in batches, since (n, n_neighbors, dim) for a million items would be gigabytes
         with torch.no_grad():
             rr, enc = self.net.reranker.item_emb, self.net.encoder.item_emb
-            for a in range(0, len(idx), 65_536):
-                wt = torch.from_numpy(w[a : a + 65_536].astype(np.float32)).unsqueeze(2)
-                nbt = torch.from_numpy(ref[nb[a : a + 65_536]])
-                it = torch.from_numpy(idx[a : a + 65_536])
+            step = 65_536
+            for a in range(0, len(idx), step):
+                sl = slice(a, a + step)
+                wt = torch.from_numpy(w[sl].astype(np.float32)).unsqueeze(2)
+                nbt = torch.from_numpy(ref[nb[sl]])
+                it = torch.from_numpy(idx[sl])
                 rr.weight[it] = (rr(nbt) * wt).sum(1)
                 enc.weight[it + 1] = (enc(nbt + 1) * wt).sum(1)
         return codes

@@ -48,7 +48,6 @@ def quality(
 
     results = run_quality(ds, cfg, log=lambda s: typer.echo(s, err=True), on_seed=write if out else None)
     typer.echo(format_table(results))
-    if out:
-        write(results)
+    if out:  # on_seed wrote it after the last seed
         typer.echo(f"wrote {out}", err=True)
 from mfli.cli.bench_perf import register as _reg; _reg(app)  # noqa: I001

@@ -60,10 +60,12 @@ def build(
         t2 = time.perf_counter()
         cfg = auto_rebalance_config(len(enc.item_ids), seed=seed)
         if floor is not None or cap is not None:
-            lo, hi = floor or cfg.floor, cap or cfg.cap
-            if 2 * lo > hi:
-                raise DataError("--floor/--cap", f"need 2 * floor <= cap, got floor={lo} cap={hi}")
-            cfg = replace(cfg, floor=lo, cap=hi, target=(lo + hi) // 2)
+            # target None: the part size is (floor + cap) // 2 for the bounds given
+            cfg = replace(cfg, floor=floor or cfg.floor, cap=cap or cfg.cap, target=None)
+            try:
+                cfg.validated()
+            except ValueError as exc:
+                raise DataError("--floor/--cap", str(exc)) from None
         result = build_from_encoded(enc, trained.codebooks, trained.facets,
                                     popularity_score(enc.item_ids, sp.train), cfg)
         t3 = time.perf_counter()

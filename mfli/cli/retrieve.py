@@ -62,6 +62,7 @@ def retrieve_command(
     from mfli.data.errors import DataError
     from mfli.data.loaders import load_dataset
     from mfli.data.split import make_split
+    from mfli.eval.metrics import histories_by_user
     from mfli.index.inverted import IndexIntegrityError, MultiFacetIndex
     from mfli.serve.retriever import Retriever, RetrieverConfig
     from mfli.train import TrainedModel
@@ -83,8 +84,7 @@ def retrieve_command(
         retriever = Retriever(idx, trained.codebooks, trained.facets, cfg)
         histories: list[np.ndarray] = []
         if users:
-            train = make_split(ds, split.value, seed=seed).train.sort_values(["user_id", "event_ts"], kind="stable")
-            hist = train.groupby("user_id")["item_id"].apply(lambda s: s.to_numpy(np.int64))
+            hist = histories_by_user(make_split(ds, split.value, seed=seed).train)
             known = set(ds.users["user_id"].tolist())
             for u in users:
                 if u not in hist.index and u not in known:

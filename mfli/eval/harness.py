@@ -26,7 +26,14 @@ import numpy as np
 import pandas as pd
 
 from mfli.data.dataset import Dataset
-from mfli.eval.metrics import METRIC_KEYS, categories_by_item, evaluate_retrieval, positives_by_user, train_counts
+from mfli.eval.metrics import (
+    METRIC_KEYS,
+    categories_by_item,
+    evaluate_retrieval,
+    histories_by_user,
+    positives_by_user,
+    train_counts,
+)
 
 ALL_METHODS = ("mfli", "mfli_trigger", "exact", "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop")
 K_MAX = 200  # the largest K any metric reads
@@ -86,9 +93,8 @@ class _SeedRun:
 
         self.ds, self.cfg, self.seed = ds, cfg, seed
         self.split = make_split(ds, cfg.split, seed=seed)
-        train = self.split.train.sort_values(["user_id", "event_ts"], kind="stable")
         test_users = np.sort(self.split.test["user_id"].unique())
-        hist = train.groupby("user_id")["item_id"].apply(lambda s: s.to_numpy(np.int64))
+        hist = histories_by_user(self.split.train)
         test_users = test_users[np.isin(test_users, hist.index.to_numpy())]
         if cfg.max_users and len(test_users) > cfg.max_users:
             rng = np.random.default_rng(seed)
@@ -96,7 +102,7 @@ class _SeedRun:
         self.users = test_users
         self.histories = [hist[u] for u in test_users]
         self.positives = positives_by_user(self.split.test, test_users)
-        self.known = np.sort(train["item_id"].unique())
+        self.known = np.sort(self.split.train["item_id"].unique())
         items = ds.items
         self.known_items = items[items["item_id"].isin(self.known)].reset_index(drop=True)
         self.new_items = items[~items["item_id"].isin(self.known)].reset_index(drop=True)
@@ -260,6 +266,7 @@ def run_quality(ds: Dataset, cfg: QualityConfig, log=print, on_seed=None) -> dic
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(_RUNNERS)}")
     per_method: dict[str, list[dict]] = {m: [] for m in cfg.methods}
+    summary: dict = {}
     for seed in range(cfg.seeds):
         run = _SeedRun(ds, cfg, seed)
         log(f"seed {seed}: {run.split.kind} split, {len(run.users)} test users, "
@@ -271,9 +278,10 @@ def run_quality(ds: Dataset, cfg: QualityConfig, log=print, on_seed=None) -> dic
             per_method[method].append(res)
             log(f"  {method:<13} recall@100={res['recall@100']:.4f} cold_recall@100={res['cold_recall@100']:.4f} "
                 f"({res['seconds']:.1f}s)")
+        summary = {m: _summary(v) for m, v in per_method.items()}
         if on_seed is not None:
-            on_seed({m: _summary(v) for m, v in per_method.items()})
-    return {m: _summary(v) for m, v in per_method.items()}
+            on_seed(summary)
+    return summary
 
 
 def format_table(results: dict, metrics=METRIC_KEYS, ref: str | None = "exact",

@@ -149,6 +149,12 @@ def positives_by_user(test_interactions, user_ids: Sequence[int]) -> list[np.nda
     return [np.asarray(grouped.get(int(u), np.zeros(0)), dtype=np.int64) for u in user_ids]
 
 
+def histories_by_user(train_interactions):
+    """``user_id -> (n_u,) int64`` item ids of each user's training events, oldest first (a Series)."""
+    ordered = train_interactions.sort_values(["user_id", "event_ts"], kind="stable")
+    return ordered.groupby("user_id")["item_id"].apply(lambda s: s.to_numpy(np.int64))
+
+
 def categories_by_item(items) -> dict[int, frozenset[str]]:
     """``item_id -> frozenset(categories)`` from a canonical items table."""
     return {int(i): frozenset(c if c is not None else ()) for i, c in zip(items["item_id"], items["categories"])}
