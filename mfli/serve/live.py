@@ -72,6 +72,7 @@ class LiveRetriever:
         self._refresh_lock = threading.Lock()  # only refreshers serialise; readers never lock
         self._loaded_ids: list[str] = []
         self._last_error: str | None = None
+        self.refresh_failures = 0  # failed refreshes since start (a metric: the old snapshot kept serving)
         self._last_check: str | None = None
         self._stop: threading.Event | None = None
         self._poller: threading.Thread | None = None
@@ -148,6 +149,7 @@ class LiveRetriever:
                 return swapped
             except Exception as exc:
                 self._last_error = self.store.redact(f"{type(exc).__name__}: {exc}")
+                self.refresh_failures += 1
                 if raise_errors:
                     raise
                 log.error("refresh from %s failed, still serving %s: %s", self.store.uri,

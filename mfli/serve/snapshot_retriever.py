@@ -312,8 +312,9 @@ class SnapshotRetriever:
         if req.mode not in MODES:
             raise RequestError("mode", f"must be one of {list(MODES)}, got {req.mode!r}")
         recent = _int_list(req.recent_items, "recent_items")
-        if req.user_id is not None and (isinstance(req.user_id, bool) or not isinstance(req.user_id, (int, np.integer))):
-            raise RequestError("user_id", f"must be an integer, got {req.user_id!r}")
+        if req.user_id is not None and (isinstance(req.user_id, bool) or not isinstance(req.user_id, (int, np.integer))
+                                        or not -(2**63) <= req.user_id < 2**63):  # np.int64 below would overflow
+            raise RequestError("user_id", f"must be a 64-bit integer, got {req.user_id!r}")
         feats = req.user_features
         if feats is not None and not isinstance(feats, Mapping):
             raise RequestError("user_features", f"must be an object of feature values, got {type(feats).__name__}")

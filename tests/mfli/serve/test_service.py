@@ -98,14 +98,14 @@ def test_retrieve_trigger_and_user_modes(served):
     ({"recent_items": [1], "k": 0}, ["body", "k"], "greater than or equal to 1"),
     ({"recent_items": [1], "k": 1001}, ["body", "k"], "less than or equal to 1000"),
     ({"recent_items": [1], "mode": "ann"}, ["body", "mode"], "'auto', 'trigger' or 'user'"),
-    ({"recent_items": ["x"]}, ["body", "recent_items", 0], "valid integer"),
+    ({"recent_items": ["x"]}, ["body", "recent_items", 0], "must be an integer id"),
     ({"recent_item": [1]}, ["body", "recent_item"], "Extra inputs are not permitted"),
     ({"k": 5}, ["body", "recent_items"], "give recent_items, a user_id or user_features"),
     ({"user_id": 3, "mode": "trigger"}, ["body", "recent_items"], "trigger mode needs at least one recent item"),
     ({"recent_items": [1], "facet_quotas": {"colour": 1}}, ["body", "facet_quotas", "colour"], "unknown facet 'colour'"),
     ({"recent_items": [1], "facet_quotas": {"semantic": 0}}, ["body", "facet_quotas"], "weight > 0"),
-    ({"user_features": {"history_item_ids": "1,2"}}, ["body", "user_features", "history_item_ids"], "list of integer"),
-    ({"recent_items": [2**70]}, ["body", "recent_items"], "64-bit"),
+    ({"user_features": {"history_item_ids": "1,2"}}, ["body", "user_features", "history_item_ids"], "valid list"),
+    ({"recent_items": [2**70]}, ["body", "recent_items", 0], "64-bit"),
 ], ids=["k0", "k1001", "mode", "item-type", "extra-field", "empty", "trigger-no-items", "facet", "zero-quotas",
         "history-type", "overflow"])
 def test_validation_errors_are_422_with_the_field_named(served, body, loc, msg):
