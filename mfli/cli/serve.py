@@ -15,6 +15,10 @@ import typer
 
 _CACHE_DIR = typer.Option(None, "--cache-dir", help="Local snapshot cache (default $MFLI_CACHE_DIR or $MFLI_HOME/cache).")
 
+_LIMIT = typer.Option(None, "--limit", metavar="FIELD=VALUE",
+                      help="Override a ServiceLimits field (mfli/serve/limits.py), e.g. --limit deadline_s=2 "
+                           "--limit max_body_bytes=2097152; also $MFLI_SERVE_<FIELD>.")
+
 
 def register(app: typer.Typer) -> None:
     """Add the top-level ``serve`` command to ``app``."""
@@ -28,11 +32,13 @@ def register(app: typer.Typer) -> None:
         refresh_seconds: float = typer.Option(60.0, "--refresh-seconds", min=0,
                                               help="Check LATEST and new deltas this often (0: never)."),
         cache_dir: Path | None = _CACHE_DIR,
-        max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most requests answered by one retriever call."),
+        max_batch: int | None = typer.Option(None, "--max-batch", min=1,
+                                             help="Most requests answered by one retriever call (default 64)."),
+        limit: list[str] | None = _LIMIT,
         log_level: str = typer.Option("info", "--log-level", help="uvicorn/python log level."),
         access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request."),
     ) -> None:
-        """Serve POST /retrieve, GET /health and GET /metadata, following the store's LATEST snapshot."""
+        """Serve POST /retrieve, GET /livez, /readyz, /metrics and /metadata, following the store's LATEST snapshot."""
         import logging
 
         from mfli.serve.service import configure_threads
@@ -40,11 +46,16 @@ def register(app: typer.Typer) -> None:
         configure_threads(1)  # before numpy/torch do any work: one BLAS thread is fastest here
         import uvicorn
 
+        from mfli.serve.limits import ServiceLimits, parse_limit_options
         from mfli.serve.live import LiveRetriever
         from mfli.serve.service import create_app
         from mfli.serve.snapshot_retriever import SnapshotBuilder
         from mfli.store import StoreError
 
+        try:
+            limits = ServiceLimits.from_env().with_overrides(parse_limit_options(limit or []))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--limit / $MFLI_SERVE_*") from None
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
             live = LiveRetriever(store, SnapshotBuilder(), cache_dir)
@@ -53,8 +64,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1) from None
         live.refresh()
         if live.state is None:
-            # keep running: /health answers 503 until a snapshot is published or repaired
+            # keep running: /readyz answers 503 until a snapshot is published or repaired
             typer.secho(f"no snapshot served yet from {live.store.uri}: {live.metadata()['last_refresh_error']}",
                         err=True, fg=typer.colors.YELLOW)
-        api = create_app(live, refresh_seconds=refresh_seconds or None, max_batch=max_batch)
+        api = create_app(live, refresh_seconds=refresh_seconds or None, max_batch=max_batch, limits=limits)
         uvicorn.run(api, host=host, port=port, log_level=log_level.lower(), access_log=access_log)

@@ -5,7 +5,7 @@ Each app has its own registry, so several apps in one process (tests) never shar
 ==========================================  =========  =================================================
 metric                                      type       labels / meaning
 ==========================================  =========  =================================================
-``mfli_request_seconds``                    histogram  ``mode`` (trigger, user, rejected): time in the handler
+``mfli_request_seconds``                    histogram  ``mode`` (trigger, user, rejected after parsing): handler time
 ``mfli_batch_size``                         histogram  requests answered by one retriever call
 ``mfli_request_errors_total``               counter    ``kind``: validation, too_large, bad_json, overloaded,
                                                        deadline, no_snapshot, internal
