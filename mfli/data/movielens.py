@@ -258,12 +258,23 @@ def _check_known(
         raise _row_error(path, src, row, f"{column} {value} is not in {where}", header=header, column=column)
 
 
-def _interactions(ratings: pd.DataFrame, user: str, item: str, rating: str, ts: str) -> pd.DataFrame:
+#: Unix seconds a datetime64[ns] can hold (1677-09-21 .. 2262-04-11); outside it pandas raises OutOfBoundsDatetime.
+_TS_SECONDS = (-(2**63) // 10**9 + 1, (2**63 - 1) // 10**9)
+
+
+def _interactions(ratings: pd.DataFrame, user: str, item: str, rating: str, ts: str, *, path: Path,
+                  src: Path | bytes, header: bool) -> pd.DataFrame:
+    seconds = ratings[ts].astype("int64")
+    out = (seconds < _TS_SECONDS[0]) | (seconds > _TS_SECONDS[1])
+    if out.any():  # a clear error naming the line, not pandas' OutOfBoundsDatetime traceback
+        row = int(np.flatnonzero(out.to_numpy())[0])
+        raise _row_error(path, src, row, f"timestamp {int(seconds.iloc[row])} is outside the supported range "
+                         "(unix seconds for 1677-09-22 .. 2262-04-11)", header=header, column=ts)
     return pd.DataFrame(
         {
             "user_id": ratings[user].astype("int64"),
             "item_id": ratings[item].astype("int64"),
-            "event_ts": pd.to_datetime(ratings[ts].astype("int64"), unit="s", utc=True),
+            "event_ts": pd.to_datetime(seconds, unit="s", utc=True),
             "weight": ratings[rating].astype("float32"),
         }
     )
@@ -313,7 +324,8 @@ def load_movielens_latest(path: str | Path) -> Dataset:
         )  # fmt: skip
         _check_known(tags, "movieId", movies["movieId"], tags_file, tags_file, header=True, where=movies_file.name)
         text = _title_and_tags(movies, tags)
-    inter = _interactions(ratings, "userId", "movieId", "rating", "timestamp")
+    inter = _interactions(ratings, "userId", "movieId", "rating", "timestamp", path=ratings_file, src=ratings_file,
+                          header=True)
     items = _items(movies["movieId"], movies["title"], _genres(movies["genres"]), text)
     users = pd.DataFrame({"user_id": np.sort(inter["user_id"].unique())})
     return _finish(path, "movielens-latest", ratings_file, inter, items, users)
@@ -360,7 +372,8 @@ def load_movielens_1m(path: str | Path) -> Dataset:
         )
     else:
         users = pd.DataFrame({"user_id": np.sort(ratings["UserID"].unique())})
-    inter = _interactions(ratings, "UserID", "MovieID", "Rating", "Timestamp")
+    inter = _interactions(ratings, "UserID", "MovieID", "Rating", "Timestamp", path=ratings_file, src=ratings_raw,
+                          header=False)
     items = _items(movies["MovieID"], movies["Title"], _genres(movies["Genres"]))
     return _finish(path, "movielens-1m", ratings_file, inter, items, users)
 
@@ -419,7 +432,8 @@ def load_movielens_100k(path: str | Path) -> Dataset:
         users = u.rename(columns={"zip_code": "zip"})
     else:
         users = pd.DataFrame({"user_id": np.sort(ratings["user_id"].unique())})
-    inter = _interactions(ratings, "user_id", "item_id", "rating", "timestamp")
+    inter = _interactions(ratings, "user_id", "item_id", "rating", "timestamp", path=data_file, src=data_file,
+                          header=False)
     items = _items(movies["movie_id"], movies["movie_title"], categories)
     return _finish(path, "movielens-100k", data_file, inter, items, users)
 

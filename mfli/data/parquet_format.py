@@ -3,10 +3,15 @@
 Layout of a dataset folder::
 
     <dir>/_dataset.json                  {"format": "mfli-parquet", "version": 1, "name": ..., "meta": {...},
-                                          "counts": {"interactions": N, "items": N, "users": N, "parts": K}}
+                                          "counts": {"interactions": N, "items": N, "users": N, "parts": K},
+                                          "sha256": {"items.parquet": hex, "interactions/part-00000.parquet": hex, ...}}
     <dir>/items.parquet                  ITEMS_SCHEMA
     <dir>/users.parquet                  USERS_BASE_SCHEMA + feature columns
     <dir>/interactions/part-00000.parquet ...   INTERACTIONS_SCHEMA, at most ``rows_per_part`` rows each
+
+Every data file's sha256 is recorded in ``_dataset.json`` and checked on load (:func:`verify_checksums`):
+a flipped byte in a part is a :class:`DataError` naming the file, never garbage timestamps trained on.
+Folders written before checksums were recorded load unverified.
 
 Writes are atomic: everything goes into a hidden temp folder beside the target, ``_dataset.json`` is
 written last, and the folder is renamed into place, so a crash never leaves a half dataset under the
@@ -37,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mfli.checksums import sha256_file
 from mfli.data.dataset import Dataset
 from mfli.data.errors import DataError
 from mfli.data.schema import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_BASE_SCHEMA, conform, to_arrow
@@ -168,6 +174,7 @@ class ParquetDatasetWriter:
                 "name": self.name,
                 "meta": self.meta,
                 "counts": {**self._counts, "parts": self._n_parts},
+                "sha256": file_checksums(self._tmp),
             }
             (self._tmp / MARKER).write_text(json.dumps(marker, indent=2, default=str) + "\n")
             _swap_into_place(self._tmp, self.out_dir)
@@ -227,6 +234,38 @@ def read_marker(path: str | Path) -> dict[str, Any]:
     return marker
 
 
+def file_checksums(folder: str | Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of the data files of an mfli-parquet folder (for ``_dataset.json``)."""
+    folder = Path(folder)
+    files = [folder / ITEMS_FILE, folder / USERS_FILE, *sorted((folder / INTERACTIONS_DIR).glob("part-*.parquet"))]
+    return {f.relative_to(folder).as_posix(): sha256_file(f) for f in files if f.is_file()}
+
+
+def verify_checksums(path: str | Path, marker: dict[str, Any]) -> None:
+    """Check every data file against the sha256 recorded in ``_dataset.json``; DataError naming the file.
+
+    Also refuses interaction parts the marker does not list (a stray or renamed part would be read).
+    Folders whose marker has no ``sha256`` (written before checksums were recorded) pass unchecked.
+    """
+    path = Path(path)
+    recorded = marker.get("sha256")
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise DataError(path / MARKER, "\"sha256\" must be an object {file: hex digest}", column="sha256")
+    for rel, want in sorted(recorded.items()):
+        file = path / rel
+        if not file.is_file():
+            raise DataError(file, "missing file")
+        got = sha256_file(file)
+        if got != want:
+            raise DataError(file, f"corrupt file: sha256 {got[:16]}... does not match {want[:16]}... recorded in "
+                                  f"{MARKER}; restore or regenerate the dataset")
+    for part in sorted((path / INTERACTIONS_DIR).glob("part-*.parquet")):
+        if part.relative_to(path).as_posix() not in recorded:
+            raise DataError(part, f"interaction part not listed in {MARKER} (a stray file?)")
+
+
 def interaction_parts(path: str | Path) -> list[Path]:
     """Sorted interaction part files of an mfli-parquet folder (at least one)."""
     folder = Path(path) / INTERACTIONS_DIR
@@ -240,6 +279,7 @@ def load_parquet_dataset(path: str | Path) -> Dataset:
     """Load an mfli-parquet folder fully into memory as a canonical :class:`Dataset`."""
     path = Path(path)
     marker = read_marker(path)
+    verify_checksums(path, marker)
     inter = pa.concat_tables([_read(p, INTERACTIONS_SCHEMA, "interactions") for p in interaction_parts(path)])
     items_t = _read(path / ITEMS_FILE, ITEMS_SCHEMA, "items")
     users_t = _read(path / USERS_FILE, None, "users")
@@ -278,8 +318,24 @@ def _cast(t: pa.Table, schema: pa.Schema, source: str | Path, table: str) -> pa.
             try:
                 col.cast(f.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                if pa.types.is_timestamp(col.type) and pa.types.is_timestamp(f.type):
+                    _timestamp_range_error(col, source, table, f.name)
                 raise DataError(source, f"{table}: column has type {col.type}, expected {f.type}: {exc}", column=f.name) from None
     return t.cast(schema)
+
+
+def _timestamp_range_error(col: pa.ChunkedArray, source: str | Path, table: str, column: str) -> None:
+    """Raise a DataError at the first timestamp a datetime64[ns] cannot hold (after 2262, before 1677)."""
+    unit = col.type.unit
+    per_ns = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[unit]
+    raw = col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    lo, hi = -(2**63) // per_ns + 1, (2**63 - 1) // per_ns
+    bad = np.flatnonzero((raw < lo) | (raw > hi))
+    if bad.size:
+        row = int(bad[0])
+        value = col[row].as_py()
+        raise DataError(source, f"{table}: timestamp {value} is outside the supported range 1677-09-22 .. 2262-04-11 "
+                                f"({bad.size} row(s))", line=row, column=column)
 
 
 def _as_table(chunk: pd.DataFrame | pa.Table, table: str, schema: pa.Schema, source: str) -> pa.Table:
@@ -371,7 +427,7 @@ def parquet_stats(path: str | Path, *, progress: bool = False, batch_rows: int =
     from tqdm import tqdm
 
     path = Path(path)
-    read_marker(path)
+    verify_checksums(path, read_marker(path))
     parts = interaction_parts(path)
     files = []
     for p in parts:

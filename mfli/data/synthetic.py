@@ -699,7 +699,9 @@ def write_synthetic(cfg: SyntheticConfig, out_dir: str | Path, *, overwrite: boo
         for i, table in enumerate(_interaction_chunks(cfg, it, us)):
             pq.write_table(table, tmp / "interactions" / f"part-{i:05d}.parquet", compression="zstd")
             bar.update()
-        marker = {"format": "mfli-parquet", "name": "synthetic", "meta": cfg.to_dict()}
+        from mfli.data.parquet_format import file_checksums  # checked on load like any mfli-parquet folder
+
+        marker = {"format": "mfli-parquet", "name": "synthetic", "meta": cfg.to_dict(), "sha256": file_checksums(tmp)}
         (tmp / "_dataset.json").write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
         _replace_dir(tmp, out)
     except BaseException:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mfli.data.quality import ID_COLUMNS, TS_COLUMN, WEIGHT_MAX, WEIGHT_MIN, rules_for
 from mfli.features.window import Window
 
 #: Canonical dtypes per table (pandas dtype names). Timestamps must be tz-aware UTC.
@@ -67,8 +68,8 @@ CATEGORY_PATH_REGEX = r"^[^>\s](?:[^>]*[^>\s])?(?:>[^>\s](?:[^>]*[^>\s])?)*$"
 class ValidationConfig:
     """Thresholds of the suites; defaults fit MovieLens, Amazon LC-Rec and the synthetic catalogue."""
 
-    weight_min: float = 0.0  # exclusive: a zero/negative label strength means a broken join or parse
-    weight_max: float = 100.0  # MovieLens ratings are <= 5, implicit data 1.0; far above = unit mix-up
+    weight_min: float = WEIGHT_MIN  # exclusive: a zero/negative label strength means a broken join or parse
+    weight_max: float = WEIGHT_MAX  # MovieLens ratings are <= 5, implicit data 1.0; far above = unit mix-up
     volume_band: tuple[float, float] = (0.5, 2.0)  # allowed ratio to the previous run's row count
     max_empty_categories: float = 0.2  # share of items allowed without any category (Amazon: 3%)
     max_category_len: int = 200  # characters in one category path
@@ -233,28 +234,24 @@ def checks(table: str, df: pd.DataFrame, scope: RunScope, cfg: ValidationConfig)
         if ok(col):
             out.append(Check(frame, exp, why))
 
-    # Ids and timestamps.
-    id_cols = {
-        "interactions": ["user_id", "item_id"],
-        "training": ["user_id", "item_id"],
-        "items": ["item_id"],
-        "new_items": ["item_id"],
-        "users": ["user_id"],
-    }[table]
-    for c in id_cols:
+    # Ids, uniqueness, weight range, timestamps before 1970: the rules of mfli.data.quality, shared with
+    # the loaders' quality report (one definition, two interpreters).
+    weight = ["weight"] if table in ("interactions", "training") else []
+    for c in [*ID_COLUMNS[table], *([TS_COLUMN[table]] if table in TS_COLUMN else []), *weight]:
         add(c, gxe.ExpectColumnValuesToNotBeNull(column=c), f"{c} is never null")
-        add(c, gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0), f"{c} is a non-negative id")
-    if table in ("items", "new_items", "users"):
-        c = id_cols[0]
-        add(c, gxe.ExpectColumnValuesToBeUnique(column=c), f"one row per {c}")
-    ts_col = {
-        "interactions": "event_ts",
-        "training": "event_ts",
-        "items": "created_at",
-        "new_items": "created_at",
-    }.get(table)
+    for rule in rules_for(table, cfg.weight_min, cfg.weight_max):
+        if not all(ok(c) for c in rule.columns):
+            continue
+        if rule.unique and len(rule.columns) > 1:
+            exp = gxe.ExpectCompoundColumnsToBeUnique(column_list=list(rule.columns))
+        elif rule.unique:
+            exp = gxe.ExpectColumnValuesToBeUnique(column=rule.columns[0])
+        else:
+            exp = gxe.ExpectColumnValuesToBeBetween(column=rule.columns[0], min_value=rule.min_value,
+                                                    max_value=rule.max_value, strict_min=rule.strict_min)
+        out.append(Check("table", exp, rule.why))
+    ts_col = TS_COLUMN.get(table)
     if ts_col:
-        add(ts_col, gxe.ExpectColumnValuesToNotBeNull(column=ts_col), f"{ts_col} is never null")
         add(
             ts_col,
             gxe.ExpectColumnValuesToBeBetween(column=ts_col, max_value=now),
@@ -268,23 +265,6 @@ def checks(table: str, df: pd.DataFrame, scope: RunScope, cfg: ValidationConfig)
                 ),
                 f"{ts_col} inside the run's window [{scope.window.start.isoformat()}, {scope.window.end.isoformat()})",
             )
-    if table in ("interactions", "training") and all(ok(c) for c in ("user_id", "item_id", "event_ts")):
-        out.append(
-            Check(
-                "table",
-                gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id", "event_ts"]),
-                "no duplicate events (same user, item and time)",
-            )
-        )
-    if table in ("interactions", "training"):
-        add("weight", gxe.ExpectColumnValuesToNotBeNull(column="weight"), "weight is never null")
-        add(
-            "weight",
-            gxe.ExpectColumnValuesToBeBetween(
-                column="weight", min_value=cfg.weight_min, max_value=cfg.weight_max, strict_min=True
-            ),
-            f"weight in ({cfg.weight_min}, {cfg.weight_max}]",
-        )
 
     # Item content.
     if table in ("items", "new_items", "training"):

@@ -15,6 +15,7 @@ from mfli.data.errors import DataError
 from mfli.data.loaders import detect_format, load_dataset
 from mfli.data.parquet_format import (
     ParquetDatasetWriter,
+    file_checksums,
     load_parquet_dataset,
     parquet_stats,
     write_dataset,
@@ -126,6 +127,13 @@ def test_stats_streaming_with_sparse_ids(tmp_path, capsys):
     assert "rows" in capsys.readouterr().err  # the tqdm bar goes to stderr
 
 
+def _rehash(out):
+    """Record the current files' checksums, as if the folder had been written like this."""
+    marker = json.loads((out / "_dataset.json").read_text())
+    marker["sha256"] = file_checksums(out)
+    (out / "_dataset.json").write_text(json.dumps(marker))
+
+
 def test_bad_files(tiny_dataset, tmp_path):
     out = write_dataset(tiny_dataset, tmp_path / "d")
     (out / "_dataset.json").write_text('{\n  "format": "mfli-parquet",\n  "name": tiny\n}')
@@ -146,6 +154,7 @@ def test_bad_files(tiny_dataset, tmp_path):
     out = write_dataset(tiny_dataset, tmp_path / "f")
     part = out / "interactions" / "part-00000.parquet"
     pq.write_table(pq.read_table(part).drop_columns(["weight"]), part)
+    _rehash(out)  # a well-formed file with the wrong schema (not a corrupt one): the schema check speaks
     with pytest.raises(DataError) as info:
         load_dataset(out)
     assert info.value.path.endswith("part-00000.parquet") and info.value.column == "weight"
@@ -154,11 +163,13 @@ def test_bad_files(tiny_dataset, tmp_path):
     t = pa.table({"user_id": ["u1"] * 3, "item_id": [1, 2, 3], "event_ts": pa.array([0, 1, 2], pa.timestamp("ns", "UTC")),
                   "weight": pa.array([1.0] * 3, pa.float32())})  # fmt: skip
     pq.write_table(t, part)
+    _rehash(out)
     with pytest.raises(DataError) as info:
         load_dataset(out)
     assert info.value.column == "user_id" and "expected int64" in info.value.problem
 
     part.write_bytes(b"not parquet at all")
+    _rehash(out)
     with pytest.raises(DataError, match="unreadable parquet"):
         parquet_stats(out)
 
