@@ -22,19 +22,32 @@ def quality(
     out: Path = typer.Option(None, "--out", help="Write {method: {metric: {mean, std, values}}} as JSON."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads for training (0: process default)."),
     config: Path = typer.Option(None, "--config", help="JSON file of TrainConfig overrides (as for `mfli train`)."),
+    strict: bool = typer.Option(False, "--strict/--no-strict", help="Data-quality findings are errors (exit 2)."),
 ) -> None:
     """Train, index and evaluate every method on the same split, in one process."""
+    from mfli.cli.train import EXIT_BAD_DATA
+    from mfli.data.errors import DataError
     from mfli.data.loaders import load_dataset
     from mfli.eval.harness import QualityConfig, format_table, run_quality
     from mfli.train import TrainConfig
 
-    overrides = {}
-    if config is not None:
-        overrides = json.loads(config.read_text())
-        if not isinstance(overrides, dict):
-            raise typer.BadParameter(f"{config}: expected a JSON object of TrainConfig fields", param_hint="--config")
-        TrainConfig.from_dict(overrides)  # unknown keys fail here, before any training
-    ds = load_dataset(data)
+    try:  # bad data or a bad config: one line on stderr and exit 2, like the other commands
+        overrides = {}
+        if config is not None:
+            try:
+                overrides = json.loads(config.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise DataError(config, f"cannot read config JSON: {exc}") from None
+            if not isinstance(overrides, dict):
+                raise DataError(config, "expected a JSON object of TrainConfig fields")
+            try:
+                TrainConfig.from_dict(overrides)  # unknown keys fail here, before any training
+            except (TypeError, ValueError) as exc:
+                raise DataError(config, str(exc)) from None
+        ds = load_dataset(data, strict=strict)
+    except DataError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=EXIT_BAD_DATA) from None
     cfg = QualityConfig(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), split=split,
                         seeds=seeds, epochs=epochs, beam=beam, max_users=max_users,
                         num_threads=threads, train_overrides=overrides)
@@ -46,7 +59,11 @@ def quality(
         tmp.write_text(json.dumps(results, indent=2))
         tmp.replace(out)
 
-    results = run_quality(ds, cfg, log=lambda s: typer.echo(s, err=True), on_seed=write if out else None)
+    try:
+        results = run_quality(ds, cfg, log=lambda s: typer.echo(s, err=True), on_seed=write if out else None)
+    except DataError as exc:  # e.g. a split that leaves no test events
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=EXIT_BAD_DATA) from None
     typer.echo(format_table(results))
     if out:  # on_seed wrote it after the last seed
         typer.echo(f"wrote {out}", err=True)

@@ -4,9 +4,12 @@
     mfli data convert ../shared/datasets/amazon-scientific data/amazon-scientific
     mfli data generate data/synth --items 100000 --users 20000 --interactions 1000000 --seed 0
     mfli data split ../shared/datasets/ml-latest-small --kind time
+    mfli data check ../shared/datasets/ml-latest-small --strict
 
 Every command prints one JSON object on stdout. Bad input prints the error (file, line, problem) on
-stderr and exits with code 2.
+stderr and exits with code 2. Data-quality findings (duplicate events, negative ids or weights,
+timestamps before 1970; rules in mfli/data/quality.py) are warnings on stderr; ``--strict`` makes
+them errors (exit 2).
 """
 
 from __future__ import annotations
@@ -44,6 +47,20 @@ def _data_errors() -> Iterator[None]:
         raise typer.Exit(code=EXIT_BAD_DATA) from None
 
 
+_STRICT = typer.Option("--strict/--no-strict", help="Data-quality findings are errors (exit 2), not warnings.")
+
+
+def _load(path: Path, strict: bool):
+    """load_dataset + its quality findings as warnings on stderr (or the first as an error with strict)."""
+    from mfli.data.loaders import load_dataset
+
+    ds = load_dataset(path, strict=strict)
+    for f in ds.meta.get("quality", []):
+        typer.echo(f"warning: {path}: {f['table']}: {f['count']} row(s) break '{f['why']}' "
+                   f"(first: row {f['first_row']}, {f['example']})", err=True)
+    return ds
+
+
 def _print(obj: dict) -> None:
     typer.echo(json.dumps(obj))
 
@@ -64,13 +81,13 @@ def stats(
 def convert(
     path: Annotated[Path, typer.Argument(help="Dataset folder in any supported format.")],
     out_dir: Annotated[Path, typer.Argument(help="Target folder for the canonical mfli-parquet layout.")],
+    strict: Annotated[bool, _STRICT] = False,
 ) -> None:
     """Load a dataset and write it in the canonical mfli-parquet layout (atomically); print its stats."""
-    from mfli.data.loaders import load_dataset
     from mfli.data.parquet_format import parquet_stats, write_dataset
 
     with _data_errors():
-        write_dataset(load_dataset(path), out_dir)
+        write_dataset(_load(path, strict), out_dir)
         _print({"out_dir": str(out_dir), **parquet_stats(out_dir)})
 
 
@@ -118,3 +135,14 @@ def split(
                 "cutoff": s.cutoff.isoformat() if s.cutoff is not None else None,
             }
         )
+
+
+@app.command()
+def check(
+    path: Annotated[Path, typer.Argument(help="Dataset folder in any supported format.")],
+    strict: Annotated[bool, _STRICT] = False,
+) -> None:
+    """Load a dataset (checksums, schema, ranges) and print its data-quality report {format, findings}."""
+    with _data_errors():
+        ds = _load(path, strict)
+        _print({"format": ds.format, **ds.stats(), "findings": ds.meta.get("quality", [])})

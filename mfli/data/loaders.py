@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:  # pandas stays out of the import path of `mfli --help`
     import pandas as pd
 
     from mfli.data.dataset import Dataset
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("movielens-100k", "movielens-1m", "movielens-latest", "amazon-lcrec", "mfli-parquet")
 
@@ -77,16 +80,27 @@ def detect_format(path: str | Path) -> str:
     raise DataError(path, f"unrecognised dataset folder: looked for {looked}; found {shown or 'nothing'}")
 
 
-def load_dataset(path: str | Path) -> Dataset:
+def load_dataset(path: str | Path, *, strict: bool = False) -> Dataset:
     """Load the dataset folder ``path`` in whatever supported format it is, as canonical tables.
 
-    Returns a :class:`~mfli.data.dataset.Dataset` whose tables conform to :mod:`mfli.data.schema`.
-    Raises :class:`DataError` (naming file, line and problem) on bad input.
+    Returns a :class:`~mfli.data.dataset.Dataset` whose tables conform to :mod:`mfli.data.schema`, with
+    its data-quality findings (:mod:`mfli.data.quality`: duplicates, negative ids or weights, timestamps
+    before 1970) in ``meta["quality"]`` and logged as warnings. Raises :class:`DataError` (naming file,
+    line and problem) on bad input, and with ``strict`` on the first quality finding too.
     """
+    from mfli.data.quality import quality_report, raise_on_findings
+
     fmt = detect_format(path)
     module, func = _LOADERS[fmt]
     loader = getattr(importlib.import_module(module), func)
-    return loader(Path(path))
+    ds = loader(Path(path))
+    findings = quality_report(ds)
+    if strict:
+        raise_on_findings(findings, str(path))
+    for f in findings:
+        log.warning("%s: %s", path, f.message())
+    ds.meta["quality"] = [f.as_dict() for f in findings]
+    return ds
 
 
 def dataset_stats(path: str | Path, *, progress: bool = False) -> dict[str, Any]:
