@@ -39,7 +39,7 @@ def test_data_check_reports_findings_and_strict_exits_2(tmp_path):
 
 
 def test_data_convert_strict_writes_nothing(tmp_path):
-    root = _ml_latest(tmp_path / "ml", [f"1,1,4.0,{T}", f"2,2,3.0,-5"])
+    root = _ml_latest(tmp_path / "ml", [f"1,1,4.0,{T}", "2,2,3.0,-5"])
     res = _run("data", "convert", str(root), str(tmp_path / "out"), "--strict")
     assert res.exit_code == 2 and "is not before 1970" in res.stderr
     assert not (tmp_path / "out").exists()

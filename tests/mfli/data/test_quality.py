@@ -155,7 +155,7 @@ BAD_ROWS = [
     ("negative-rating", [f"1,1,-1.0,{T}", f"2,2,3.0,{T}", f"3,2,-2.5,{T}"], "weight_range", "weight", 2, 0),
     ("zero-rating", [f"1,1,0.0,{T}", f"2,2,3.0,{T}"], "weight_range", "weight", 1, 0),
     ("huge-rating", [f"1,1,4.0,{T}", f"2,2,1e9,{T}"], "weight_range", "weight", 1, 1),
-    ("pre-1970", [f"1,1,4.0,{T}", f"2,2,3.0,-86400"], "before_1970", "event_ts", 1, 1),
+    ("pre-1970", [f"1,1,4.0,{T}", "2,2,3.0,-86400"], "before_1970", "event_ts", 1, 1),
 ]
 
 
