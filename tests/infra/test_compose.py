@@ -239,6 +239,9 @@ def test_serving_reads_the_store_with_its_own_read_only_user(services, env) -> N
     e = _environment(s)
     assert e["AWS_ACCESS_KEY_ID"] == env["MFLI_SERVING_ACCESS_KEY"] != env["MFLI_PUBLISHER_ACCESS_KEY"]
     assert e["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    # id-only requests ask Feast only when the repository is named; the image holds it there
+    assert e["MFLI_FEAST_REPO"] == "/opt/airflow/feature_repo"
+    assert "COPY --chown=${AIRFLOW_UID}:0 feature_repo/ /opt/airflow/feature_repo/" in (REPO / "Dockerfile").read_text()
 
 
 def test_store_bucket_and_prefix_match_the_iam_policies(env) -> None:
@@ -269,6 +272,7 @@ def test_long_running_services_have_healthchecks(services) -> None:
     assert "DagProcessorJob" in " ".join(services["airflow-dag-processor"]["healthcheck"]["test"])
     assert "TriggererJob" in " ".join(services["airflow-triggerer"]["healthcheck"]["test"])
     assert "inspect ping" in " ".join(services["airflow-worker"]["healthcheck"]["test"])
+    assert "8000/readyz" in " ".join(services["mfli-serving"]["healthcheck"]["test"])
 
 
 def test_depends_on_conditions(services) -> None:

@@ -181,6 +181,11 @@ def test_serving_service_and_probes(manifests) -> None:
     assert str(ports["http"]) == argv[argv.index("--port") + 1]
     for port in svc["spec"]["ports"]:
         assert port["targetPort"] in ports or port["targetPort"] in ports.values()
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["httpGet"]["path"] == "/health", probe
+    # ready = a verified snapshot is loaded; alive = the process answers (a pod without a snapshot is not restarted)
+    paths = {p: container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe", "startupProbe")}
+    assert paths == {"readinessProbe": "/readyz", "livenessProbe": "/livez", "startupProbe": "/livez"}
+    annotations = deploy["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == "/metrics" and annotations["prometheus.io/port"] == str(ports["http"])
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MFLI_FEAST_REPO"] == "/opt/airflow/feature_repo"  # else id-only requests never ask Feast
     assert deploy["spec"]["replicas"] >= 2
