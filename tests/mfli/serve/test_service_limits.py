@@ -458,3 +458,67 @@ def test_smaller_limits_show_in_the_errors(live):
         r = c.post("/retrieve", json={"user_features": {"history_item_ids": [1, 2, 3]}})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "history_item_ids"
         assert c.post("/retrieve", json={"recent_items": [1, 2, 3], "k": 10}).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------
+# the real process over loopback
+# ------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_mfli_serve_process_refuses_hostile_requests_and_keeps_serving(snapshot_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    store = open_store(tmp_path / "store")
+    publish_snapshot(store, snapshot_dir, "v1")
+    port = _free_port()
+    env = {**os.environ, "MFLI_CACHE_DIR": str(tmp_path / "cache"), "MFLI_SERVE_DEADLINE_S": "5"}
+    env.pop("MFLI_FEAST_REPO", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from mfli.cli import app; app()", "serve", "--store", str(tmp_path / "store"),
+         "--port", str(port), "--refresh-seconds", "0", "--log-level", "warning", "--limit", "max_body_bytes=65536"],
+        cwd=Path(__file__).resolve().parents[3], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
+            time.sleep(0.2)
+        with httpx.Client(base_url=url, timeout=10) as c:
+            assert c.get("/livez").json() == {"status": "ok"}
+            limits = c.get("/metadata").json()["service"]["limits"]
+            assert (limits["max_body_bytes"], limits["deadline_s"]) == (65536, 5.0)
+            big = json.dumps({"user_features": {"history_item_ids": _many(2_000_000)}}).encode()  # ~16 MB
+            r = c.post("/retrieve", content=big, headers={"content-type": "application/json"})
+            assert r.status_code == 413 and "65536-byte limit" in r.json()["detail"]
+            assert c.post("/retrieve", json={"user_id": 2**64, "k": 5}).status_code == 422
+            assert c.post("/retrieve", json={"user_id": True}).status_code == 422
+            r = c.post("/retrieve", json={"recent_items": [0, 3], "k": 6})
+            assert r.status_code == 200 and len(r.json()["items"]) == 6
+            text = c.get("/metrics").text
+            assert 'mfli_request_errors_total{kind="too_large"} 1.0' in text
+            assert 'mfli_request_errors_total{kind="validation"} 2.0' in text
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
