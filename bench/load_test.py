@@ -1,17 +1,30 @@
 """Load test of the retrieval service: `mfli serve` in a subprocess on loopback, driven by concurrent clients.
 
-    .venv/bin/python bench/load_test.py --seconds 30 --concurrency 16 --out bench/results/load_test.json
-    .venv/bin/python bench/load_test.py --items 20000 --snapshot-dir /tmp/mfli-load-snapshot   # reuse the build
+    nice -n 5 .venv/bin/python bench/load_test.py --seconds 30 --concurrency 32 --out bench/results/load_test.json
+    nice -n 5 .venv/bin/python bench/load_test.py --concurrency 8,16 --seconds 10 --snapshot-dir /tmp/mfli-load
+    .venv/bin/python bench/load_test.py --scenarios clean --seconds 30 --concurrency 16     # the plain run
 
 Builds its own snapshot (synthetic catalogue from mfli.data.synthetic, a short training run, the full
-index build), publishes it to a local store in a temp dir, starts `mfli serve` on 127.0.0.1 at a free
-port, waits for /health, warms up, then keeps `--concurrency` requests in flight for `--seconds`
-(asyncio + httpx, keep-alive connections, only to the server it started). The request mix is
-trigger mode (a user's 1-10 most recent items) and user mode (user id + its history as features), k=100.
+index build, and a delta of new items), publishes it to a local store in a temp dir, starts
+`mfli serve` on 127.0.0.1 at a free port (polling the store every second), waits for /readyz, warms
+up, then for each concurrency runs each scenario for `--seconds`, keeping that many requests in flight
+(asyncio + httpx, keep-alive connections, only to the server it started; `--max-requests` bounds the
+count too):
 
-Reports requests/s, latency percentiles (client side, full HTTP round trip), errors (must be 0; the exit
-status is 1 otherwise), the server's mean batch size, CPU used by server and client, and the machine's
-load average, as a table and as JSON (--out). The server is stopped with SIGINT (then killed if it hangs).
+- ``clean``: legitimate requests only (trigger mode: a user's 1-10 most recent items; user mode: user
+  id + its history as features; k=100);
+- ``swap``: the same, while a delta and a whole new snapshot are published in turn every
+  `--swap-every` seconds (the server picks each up within a second and swaps it in);
+- ``swap+hostile``: the same again, with `--hostile-share` of the requests hostile: oversized bodies
+  (2 MB, 413), ids past int64, bools and strings as ids, 1e308 quotas, unknown fields, broken JSON,
+  deep nesting, unknown facets (4xx each).
+
+Reports per run: legitimate requests/s, latency percentiles (client side, full HTTP round trip),
+errors among legitimate requests (must be 0; exit status 1 otherwise), hostile requests and whether
+each got the 4xx it should (a 5xx or a dropped connection counts as unexpected), swaps done and
+snapshots seen in answers, the server's mean batch size, CPU used by server and client and the
+machine's load average; then the p99 ratio of ``swap+hostile`` to ``swap`` per concurrency. As a table
+and as JSON (--out). The server is stopped with SIGINT (then killed if it hangs).
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 # import the checkout's mfli package even when an older editable install maps it elsewhere
@@ -59,6 +73,15 @@ def build_snapshot(out: Path, n_items: int, n_users: int, n_interactions: int, s
     model.save(out / "model")
     result.index.save(out / "index")
     (out / "report").mkdir(parents=True, exist_ok=True)
+    # a delta of new items (copies of existing rows under fresh ids), published during the swap runs
+    from mfli.index.delta import assign_paths, delta_rows_table
+
+    new = ds.items.iloc[:200].copy()
+    new["item_id"] = ds.items["item_id"].max() + 1 + np.arange(len(new))
+    emb = model.item_embeddings(new).numpy()
+    pq.write_table(delta_rows_table(new["item_id"].to_numpy(), emb, assign_paths(emb, model.codebooks,
+                                                                                 result.index.maps),
+                                    result.index.facet_names), out.parent / f"{out.name}.delta.parquet")
     info = {"items": int(ds.items.shape[0]), "users": int(ds.users.shape[0]) if ds.users is not None else n_users,
             "interactions": len(ds.interactions), "train_steps": steps,
             "codebook": list(model.codebooks.shape),
@@ -102,52 +125,132 @@ def make_requests(histories: dict[int, list[int]], n: int, trigger_share: float,
     return out
 
 
-async def drive(url: str, bodies: list[dict], seconds: float, concurrency: int, warmup: float) -> dict:
-    """Keep ``concurrency`` requests in flight; latencies of those started after ``warmup`` seconds."""
+#: Hostile request kinds: (name, body bytes, expected status). The 2 MB body is refused from its
+#: Content-Length (413) before the server reads it.
+def hostile_requests() -> list[tuple[str, bytes, int]]:
+    big = json.dumps({"user_features": {"history_item_ids": list(range(300_000))}}).encode()
+    bodies: list[tuple[str, object, int]] = [
+        ("oversized-2MB", big, 413),
+        ("user-id-2^63", {"user_id": 2**63, "k": 10}, 422),
+        ("user-id-2^70-batchmate", {"user_id": 2**70, "recent_items": [1, 2], "k": 10}, 422),
+        ("item-id-bool", {"recent_items": [True, False], "k": 10}, 422),
+        ("item-id-string", {"recent_items": ["12"], "k": 10}, 422),
+        ("quota-1e308", {"recent_items": [1], "facet_quotas": {"semantic": 1e308}}, 422),
+        ("k-huge", {"recent_items": [1], "k": 10**9}, 422),
+        ("unknown-field", {"recent_item": [1]}, 422),
+        ("broken-json", b'{"recent_items": [1,', 422),
+        ("deep-nesting", b"[" * 50_000 + b"]" * 50_000, 400),
+        ("unknown-facet", {"recent_items": [1], "facet_quotas": {"colour": 1}}, 422),
+    ]
+    return [(n, b if isinstance(b, bytes) else json.dumps(b).encode(), st) for n, b, st in bodies]
+
+
+async def drive(url: str, bodies: list[bytes], hostile: list[tuple[str, bytes, int]], hostile_share: float,
+                seconds: float, concurrency: int, warmup: float, max_requests: int, seed: int,
+                swapper=None) -> dict:
+    """Keep ``concurrency`` requests in flight; latencies of legitimate requests started after ``warmup``."""
     import httpx
 
     lat: list[float] = []
     errors: list[str] = []
-    modes = {"trigger": 0, "user": 0}
+    modes: dict[str, int] = {}
+    snapshots: dict[str, int] = {}
+    hostile_seen: dict[str, dict[str, int]] = {}
+    unexpected: list[str] = []
+    sent = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"content-type": "application/json"}
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0) as client:
         t_start = time.perf_counter()
         t_measure = t_start + warmup
         t_end = t_measure + seconds
 
         async def worker(w: int) -> None:
+            nonlocal sent
+            rng = random.Random(seed * 1000 + w)
             i = w
             while True:
                 t0 = time.perf_counter()
-                if t0 >= t_end:
+                if t0 >= t_end or sent >= max_requests:
                     return
+                sent += 1
+                if hostile and rng.random() < hostile_share:
+                    name, body, want = hostile[rng.randrange(len(hostile))]
+                    try:
+                        r = await client.post("/retrieve", content=body, headers=headers)
+                        got = str(r.status_code)
+                    except Exception as exc:  # noqa: BLE001 - a dropped connection is an unexpected answer
+                        got = type(exc).__name__
+                    if t0 >= t_measure:
+                        hostile_seen.setdefault(name, {}).setdefault(got, 0)
+                        hostile_seen[name][got] += 1
+                        if got != str(want):
+                            unexpected.append(f"{name}: {got}")
+                    continue
                 body = bodies[i % len(bodies)]
                 i += concurrency
                 try:
-                    r = await client.post("/retrieve", json=body)
+                    r = await client.post("/retrieve", content=body, headers=headers)
                     ok = r.status_code == 200 and len(r.json()["items"]) > 0
                     err = None if ok else f"HTTP {r.status_code}: {r.text[:200]}"
-                    mode = r.json().get("mode") if r.status_code == 200 else None
+                    ans = r.json() if r.status_code == 200 else {}
                 except Exception as exc:  # noqa: BLE001 - every failure counts as an error
-                    err, mode = f"{type(exc).__name__}: {exc}", None
+                    err, ans = f"{type(exc).__name__}: {exc}", {}
                 t1 = time.perf_counter()
                 if t0 >= t_measure:
                     if err is None:
                         lat.append(t1 - t0)
-                        modes[mode] = modes.get(mode, 0) + 1
+                        modes[ans["mode"]] = modes.get(ans["mode"], 0) + 1
+                        snapshots[ans["snapshot_id"]] = snapshots.get(ans["snapshot_id"], 0) + 1
                     else:
                         errors.append(err)
 
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
-        measured = time.perf_counter() - t_measure
-    return {"latencies": lat, "errors": errors, "modes": modes, "measured_s": measured}
+        tasks = [worker(w) for w in range(concurrency)]
+        if swapper is not None:
+            tasks.append(swapper(t_measure, t_end))
+        await asyncio.gather(*tasks)
+        measured = min(time.perf_counter(), t_end) - t_measure
+    return {"latencies": lat, "errors": errors, "modes": modes, "measured_s": measured, "snapshots": snapshots,
+            "hostile": hostile_seen, "unexpected": unexpected}
+
+
+def make_swapper(store, snap: Path, delta: Path, every: float, log: list[str]):
+    """Coroutine factory: publish a delta, then a new snapshot, then a delta ... every ``every`` seconds."""
+    from mfli.store import publish_delta, publish_snapshot
+
+    state = {"n": 0, "live": "load-test"}
+
+    async def swapper(t_start: float, t_end: float) -> None:
+        nxt = t_start + every / 2
+        while nxt < t_end - 1:
+            await asyncio.sleep(max(0.0, nxt - time.perf_counter()))
+            state["n"] += 1
+            if state["n"] % 2:
+                window = f"w{state['n']:04d}"
+                await asyncio.to_thread(publish_delta, store, state["live"], window, delta)
+                log.append(f"delta {state['live']}/{window}")
+            else:
+                sid = f"load-test-{state['n']:04d}"
+                await asyncio.to_thread(publish_snapshot, store, snap, sid, {"synthetic": True})
+                state["live"] = sid
+                log.append(f"snapshot {sid}")
+            nxt += every
+
+    return swapper
+
+
+SCENARIOS = ("clean", "swap", "swap+hostile")
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=30.0, help="measured duration")
-    ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before it")
-    ap.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    ap.add_argument("--seconds", type=float, default=30.0, help="measured duration of each run")
+    ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each run")
+    ap.add_argument("--concurrency", default="32", help="requests in flight; a comma list runs each (8,16,32)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {SCENARIOS}")
+    ap.add_argument("--hostile-share", type=float, default=0.01, help="share of hostile requests (swap+hostile)")
+    ap.add_argument("--swap-every", type=float, default=5.0, help="seconds between publishes (swap runs)")
+    ap.add_argument("--max-requests", type=int, default=200_000, help="most requests sent per run")
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--trigger-share", type=float, default=0.7, help="share of trigger-mode requests")
     ap.add_argument("--items", type=int, default=20_000)
@@ -160,8 +263,14 @@ def main(argv: list[str] | None = None) -> dict:
                     help="build the snapshot here and reuse it when it is already there (default: temp dir)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
-    if args.concurrency < 1 or args.concurrency > 256:
-        ap.error("--concurrency must be in [1, 256]")
+    args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
+    args.scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()]
+    if not args.concurrency or any(c < 1 or c > 256 for c in args.concurrency):
+        ap.error("--concurrency values must be in [1, 256]")
+    if set(args.scenarios) - set(SCENARIOS):
+        ap.error(f"--scenarios: unknown {sorted(set(args.scenarios) - set(SCENARIOS))}; known {SCENARIOS}")
+    if not 0 < args.seconds <= 600 or not 0 <= args.hostile_share <= 0.5:
+        ap.error("--seconds must be in (0, 600] and --hostile-share in [0, 0.5]")
     work = Path(tempfile.mkdtemp(prefix="mfli-load-"))
     try:
         return _run(args, work)
@@ -169,11 +278,29 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(work, ignore_errors=True)  # store, cache and (default) snapshot; --snapshot-dir is kept
 
 
+def _wait_ready(url: str, server: subprocess.Popen, log_path: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"server did not come up:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 def _run(args: argparse.Namespace, work: Path) -> dict:
+    import httpx
+
     from mfli.store import open_store, publish_snapshot
 
     snap = args.snapshot_dir or work / "snapshot"
-    if not (snap / "index" / "index.json").exists():
+    delta = snap.parent / f"{snap.name}.delta.parquet"
+    if not (snap / "index" / "index.json").exists() or not delta.exists():
         print(f"building the snapshot ({args.items} items) in {snap} ...", file=sys.stderr)
         snap.mkdir(parents=True, exist_ok=True)
         build_snapshot(snap, args.items, args.users, args.interactions, args.train_steps, args.seed)
@@ -190,32 +317,33 @@ def _run(args: argparse.Namespace, work: Path) -> dict:
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
             [sys.executable, "-c", "from mfli.cli import app; app()", "serve", "--store", str(work / "store"),
-             "--host", "127.0.0.1", "--port", str(port), "--refresh-seconds", "60",
+             "--host", "127.0.0.1", "--port", str(port), "--refresh-seconds", "1",
              "--max-batch", str(args.max_batch), "--log-level", "warning"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    runs = []
     try:
-        import httpx
-
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server did not come up:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        meta0 = httpx.get(f"{url}/metadata", timeout=5).json()
-        bodies = make_requests(histories, 5000, args.trigger_share, args.k, args.seed)
-        load0 = os.getloadavg()
-        cpu_srv0, cpu_cli0 = proc_cpu_seconds(server.pid), resource.getrusage(resource.RUSAGE_SELF)
-        wall0 = time.perf_counter()
-        res = asyncio.run(drive(url, bodies, args.seconds, args.concurrency, args.warmup))
-        wall = time.perf_counter() - wall0
-        cpu_srv1, cpu_cli1 = proc_cpu_seconds(server.pid), resource.getrusage(resource.RUSAGE_SELF)
-        load1 = os.getloadavg()
-        meta1 = httpx.get(f"{url}/metadata", timeout=5).json()
+        _wait_ready(url, server, log_path)
+        bodies = [json.dumps(b).encode() for b in make_requests(histories, 5000, args.trigger_share, args.k, args.seed)]
+        hostile = hostile_requests()
+        for conc in args.concurrency:
+            for scenario in args.scenarios:
+                swaps: list[str] = []
+                swapper = make_swapper(store, snap, delta, args.swap_every, swaps) if "swap" in scenario else None
+                share = args.hostile_share if "hostile" in scenario else 0.0
+                meta0 = httpx.get(f"{url}/metadata", timeout=5).json()
+                load0 = os.getloadavg()
+                cpu_srv0, cpu_cli0 = proc_cpu_seconds(server.pid), resource.getrusage(resource.RUSAGE_SELF)
+                wall0 = time.perf_counter()
+                res = asyncio.run(drive(url, bodies, hostile, share, args.seconds, conc, args.warmup,
+                                        args.max_requests, args.seed, swapper))
+                wall = time.perf_counter() - wall0
+                cpu_srv1, cpu_cli1 = proc_cpu_seconds(server.pid), resource.getrusage(resource.RUSAGE_SELF)
+                load1 = os.getloadavg()
+                meta1 = httpx.get(f"{url}/metadata", timeout=5).json()
+                runs.append(_summary(scenario, conc, res, swaps, meta0, meta1, wall, load0, load1,
+                                     cpu_srv1 - cpu_srv0, cpu_cli0, cpu_cli1))
+                print(_row(runs[-1]), file=sys.stderr)
+        metrics_text = httpx.get(f"{url}/metrics", timeout=5).text
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGINT)
@@ -224,57 +352,87 @@ def _run(args: argparse.Namespace, work: Path) -> dict:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
+    ratios = {}
+    for conc in args.concurrency:
+        by = {r["scenario"]: r for r in runs if r["concurrency"] == conc}
+        if "swap" in by and "swap+hostile" in by and by["swap"]["p99_ms"]:
+            ratios[str(conc)] = round(by["swap+hostile"]["p99_ms"] / by["swap"]["p99_ms"], 2)
+    out = {
+        "runs": runs,
+        "p99_ratio_hostile_vs_swap": ratios,
+        "server_exit_code": server.returncode,
+        "server_refresh_failures": _metric(metrics_text, "mfli_refresh_failures_total"),
+        "seconds": args.seconds, "warmup_s": args.warmup, "k": args.k, "trigger_share": args.trigger_share,
+        "hostile_share": args.hostile_share, "swap_every_s": args.swap_every, "max_batch": args.max_batch,
+        "cpus": os.cpu_count(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "python": platform.python_version(),
+        "snapshot": info,
+    }
+    print(f"\nPOST /retrieve on 127.0.0.1, {args.seconds:g} s per run, k={args.k}, "
+          f"hostile share {args.hostile_share:g} (swap+hostile), a publish every {args.swap_every:g} s (swap runs)")
+    print(_HEADER)
+    for r in runs:
+        print(_row(r))
+    for conc, ratio in ratios.items():
+        print(f"  concurrency {conc}: p99 swap+hostile / swap = {ratio}")
+    print(f"  server exit code {server.returncode}, refresh failures {out['server_refresh_failures']}, "
+          f"catalogue {info['items']} items, {os.cpu_count()} CPUs")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2))
+    bad = [r for r in runs if r["legit_errors"] or r["hostile_unexpected"]]
+    for r in bad:
+        print(f"{r['scenario']} c={r['concurrency']}:", *r["error_examples"], sep="\n  ", file=sys.stderr)
+    out["ok"] = not bad and server.returncode in (0, None)
+    return out
+
+
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def _summary(scenario: str, conc: int, res: dict, swaps: list[str], meta0: dict, meta1: dict, wall: float,
+             load0: tuple, load1: tuple, cpu_srv: float, cpu_cli0, cpu_cli1) -> dict:
     lat = np.array(res["latencies"]) * 1000
     n_ok, n_err = len(lat), len(res["errors"])
     s0, s1 = meta0["service"], meta1["service"]
     batches = s1["batches"] - s0["batches"]
-    out = {
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(lat, q)), 2) if n_ok else None
+
+    return {
+        "scenario": scenario, "concurrency": conc, "seconds": round(res["measured_s"], 1),
         "requests_per_s": round(n_ok / res["measured_s"], 1),
-        "p50_ms": round(float(np.percentile(lat, 50)), 2) if n_ok else None,
-        "p90_ms": round(float(np.percentile(lat, 90)), 2) if n_ok else None,
-        "p99_ms": round(float(np.percentile(lat, 99)), 2) if n_ok else None,
-        "max_ms": round(float(lat.max()), 2) if n_ok else None,
-        "requests": n_ok,
-        "errors": n_err,
-        "error_examples": res["errors"][:5],
-        "modes": res["modes"],
-        "seconds": round(res["measured_s"], 1),
-        "warmup_s": args.warmup,
-        "concurrency": args.concurrency,
-        "k": args.k,
-        "trigger_share": args.trigger_share,
+        "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": round(float(lat.max()), 2) if n_ok else None,
+        "legit_requests": n_ok, "legit_errors": n_err,
+        "hostile_requests": sum(sum(v.values()) for v in res["hostile"].values()),
+        "hostile_unexpected": len(res["unexpected"]), "hostile_statuses": res["hostile"],
+        "error_examples": (res["errors"] + res["unexpected"])[:5],
+        "modes": res["modes"], "snapshots_seen": res["snapshots"], "publishes": swaps,
         "mean_batch": round((s1["requests"] - s0["requests"]) / batches, 2) if batches else None,
-        "server_exit_code": server.returncode,
-        "server_cpu_cores": round((cpu_srv1 - cpu_srv0) / wall, 2),
+        "server_cpu_cores": round(cpu_srv / wall, 2),
         "client_cpu_cores": round(((cpu_cli1.ru_utime + cpu_cli1.ru_stime) - (cpu_cli0.ru_utime + cpu_cli0.ru_stime))
                                   / wall, 2),
-        "loadavg_before": [round(x, 2) for x in load0],
-        "loadavg_after": [round(x, 2) for x in load1],
-        "cpus": os.cpu_count(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "python": platform.python_version(),
-        "snapshot": {**info, "n_items_served": meta1.get("n_items")},
+        "loadavg_before": round(load0[0], 2), "loadavg_after": round(load1[0], 2),
     }
-    rows = [("requests/s", out["requests_per_s"]), ("p50 ms", out["p50_ms"]), ("p90 ms", out["p90_ms"]),
-            ("p99 ms", out["p99_ms"]), ("max ms", out["max_ms"]), ("requests", n_ok), ("errors", n_err),
-            ("concurrency", args.concurrency), ("mean batch", out["mean_batch"]),
-            ("trigger / user", f"{res['modes'].get('trigger', 0)} / {res['modes'].get('user', 0)}"),
-            ("server CPU (cores)", out["server_cpu_cores"]), ("client CPU (cores)", out["client_cpu_cores"]),
-            ("load avg before/after", f"{load0[0]:.2f} / {load1[0]:.2f} ({os.cpu_count()} CPUs)"),
-            ("catalogue", f"{info['items']} items, clusters/facet {info['clusters_per_facet']}"),
-            ("server exit code", server.returncode)]
-    width = max(len(r[0]) for r in rows)
-    print(f"\nPOST /retrieve on 127.0.0.1, {out['seconds']} s, k={args.k}")
-    for name, val in rows:
-        print(f"  {name:<{width}}  {val}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2))
-    if n_err:
-        print("errors:", *res["errors"][:5], sep="\n  ", file=sys.stderr)
-    return out
+
+
+_HEADER = (f"  {'scenario':<13} {'conc':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'legit':>7} {'errors':>6} "
+           f"{'hostile':>7} {'unexp.':>6} {'publishes':>9} {'snapshots':>9} {'batch':>5} {'load':>5}")
+
+
+def _row(r: dict) -> str:
+    return (f"  {r['scenario']:<13} {r['concurrency']:>4} {r['requests_per_s']:>7} {r['p50_ms']!s:>7} "
+            f"{r['p99_ms']!s:>7} {r['legit_requests']:>7} {r['legit_errors']:>6} {r['hostile_requests']:>7} "
+            f"{r['hostile_unexpected']:>6} {len(r['publishes']):>9} {len(r['snapshots_seen']):>9} "
+            f"{r['mean_batch']!s:>5} {r['loadavg_after']:>5}")
 
 
 if __name__ == "__main__":
     result = main()
-    sys.exit(1 if result["errors"] or result["server_exit_code"] not in (0, None) else 0)
+    sys.exit(0 if result["ok"] else 1)

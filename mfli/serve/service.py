@@ -243,13 +243,18 @@ def _describe(req: RetrievalRequest) -> dict[str, Any]:
 class BodySizeLimit:
     """ASGI middleware: 413 as soon as a request body exceeds ``max_bytes`` (declared or while streaming).
 
-    The body is read here chunk by chunk and never past the limit, then replayed to the app; a declared
-    ``Content-Length`` over the limit is refused before a byte of the body is read.
+    The body is read here chunk by chunk and never kept past the limit, then replayed to the app; a
+    declared ``Content-Length`` over the limit is answered before a byte of the body is read. After the
+    413 the rest of the body is read and dropped (never parsed, never kept) up to ``drain_bytes``, so a
+    client that writes its whole request before reading gets the 413 rather than a reset connection;
+    past that the connection is closed.
     """
 
-    def __init__(self, app: Any, max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
+    def __init__(self, app: Any, max_bytes: int, on_reject: Callable[[], None] | None = None,
+                 drain_factor: int = 16) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.drain_bytes = max_bytes * drain_factor
         self.on_reject = on_reject
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable) -> None:
@@ -259,12 +264,12 @@ class BodySizeLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             try:
-                too_big = int(declared) > self.max_bytes
+                size = int(declared)
             except ValueError:
-                await self._reply(send, 400, "invalid Content-Length header")
+                await self._reply(send, 400, "invalid Content-Length header", close=True)
                 return
-            if too_big:
-                await self._too_large(send)
+            if size > self.max_bytes:
+                await self._too_large(send, receive, 0, close=size > self.drain_bytes)
                 return
         chunks, total = [], 0
         while True:
@@ -274,7 +279,7 @@ class BodySizeLimit:
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > self.max_bytes:
-                await self._too_large(send)
+                await self._too_large(send, receive, total, close=False, more=message.get("more_body", False))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -290,19 +295,26 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Callable) -> None:
+    async def _too_large(self, send: Callable, receive: Callable, read: int, *, close: bool, more: bool = True) -> None:
         if self.on_reject is not None:
             self.on_reject()
-        await self._reply(send, 413, f"request body over the {self.max_bytes}-byte limit")
+        await self._reply(send, 413, f"request body over the {self.max_bytes}-byte limit", close=close)
+        while more and not close and read <= self.drain_bytes:  # drop the rest so the client can read the 413
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            read += len(message.get("body", b""))
+            more = message.get("more_body", False)
 
     @staticmethod
-    async def _reply(send: Callable, status: int, detail: str) -> None:
+    async def _reply(send: Callable, status: int, detail: str, *, close: bool) -> None:
         import json
 
         payload = json.dumps({"detail": detail}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                                (b"connection", b"close")]})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
 
