@@ -158,7 +158,8 @@ async def drive(url: str, bodies: list[bytes], hostile: list[tuple[str, bytes, i
     hostile_seen: dict[str, dict[str, int]] = {}
     unexpected: list[str] = []
     sent = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # idle connections expire on the client first (server: 75 s), so no request races a server-side close
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0)
     headers = {"content-type": "application/json"}
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0) as client:
         t_start = time.perf_counter()
@@ -195,7 +196,7 @@ async def drive(url: str, bodies: list[bytes], hostile: list[tuple[str, bytes, i
                     err = None if ok else f"HTTP {r.status_code}: {r.text[:200]}"
                     ans = r.json() if r.status_code == 200 else {}
                 except Exception as exc:  # noqa: BLE001 - every failure counts as an error
-                    err, ans = f"{type(exc).__name__}: {exc}", {}
+                    err, ans = f"{type(exc).__name__}: {exc!r} after {time.perf_counter() - t0:.2f} s", {}
                 t1 = time.perf_counter()
                 if t0 >= t_measure:
                     if err is None:
@@ -384,6 +385,8 @@ def _run(args: argparse.Namespace, work: Path) -> dict:
     bad = [r for r in runs if r["legit_errors"] or r["hostile_unexpected"]]
     for r in bad:
         print(f"{r['scenario']} c={r['concurrency']}:", *r["error_examples"], sep="\n  ", file=sys.stderr)
+    if bad:
+        print("server log (tail):", log_path.read_text(errors="replace")[-3000:], sep="\n", file=sys.stderr)
     out["ok"] = not bad and server.returncode in (0, None)
     return out
 

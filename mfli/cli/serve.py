@@ -35,6 +35,10 @@ def register(app: typer.Typer) -> None:
         max_batch: int | None = typer.Option(None, "--max-batch", min=1,
                                              help="Most requests answered by one retriever call (default 64)."),
         limit: list[str] | None = _LIMIT,
+        keep_alive: int = typer.Option(75, "--keep-alive-seconds", min=1,
+                                       help="Close idle keep-alive connections after this long; keep it above the "
+                                            "idle timeout of the load balancer or client in front (ALB: 60 s), or "
+                                            "a request sent as the server closes the connection fails."),
         log_level: str = typer.Option("info", "--log-level", help="uvicorn/python log level."),
         access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request."),
     ) -> None:
@@ -68,4 +72,5 @@ def register(app: typer.Typer) -> None:
             typer.secho(f"no snapshot served yet from {live.store.uri}: {live.metadata()['last_refresh_error']}",
                         err=True, fg=typer.colors.YELLOW)
         api = create_app(live, refresh_seconds=refresh_seconds or None, max_batch=max_batch, limits=limits)
-        uvicorn.run(api, host=host, port=port, log_level=log_level.lower(), access_log=access_log)
+        uvicorn.run(api, host=host, port=port, log_level=log_level.lower(), access_log=access_log,
+                    timeout_keep_alive=keep_alive)
