@@ -59,6 +59,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from mfli.data.dataset import Dataset
+from mfli.data.parquet_format import file_checksums
 from mfli.data.schema import CATEGORY_SEP, INTERACTIONS_SCHEMA, ITEMS_SCHEMA, TS
 
 #: Rows (items or users) per random-number block. Part of the data's identity: changing it changes
@@ -699,8 +700,7 @@ def write_synthetic(cfg: SyntheticConfig, out_dir: str | Path, *, overwrite: boo
         for i, table in enumerate(_interaction_chunks(cfg, it, us)):
             pq.write_table(table, tmp / "interactions" / f"part-{i:05d}.parquet", compression="zstd")
             bar.update()
-        from mfli.data.parquet_format import file_checksums  # checked on load like any mfli-parquet folder
-
+        # checksums are checked on load, as for any mfli-parquet folder
         marker = {"format": "mfli-parquet", "name": "synthetic", "meta": cfg.to_dict(), "sha256": file_checksums(tmp)}
         (tmp / "_dataset.json").write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
         _replace_dir(tmp, out)
