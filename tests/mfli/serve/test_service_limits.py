@@ -24,6 +24,7 @@ from mfli.serve.snapshot_retriever import RetrievalRequest, ServingConfig, Snaps
 from mfli.store import open_store, publish_snapshot
 from mfli.train import TrainConfig, train
 
+pytestmark = pytest.mark.timeout(300)  # threads wait on events with timeouts; this bounds the worst case
 TINY = {"batch_size": 32, "epochs": 2, "progress": False, "num_threads": 1, "valid_frac": 0.0,
         "model": {"hidden": 16, "dim": 8, "codebook": {"codes": 4}}}  # fmt: skip
 _ART: dict[str, Path] = {}
