@@ -130,11 +130,28 @@ def test_serving_policy_has_no_write_action() -> None:
     assert not actions & WRITE_ACTIONS
 
 
-def test_publisher_deletes_only_snapshots_and_deltas() -> None:
+def test_publisher_deletes_only_what_the_pipeline_rewrites() -> None:
+    """Retention (snapshots, deltas), re-ingest of a day (Feast partitions) and run pruning (runs/)."""
+    granted = set()
     for st in _load("publisher")["Statement"]:
         if "s3:DeleteObject" in _as_list(st["Action"]):
-            for res in _as_list(st["Resource"]):
-                assert res in {f"{PREFIX_ARN}snapshots/*", f"{PREFIX_ARN}deltas/*"}, res
+            granted |= set(_as_list(st["Resource"]))
+    assert granted == {f"{PREFIX_ARN}{p}/*" for p in ("snapshots", "deltas", "features", "runs")}
+
+
+def test_serving_cannot_read_or_list_the_run_work_area() -> None:
+    """runs/ holds raw interactions (PII-adjacent) and unvalidated artifacts: serving never needs them."""
+    serving = _load("serving")
+    for key in ("prod/runs/20240101T0000-abc/interactions.parquet", "prod/runs/delta-x/items.parquet"):
+        assert not allowed(serving, "s3:GetObject", _obj(key))
+    for prefix in ("prod/runs/", "prod/runs/20240101T0000-abc/", "prod/"):
+        assert not allowed(serving, "s3:ListBucket", BUCKET_ARN, prefix=prefix)
+    # an explicit Deny, so a later broad Allow added by mistake still cannot open runs/
+    assert any(st["Effect"] == "Deny" and f"{PREFIX_ARN}runs/*" in _as_list(st["Resource"])
+               for st in serving["Statement"])
+    widened = {"Statement": [*serving["Statement"], {"Effect": "Allow", "Action": ["s3:GetObject"],
+                                                       "Resource": [f"{PREFIX_ARN}*"]}]}
+    assert not allowed(widened, "s3:GetObject", _obj("prod/runs/x/interactions.parquet"))
 
 
 def _obj(key: str) -> str:
@@ -152,6 +169,9 @@ def _obj(key: str) -> str:
         ("publisher", "s3:AbortMultipartUpload", "prod/snapshots/x/index.npz", True),
         ("publisher", "s3:DeleteObject", "prod/snapshots/20230101T000000Z/manifest.json", True),
         ("publisher", "s3:DeleteObject", "prod/deltas/20230101T000000Z/w.parquet", True),
+        # re-ingesting a day rewrites its Feast partitions; runs/ is pruned by retention
+        ("publisher", "s3:DeleteObject", "prod/features/interactions/day=2024-06-30/part-0.parquet", True),
+        ("publisher", "s3:DeleteObject", "prod/runs/20240101T0000-abc/train/model.safetensors", True),
         # ... but never the pointer, Feast's registry, or anything outside the prefix
         ("publisher", "s3:DeleteObject", "prod/LATEST", False),
         ("publisher", "s3:DeleteObject", "prod/feast/registry.db", False),
@@ -162,6 +182,10 @@ def _obj(key: str) -> str:
         # serving reads the prefix and nothing else, and writes nothing
         ("serving", "s3:GetObject", "prod/LATEST", True),
         ("serving", "s3:GetObject", "prod/snapshots/x/manifest.json", True),
+        ("serving", "s3:GetObject", "prod/deltas/20240101T0000-abc/w/items.parquet", True),
+        ("serving", "s3:GetObject", "prod/feast/registry.db", True),
+        ("serving", "s3:GetObject", "prod/runs/20240101T0000-abc/interactions.parquet", False),
+        ("serving", "s3:GetObject", "prod/features/interactions/day=2024-06-30/part-0.parquet", False),
         ("serving", "s3:GetObject", "staging/LATEST", False),
         ("serving", "s3:PutObject", "prod/LATEST", False),
         ("serving", "s3:DeleteObject", "prod/snapshots/x/manifest.json", False),
@@ -176,11 +200,18 @@ def test_object_requests(name: str, action: str, key: str, expected: bool) -> No
 @pytest.mark.parametrize("name", sorted(POLICIES))
 @pytest.mark.parametrize(
     ("prefix", "expected"),
-    [("prod/", True), ("prod/snapshots/", True), ("prod/deltas/20240101T000000Z/", True),
+    [("prod/LATEST", True), ("prod/snapshots/", True), ("prod/deltas/20240101T000000Z/", True),
      ("", False), ("prod", False), ("production/", False), ("staging/", False), (None, False)],
 )
 def test_list_requests(name: str, prefix: str | None, expected: bool) -> None:
     assert allowed(_load(name), "s3:ListBucket", BUCKET_ARN, prefix=prefix) is expected
+
+
+@pytest.mark.parametrize(("prefix", "publisher", "serving"),
+                         [("prod/", True, False), ("prod/runs/", True, False), ("prod/features/", True, False)])
+def test_list_requests_differ_by_role(prefix: str, publisher: bool, serving: bool) -> None:
+    assert allowed(_load("publisher"), "s3:ListBucket", BUCKET_ARN, prefix=prefix) is publisher
+    assert allowed(_load("serving"), "s3:ListBucket", BUCKET_ARN, prefix=prefix) is serving
 
 
 def test_evaluator_catches_a_too_broad_policy() -> None:
