@@ -31,12 +31,18 @@ from mfli.store.uri import validate_key, validate_prefix
 @dataclass(frozen=True)
 class ObjectInfo:
     """What ``head``/``list`` know about an object: ``size`` in bytes and the backend's ``etag``
-    (unquoted; an opaque version token for ``if_match``, not a checksum to verify against)."""
+    (unquoted; an opaque version token for ``if_match``, not a checksum to verify against).
+
+    ``sha256`` (hex) is the content checksum the backend recorded, when ``head`` knows it (S3: the
+    object's ``ChecksumSHA256``); None when unknown. An ETag is not an MD5 for multipart uploads or
+    SSE-KMS objects, so content comparisons use this field, never the etag.
+    """
 
     key: str
     size: int
     etag: str
     last_modified: datetime | None = None
+    sha256: str | None = None
 
 
 def normalise_etag(etag: str) -> str:
@@ -115,6 +121,12 @@ class ObjectStore(abc.ABC):
     def head(self, key: str) -> ObjectInfo:
         """Size and etag of ``key``; raises :class:`ObjectNotFound` if missing."""
         return self._head(validate_key(key))
+
+    def content_sha256(self, key: str) -> str | None:
+        """Hex SHA-256 of the stored bytes as the backend records it, without downloading them (S3: the
+        ``ChecksumSHA256`` field), or None when the object was written without one. Raises
+        :class:`ObjectNotFound` when the key is missing."""
+        return self.head(key).sha256
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists."""

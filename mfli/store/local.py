@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mfli.store.base import ObjectInfo, ObjectStore
+from mfli.store.uri import validate_key
 from mfli.store.errors import InvalidKey, ObjectNotFound, PreconditionFailed, StoreError
 
 _INTERNAL = ".mfli-store"
@@ -216,6 +217,18 @@ class LocalStore(ObjectStore):
             raise ObjectNotFound(f"{self.uri}: no object {key}")
         st = path.stat()
         return ObjectInfo(key, st.st_size, etag, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def content_sha256(self, key: str) -> str | None:
+        """The file's SHA-256, hashed from disk (a local file has no recorded checksum to ask for)."""
+        path = self._existing(validate_key(key))
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(f"{self.uri}: no object {key}") from None
+        return h.hexdigest()
 
     def _iter_keys(self, prefix: str) -> Iterator[tuple[str, Path]]:
         # Walk only the deepest folder the prefix names; the rest of the prefix filters names.

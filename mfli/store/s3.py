@@ -15,10 +15,18 @@ key and endpoint, and every message passes through :meth:`S3Store.redact` anyway
 Retries: botocore's ``standard`` mode retries throttling and 5xx answers; around each call this module
 adds its own exponential back-off with jitter for dropped connections and timeouts (a restarting
 server, a flaky network). A lost precondition (HTTP 412) is never retried.
+
+Checksums: every upload carries an S3 SHA-256 checksum (``ChecksumSHA256``, verified by the server on
+write; multipart uploads get per-part checksums and record the whole file's SHA-256 as the
+``x-amz-meta-sha256`` metadata), and ``head`` reads it back (``ChecksumMode=ENABLED``). Content
+comparisons (resumed publishes, a write retried after a lost answer) use it, never the ETag, which is
+not an MD5 for multipart uploads or SSE-KMS objects.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import io
@@ -46,6 +54,34 @@ _AUTH_CODES = {
 _NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "500", "502", "503", "504"}
 _MiB = 1 << 20
+_SHA256_META = "sha256"  # x-amz-meta-sha256: the whole object's sha256 (hex) on multipart uploads
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_from_head(resp: dict) -> str | None:
+    """Hex SHA-256 of a whole object from a HEAD/GET answer.
+
+    A multipart upload's ``ChecksumSHA256`` is a checksum of the part checksums (``ChecksumType``
+    ``COMPOSITE``, often suffixed ``-<parts>``), not of the object: for those the whole object's SHA-256
+    recorded at upload (``x-amz-meta-sha256``) is used. Otherwise the server's full-object checksum.
+    """
+    meta = (resp.get("Metadata") or {}).get(_SHA256_META)
+    if meta and len(meta) == 64:
+        return meta.lower()
+    value = resp.get("ChecksumSHA256")
+    if value and "-" not in value and resp.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+        with contextlib.suppress(binascii.Error, ValueError):
+            raw = base64.b64decode(value, validate=True)
+            if len(raw) == 32:
+                return raw.hex()
+    return None
 
 
 @dataclass
@@ -259,9 +295,11 @@ class S3Store(ObjectStore):
     def _put_bytes(self, key: str, data: bytes, *, if_match: str | None, if_none_match: bool) -> str:
         full = self._full(key)
         conditional = if_match is not None or if_none_match
+        sha_hex = hashlib.sha256(data).hexdigest()
         if not conditional and len(data) >= self.config.multipart_threshold:
             def upload() -> str:
-                self._client.upload_fileobj(io.BytesIO(data), self.bucket, full, Config=self._transfer)
+                self._client.upload_fileobj(io.BytesIO(data), self.bucket, full, Config=self._transfer,
+                                            ExtraArgs=self._multipart_args(sha_hex))
                 return self._head(key).etag
 
             return self._call("put", key, upload)
@@ -271,31 +309,42 @@ class S3Store(ObjectStore):
             kw["IfMatch"] = f'"{if_match}"'
         if if_none_match:
             kw["IfNoneMatch"] = "*"
-        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        checksum = base64.b64encode(bytes.fromhex(sha_hex)).decode()
 
         def put() -> str:
-            resp = self._client.put_object(Bucket=self.bucket, Key=full, Body=data, **kw)
+            # the server recomputes the SHA-256 and refuses the write (BadDigest) if the bytes differ
+            resp = self._client.put_object(Bucket=self.bucket, Key=full, Body=data, ChecksumAlgorithm="SHA256",
+                                           ChecksumSHA256=checksum, **kw)
             return normalise_etag(resp["ETag"])
 
         def ours_after_retry() -> str | None:
             try:
-                return md5 if self._head(key).etag == md5 else None
+                info = self._head(key)
             except StoreError:
                 return None
+            return info.etag if info.sha256 == sha_hex and info.size == len(data) else None
 
         return self._call("put", key, put, conditional=conditional, on_conflict_after_retry=ours_after_retry)
+
+    @staticmethod
+    def _multipart_args(sha_hex: str) -> dict:
+        """Per-part SHA-256 checksums (verified by the server) plus the whole file's, as metadata."""
+        return {"ChecksumAlgorithm": "SHA256", "Metadata": {_SHA256_META: sha_hex}}
 
     def _put_file(self, key: str, path: Path) -> str:
         full = self._full(key)
         if path.stat().st_size < self.config.multipart_threshold:
             def put() -> str:
                 with open(path, "rb") as body:
-                    return normalise_etag(self._client.put_object(Bucket=self.bucket, Key=full, Body=body)["ETag"])
+                    return normalise_etag(self._client.put_object(
+                        Bucket=self.bucket, Key=full, Body=body, ChecksumAlgorithm="SHA256")["ETag"])
 
             return self._call("put", key, put)
 
+        extra = self._multipart_args(_file_sha256(path))
+
         def upload() -> str:
-            self._client.upload_file(str(path), self.bucket, full, Config=self._transfer)
+            self._client.upload_file(str(path), self.bucket, full, Config=self._transfer, ExtraArgs=extra)
             return self._head(key).etag
 
         return self._call("put", key, upload)
@@ -349,8 +398,10 @@ class S3Store(ObjectStore):
 
     def _head(self, key: str) -> ObjectInfo:
         resp = self._missing_or_denied(key, lambda: self._call(
-            "head", key, lambda: self._client.head_object(Bucket=self.bucket, Key=self._full(key))))
-        return ObjectInfo(key, int(resp["ContentLength"]), normalise_etag(resp["ETag"]), resp.get("LastModified"))
+            "head", key, lambda: self._client.head_object(Bucket=self.bucket, Key=self._full(key),
+                                                          ChecksumMode="ENABLED")))
+        return ObjectInfo(key, int(resp["ContentLength"]), normalise_etag(resp["ETag"]), resp.get("LastModified"),
+                          sha256_from_head(resp))
 
     def _paginate(self, prefix: str, **kw) -> list[dict]:
         full = self._full(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")

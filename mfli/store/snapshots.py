@@ -406,10 +406,12 @@ def publish_snapshot(
 
     def upload(rel: str) -> bool:
         key = _snap_key(snapshot_id, rel)
-        _, size, md5 = digests[rel]
+        sha, size, _ = digests[rel]
         with contextlib.suppress(ObjectNotFound):
             info = store.head(key)
-            if info.size == size and info.etag == md5:  # resumed publish: this file is already there
+            # resumed publish: this file is already there. Compared by the stored SHA-256 checksum, never
+            # the etag (not an MD5 for multipart or SSE-KMS objects); unknown checksum = upload again.
+            if info.size == size and (info.sha256 or store.content_sha256(key)) == sha:
                 return False
         store.put_file(key, files[rel])
         return True

@@ -5,6 +5,7 @@ Fast cases use moto or a scripted fake client; the rest run against the SeaweedF
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 
@@ -90,13 +91,18 @@ def test_precondition_failures_are_never_retried():
 
 def test_conditional_write_whose_answer_was_lost_is_recognised_as_ours():
     """First attempt reaches the server but the connection drops; the retry then sees 412 on our own bytes."""
+    ours = base64.b64encode(hashlib.sha256(b"ours").digest()).decode()
+    # an opaque etag (not an MD5: SSE-KMS): ownership is decided by the SHA-256 checksum
+    client = ScriptedClient(put=[ConnectionClosedError(endpoint_url="http://x"), _client_error("PreconditionFailed", 412)],
+                            head=[{"ContentLength": 4, "ETag": '"kms-opaque-1"', "ChecksumSHA256": ours}])
+    assert _scripted_store(client).put_bytes("LATEST", b"ours", if_none_match=True) == "kms-opaque-1"
+    assert client.calls[0][1]["ChecksumSHA256"] == ours  # the server verifies the bytes it stores
+    assert client.calls[-1][1]["ChecksumMode"] == "ENABLED"
+    # ... but if someone else's bytes are there, it is a real conflict, even with an MD5-looking etag
     md5 = hashlib.md5(b"ours").hexdigest()
+    other = base64.b64encode(hashlib.sha256(b"theirs").digest()).decode()
     client = ScriptedClient(put=[ConnectionClosedError(endpoint_url="http://x"), _client_error("PreconditionFailed", 412)],
-                            head=[{"ContentLength": 4, "ETag": f'"{md5}"'}])
-    assert _scripted_store(client).put_bytes("LATEST", b"ours", if_none_match=True) == md5
-    # ... but if someone else's bytes are there, it is a real conflict
-    client = ScriptedClient(put=[ConnectionClosedError(endpoint_url="http://x"), _client_error("PreconditionFailed", 412)],
-                            head=[{"ContentLength": 6, "ETag": '"other"'}])
+                            head=[{"ContentLength": 4, "ETag": f'"{md5}"', "ChecksumSHA256": other}])
     with pytest.raises(PreconditionFailed):
         _scripted_store(client).put_bytes("LATEST", b"ours", if_none_match=True)
 
