@@ -4,7 +4,8 @@
 copy), the parquet data root its sources read, and the environment (``local`` -> feature_store.yaml,
 ``prod`` -> feature_store.prod.yaml). Defaults come from the environment:
 
-- ``MFLI_FEAST_REPO``: repository folder (default: the repo's ``feature_repo/``);
+- ``MFLI_FEAST_REPO``: repository folder (default: the checkout's ``feature_repo/``, else the copy the
+  wheel installs as the ``feature_repo`` package data);
 - ``MFLI_FEAST_DATA``: data root, a local path (relative = inside the repository) or ``s3://...``;
 - ``MFLI_FEAST_ENV``: ``local`` (default) or ``prod``.
 """
@@ -29,10 +30,25 @@ os.environ.setdefault("FEAST_USAGE", "False")
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-#: The repository's own feature repo (the source every copy is made from).
-DEFAULT_REPO = Path(__file__).resolve().parents[2] / "feature_repo"
 DEFINITIONS = "features.py"
 YAML_BY_ENV = {"local": "feature_store.yaml", "prod": "feature_store.prod.yaml"}
+
+
+def _default_repo() -> Path:
+    """The feature repo the code ships with: the checkout's ``feature_repo/`` (source and editable
+    installs, the Docker image), else the copy a wheel installs as the top-level ``feature_repo`` package."""
+    checkout = Path(__file__).resolve().parents[2] / "feature_repo"
+    if (checkout / YAML_BY_ENV["local"]).is_file():
+        return checkout
+    spec = importlib.util.find_spec("feature_repo")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(loc) / YAML_BY_ENV["local"]).is_file():
+            return Path(loc)
+    return checkout
+
+
+#: The repository's own feature repo (the source every copy is made from).
+DEFAULT_REPO = _default_repo()
 # Importing the definitions reads MFLI_FEAST_DATA; serialise that so two repos in one process don't mix.
 _IMPORT_LOCK = threading.Lock()
 
@@ -166,6 +182,10 @@ def copy_repo(
     at the start of every run refreshes the definitions without losing state. Used by tasks (the run's
     ``feast_dir``), tests and scratch environments."""
     dst = Path(dst)
+    if not (Path(src) / YAML_BY_ENV[env]).is_file():
+        # copying nothing would leave a repo Feast cannot open, failing later with a confusing error
+        raise FileNotFoundError(f"no Feast repository at {src} ({YAML_BY_ENV[env]} missing); set MFLI_FEAST_REPO "
+                                "or install the package with its feature_repo data")
     dst.mkdir(parents=True, exist_ok=True)
     if Path(src).resolve() != dst.resolve():
         for name in [*YAML_BY_ENV.values(), DEFINITIONS, ".feastignore"]:
