@@ -83,6 +83,7 @@ load_env() {
   source "$STATE/secrets.env"
   set +a
   export FEAST_USAGE=False GX_ANALYTICS_ENABLED=false TQDM_MININTERVAL=5
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's mfli/, tasks/ (not another install)
   export MFLI_HOME="$STATE/mfli"
   export MFLI_S3_BUCKET="$BUCKET" MFLI_S3_PREFIX="$PREFIX"
   export MFLI_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT"

@@ -108,8 +108,12 @@ def write_partitions(df: pd.DataFrame, data_root: str, table: str, day_of: pd.Se
         )
     for day in sorted(days.intersection(partition_days(data_root, table))):  # one listing, not one call per day
         fs.delete_dir(f"{base}/{table}/{PARTITION}={day}")
+    # S3 has no directories, and pyarrow's CreateDir starts with HeadBucket, which a prefix-scoped
+    # ListBucket grant refuses (infra/iam): never create "directories" on S3.
+    on_s3 = isinstance(fs, pafs.S3FileSystem)
     if not len(df):
-        fs.create_dir(f"{base}/{table}", recursive=True)
+        if not on_s3:
+            fs.create_dir(f"{base}/{table}", recursive=True)
         return 0
     arrow = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
     arrow = arrow.append_column(PARTITION, pa.array(part.to_numpy(), pa.string()))
@@ -122,6 +126,7 @@ def write_partitions(df: pd.DataFrame, data_root: str, table: str, day_of: pd.Se
         basename_template="part-{i}.parquet",
         existing_data_behavior="delete_matching",
         max_partitions=100_000,
+        create_dir=not on_s3,
     )
     return len(df)
 
