@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mfli
+from mfli.revision import code_revision
 
 #: Params that change the published artifacts (thresholds and shard counts do not).
 _ARTIFACT_PARAMS = ("lookback_days", "holdout_days", "facets", "epochs", "seed")
@@ -79,6 +80,8 @@ def snapshot_id_for(end: datetime, fingerprint: str, params: dict) -> str:
         "dataset": fingerprint,
         "params": {k: params.get(k) for k in _ARTIFACT_PARAMS},
         "code": mfli.__version__,
+        # the code itself, not only the version: a fix makes a re-run of the same day a new snapshot
+        "revision": code_revision(),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return f"{end:%Y%m%dT%H%M}-{digest}"

@@ -155,10 +155,12 @@ def _git_sha() -> str | None:
 
 
 def code_version() -> dict[str, str | None]:
-    """``{"mfli": mfli.__version__, "git_sha": <commit or None>}`` (``MFLI_GIT_SHA`` overrides git)."""
+    """``{"mfli": version, "git_sha": <commit or None>, "revision": mfli.revision.code_revision()}``
+    (``MFLI_GIT_SHA`` overrides git); ``revision`` is what snapshot ids hash."""
     import mfli
+    from mfli.revision import code_revision
 
-    return {"mfli": mfli.__version__, "git_sha": _git_sha()}
+    return {"mfli": mfli.__version__, "git_sha": _git_sha(), "revision": code_revision()}
 
 
 def default_cache_dir() -> Path:
