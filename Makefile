@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup lint clean
+.PHONY: run test setup lint clean platform-up platform-down platform-status
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,16 @@ run: $(STAMP)
 
 test: $(STAMP)
 	bash infra/local/run_tests.sh
+
+# The production-shaped stack on this machine (docs/operations.md): PostgreSQL, Redis, Celery, SeaweedFS, Feast, serve.
+platform-up: $(STAMP)
+	bash infra/local/platform.sh up
+
+platform-down:
+	bash infra/local/platform.sh down
+
+platform-status:
+	bash infra/local/platform.sh status
 
 lint: $(STAMP)
 	$(BIN)/ruff check mfli tasks dags tests bench
