@@ -157,7 +157,11 @@ start_postgres() {
   local data="$STATE/postgres/data" run="$STATE/postgres/run"
   mkdir -p "$STATE/postgres" "$run"
   ln -sf ../postgres/postgres.log "$LOGS/postgres.log"  # written by the postgres user
-  if [ "$(id -u)" = 0 ]; then chown -R postgres: "$STATE/postgres"; fi
+  if [ "$(id -u)" = 0 ]; then
+    chown -R postgres: "$STATE/postgres"
+    runuser -u postgres -- test -w "$STATE/postgres" \
+      || die "the postgres user cannot reach $STATE/postgres (a parent folder is not traversable): choose another MFLI_PLATFORM_HOME"
+  fi
   if [ ! -f "$data/PG_VERSION" ]; then
     printf '%s\n' "$MFLI_PG_PASSWORD" > "$STATE/postgres/pwfile"
     if [ "$(id -u)" = 0 ]; then chown postgres: "$STATE/postgres/pwfile"; fi

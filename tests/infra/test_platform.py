@@ -12,7 +12,9 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import sys
 import time
 import uuid
@@ -162,10 +164,14 @@ def test_seaweedfs_enforces_the_iam_policies(tmp_path):
 @pytest.mark.slow
 @pytest.mark.platform
 @pytest.mark.timeout(900)
-def test_platform_up_status_down(tmp_path):
+def test_platform_up_status_down():
     """The whole stack: every service answers a real request, and `down` leaves no process behind."""
     if os.environ.get("MFLI_TEST_PLATFORM") != "1":
         pytest.skip("opt-in: MFLI_TEST_PLATFORM=1 (starts ~10 services for ~2 minutes)")
+    # not under pytest's tmp (mode 0700): as root, PostgreSQL runs as the postgres user and must reach it
+    (REPO / ".mfli").mkdir(exist_ok=True)
+    tmp_path = Path(tempfile.mkdtemp(prefix="test-platform-", dir=REPO / ".mfli"))
+    tmp_path.chmod(0o755)
     env = {"MFLI_PLATFORM_HOME": str(tmp_path / "p"), "MFLI_PLATFORM_PORT_BASE": os.environ.get(
         "MFLI_TEST_PLATFORM_PORT_BASE", "27000")}
     try:
@@ -186,3 +192,4 @@ def test_platform_up_status_down(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
+    shutil.rmtree(tmp_path, ignore_errors=True)
