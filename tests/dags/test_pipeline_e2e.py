@@ -64,10 +64,14 @@ def _conf(env, **kw):
 
 def _run(dagbag, dag_id, logical_date, conf):
     dag = dagbag.get_dag(dag_id)
+    retries = {t.task_id: t.retries for t in dag.tasks}
     for t in dag.tasks:  # dag.test() sleeps through retry delays; a failure here must fail at once
         t.retries = 0
-    dr = dag.test(logical_date=logical_date, run_conf=conf)
-    return dr
+    try:
+        return dag.test(logical_date=logical_date, run_conf=conf)
+    finally:  # the DagBag is session-wide: test_dag_integrity checks these retries, in whatever order
+        for t in dag.tasks:
+            t.retries = retries[t.task_id]
 
 
 def _live(env):
