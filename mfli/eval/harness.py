@@ -340,22 +340,62 @@ def run_quality(ds: Dataset, cfg: QualityConfig, log=print, on_seed=None) -> dic
             per_method[method].append(res)
             log(f"  {method:<13} recall@100={res['recall@100']:.4f} cold_recall@100={res['cold_recall@100']:.4f} "
                 f"({res['seconds']:.1f}s)")
-        summary = {m: _summary(v) for m, v in per_method.items()}
+        summary = add_ratio_intervals({m: _summary(v) for m, v in per_method.items()})
         if on_seed is not None:
             on_seed(summary)
     return summary
 
 
+def ratio_refs(results: dict, ref: str | None = "exact", also: tuple[str, ...] = ("hnsw",)) -> list[tuple[str, str]]:
+    """``[(column label, reference method)]`` of the ratio columns: ``ref``, ``also``, and the best
+    baseline (:data:`BASELINES`) by mean recall@100, each when present in ``results``."""
+    refs = [(r, r) for r in dict.fromkeys((ref, *also)) if r is not None and r in results]
+    base = [b for b in BASELINES if b in results and not np.isnan(results[b]["recall@100"]["mean"])]
+    if base:
+        best = max(base, key=lambda b: results[b]["recall@100"]["mean"])
+        refs.append((f"best baseline ({best})", best))
+    return refs
+
+
+def add_ratio_intervals(results: dict, ref: str | None = "exact", also: tuple[str, ...] = ("hnsw",),
+                        n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Add ``results[m]["ratios"][f"{metric} / {label}"] = {ratio, lo, hi}`` for recall@100 and cold
+    recall@100 against every :func:`ratio_refs` column: paired bootstrap 95% intervals over (seed, user)
+    units (:mod:`mfli.eval.bootstrap`). Methods without per-user values are skipped. Returns ``results``."""
+    from mfli.eval.bootstrap import PairedBootstrap, pooled_per_user
+
+    refs = ratio_refs(results, ref, also)
+    for metric in PER_USER_KEYS:
+        pooled = pooled_per_user(results, metric)
+        if not pooled:
+            continue
+        boot = PairedBootstrap(pooled, n_resamples=n_resamples, seed=seed)
+        for m in pooled:
+            ratios = results[m].setdefault("ratios", {})
+            for label, r in refs:
+                if r in pooled:
+                    ratios[f"{metric} / {label}"] = boot.ratio(m, r).as_dict()
+    return results
+
+
 def format_table(results: dict, metrics=METRIC_KEYS, ref: str | None = "exact",
                  also: tuple[str, ...] = ("hnsw",)) -> str:
-    """Markdown table of mean ± std per method, plus each method's recall@100 ratio to ``ref`` and to
-    each method of ``also`` present in ``results``, and the mean training seconds per seed."""
-    refs = [r for r in (ref, *also) if r is not None and r in results]
-    head = ["method", *metrics] + [f"recall@100 / {r}" for r in refs] + ["train s"]
+    """Markdown table of mean ± std per method, plus each method's recall@100 ratio to ``ref``, to each
+    method of ``also`` and to the best baseline, with paired bootstrap 95% intervals over users when
+    the results hold per-user values, and the mean training seconds per seed."""
+    from mfli.eval.bootstrap import PairedBootstrap, pooled_per_user
+
+    refs = ratio_refs(results, ref, also)
+    pooled = pooled_per_user(results, "recall@100")
+    boot = PairedBootstrap(pooled) if pooled else None
+    head = ["method", *metrics] + [f"recall@100 / {label}" for label, _ in refs] + ["train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, r in results.items():
         cells = [m] + [f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}" if k in r else "-" for k in metrics]
-        for name in refs:
+        for _, name in refs:
+            if boot is not None and m in pooled and name in pooled:
+                cells.append(boot.ratio(m, name).text())
+                continue
             base = results[name]["recall@100"]["mean"]
             cells.append(f"{r['recall@100']['mean'] / base:.3f}" if base > 0 else "-")
         cells.append(f"{r['train_s']['mean']:.0f}" if "train_s" in r else "-")
