@@ -75,7 +75,7 @@ def run(data, prep_s: float, beams: tuple[int, ...], placement: str, nodes: int 
     occ = np.bincount(dr.codes[dr.codes >= 0])
     occ_tr = np.bincount(dr.codes[dr.trained][dr.codes[dr.trained] >= 0], minlength=len(occ))
     used = occ > 0
-    out = {"n_items": N, "n_trained": int(len(trained_ids)), "n_events": len(inter), "K": K, "D": D, "J": J,
+    out = {"n_items": N, "n_trained": len(trained_ids), "n_events": len(inter), "K": K, "D": D, "J": J,
            "placement": placement, "queries_held_out_of_fit": holdout, "fit_s": fit_s, "prepare_s": prep_s,
            "ref_share_placed": float(1 - ref_trained.mean()),
            "paths_used": int(used.sum()), "paths_total": K**D,

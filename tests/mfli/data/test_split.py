@@ -166,7 +166,6 @@ def test_user_time_split_holds_out_each_users_latest_share(any_ds):
 
 def test_user_time_split_by_hand():
     from mfli.data.dataset import Dataset
-    from mfli.data.split import user_time_split
 
     t = pd.Timestamp("2024-01-01", tz="UTC")
     inter = pd.DataFrame({"user_id": [1] * 10 + [2] * 2 + [3],
