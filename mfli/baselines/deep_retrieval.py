@@ -250,6 +250,8 @@ class DeepRetrieval:
             the E-step), ``loglik_after_m`` (same with the new paths), losses, path stats, seconds.
         """
         cfg = self.cfg
+        if cfg.placement not in ("neighbours", "reranker"):
+            raise ValueError(f"DRConfig.placement must be 'neighbours' or 'reranker', got {cfg.placement!r}")
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)

@@ -32,6 +32,8 @@ def quality(
     out: Path = typer.Option(None, "--out", help="Write {method: {metric: {mean, std, values}}} as JSON."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads for training (0: process default)."),
     config: Path = typer.Option(None, "--config", help="JSON file of TrainConfig overrides (as for `mfli train`)."),
+    dr_placement: str = typer.Option("neighbours", "--dr-placement",
+                                     help="Deep Retrieval placement of items without events: neighbours | reranker"),
 ) -> None:
     """Train, index and evaluate every method on the same split, in one process."""
     from mfli.data.loaders import load_dataset
@@ -47,7 +49,7 @@ def quality(
     ds = load_dataset(data)
     cfg = QualityConfig(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), split=split,
                         seeds=seeds, epochs=epochs, beam=beam, max_users=max_users,
-                        num_threads=threads, train_overrides=overrides)
+                        num_threads=threads, train_overrides=overrides, dr_placement=dr_placement)
 
     def write(results: dict) -> None:
         # rewritten after every seed: an interrupted run keeps the seeds it finished

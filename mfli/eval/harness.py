@@ -66,6 +66,7 @@ class QualityConfig:
     hnsw_ef_search: int = 128  # FAISS HNSW efSearch for the quality table
     ivf_nprobe: int = 16  # FAISS IVF nprobe for the quality table
     max_users: int | None = None  # evaluate a seeded sample of test users (None: all)
+    dr_placement: str = "neighbours"  # DRConfig.placement for items without training events
     num_threads: int = 0  # torch threads for training (0: process default)
     train_overrides: dict = field(default_factory=dict)  # TrainConfig fields, nested, e.g. {"batch_size": 1024}
 
@@ -253,14 +254,16 @@ def _run_dr(run: _SeedRun) -> dict:
     # published settings are for 1e5-1e6 items: smaller K keeps paths populated on small catalogues
     K = 20 if n_items < 50_000 else 50
     dr = DeepRetrieval(DRConfig(n_nodes=K, n_layers=2 if n_items < 50_000 else 3, seed=run.seed,
-                                num_threads=run.cfg.num_threads or 1))
+                                num_threads=run.cfg.num_threads or 1, placement=run.cfg.dr_placement))
     content = content_matrix(run.ds.items)
     ids = run.ds.items["item_id"].to_numpy(np.int64)
     t0 = time.perf_counter()
     dr.fit(run.split.train, item_ids=ids, item_content=content)
     train_s = time.perf_counter() - t0
     new_mask = ~np.isin(ids, run.known)
-    if new_mask.any():
+    # fit already placed every catalogue item without events; re-placing through the delta path
+    # (neighbours only) is what the neighbour placement amounts to, and would undo "reranker"
+    if new_mask.any() and run.cfg.dr_placement == "neighbours":
         dr.assign_new_items(ids[new_mask], content[new_mask])
     t0 = time.perf_counter()
     got, _ = dr.retrieve(run.histories, K_MAX, exclude=run.histories)
