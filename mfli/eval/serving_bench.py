@@ -382,7 +382,7 @@ def prepare_data(cfg: ServingBenchConfig, log: Log) -> tuple[BenchData, dict]:
                          [f"facet{f}" for f in range(cfg.facets)], src), sec
 
     from mfli.data.synthetic import SyntheticConfig, generate
-    from mfli.train import TrainedModel
+    from mfli.model.trained import TrainedModel
 
     t0 = time.perf_counter()
     n_users = max(cfg.n_users, cfg.n_queries)

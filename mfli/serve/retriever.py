@@ -61,6 +61,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -228,14 +229,8 @@ class Retriever:
 
     def __init__(self, index: MultiFacetIndex | DeltaIndex, codebooks=None,
                  facet_names: Sequence[str] | None = None, config: RetrieverConfig | None = None) -> None:
-        self.config = config or RetrieverConfig()
-        if self.config.sampling not in ("multinomial", "topk"):
-            raise ValueError(f"sampling must be 'multinomial' or 'topk', got {self.config.sampling!r}")
-        if self.config.beam_score not in ("ip", "l2"):
-            raise ValueError(f"beam_score must be 'ip' or 'l2', got {self.config.beam_score!r}")
-        if self.config.merge not in ("quota", "sum"):
-            raise ValueError(f"merge must be 'quota' or 'sum', got {self.config.merge!r}")
-        self._rng = np.random.default_rng(self.config.seed)
+        config = config or RetrieverConfig()
+        self._rng = np.random.default_rng(config.seed)
         self._base: MultiFacetIndex | None = None
         self.update(index)
         F = self._base.n_facets
@@ -252,14 +247,42 @@ class Retriever:
             # (d, M) per facet and layer, contiguous: a strided slice would miss the BLAS fast path
             self._cbT = [[np.ascontiguousarray(cb[layer, f].T) for layer in range(cb.shape[0])]
                          for f in range(F)]
-        q = np.ones(F) if self.config.quotas is None else np.asarray(self.config.quotas, dtype=np.float64)
+        self._configure(config)
+
+    def _configure(self, config: RetrieverConfig) -> None:
+        """Validate ``config`` and derive the normalised quotas ``(F,)`` and facet weights ``(F,)``."""
+        if config.sampling not in ("multinomial", "topk"):
+            raise ValueError(f"sampling must be 'multinomial' or 'topk', got {config.sampling!r}")
+        if config.beam_score not in ("ip", "l2"):
+            raise ValueError(f"beam_score must be 'ip' or 'l2', got {config.beam_score!r}")
+        if config.merge not in ("quota", "sum"):
+            raise ValueError(f"merge must be 'quota' or 'sum', got {config.merge!r}")
+        F = self._base.n_facets
+        q = np.ones(F) if config.quotas is None else np.asarray(config.quotas, dtype=np.float64)
         if q.shape != (F,) or (q < 0).any() or q.sum() <= 0:
-            raise ValueError(f"quotas must be F={F} non-negative numbers, not all zero; got {self.config.quotas}")
-        self._quotas = q / q.sum()
-        w = np.ones(F) if self.config.facet_weights is None else np.asarray(self.config.facet_weights, np.float64)
+            raise ValueError(f"quotas must be F={F} non-negative numbers, not all zero; got {config.quotas}")
+        w = np.ones(F) if config.facet_weights is None else np.asarray(config.facet_weights, np.float64)
         if w.shape != (F,):
             raise ValueError(f"facet_weights must have F={F} entries")
+        self.config = config
+        self._quotas = q / q.sum()
         self._weights = w.astype(np.float32)
+
+    def with_config(self, config: RetrieverConfig) -> Retriever:
+        """A retriever with other settings over the same prepared index (shares every structure; cheap).
+
+        The trigger-mode generator is shared too: draws keep one stream across views."""
+        view = copy.copy(self)
+        view._configure(config)
+        return view
+
+    def with_index(self, index: MultiFacetIndex | DeltaIndex) -> Retriever:
+        """A retriever over another view of the same snapshot (e.g. with new deltas); this one is untouched.
+
+        Costs O(delta) when ``index`` shares this retriever's base (see :meth:`update`)."""
+        view = copy.copy(self)
+        view.update(index)
+        return view
 
     # ------------------------------------------------------------------ index state
     def update(self, index: MultiFacetIndex | DeltaIndex) -> None:
