@@ -375,3 +375,48 @@ def train(
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point under torchrun (:mod:`mfli.distributed`): ``mfli train``'s arguments; rank 0 saves the
+    model and prints the summary."""
+    import argparse
+    import json
+    import time
+
+    import torch.distributed as dist
+
+    from mfli.data.loaders import load_dataset
+    from mfli.data.split import make_split
+
+    p = argparse.ArgumentParser(prog="torchrun ... -m mfli.train", description=main.__doc__)
+    p.add_argument("data_path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="time", choices=["time", "last", "cold"])
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default=None, help="JSON file of TrainConfig overrides")
+    a = p.parse_args(argv)
+    from pathlib import Path
+
+    overrides = json.loads(Path(a.config).read_text()) if a.config else {}
+    overrides["seed"] = a.seed
+    if a.epochs is not None:
+        overrides["epochs"] = a.epochs
+    cfg = TrainConfig.from_dict(overrides)
+    t0 = time.time()
+    ds = load_dataset(a.data_path)
+    sp = make_split(ds, a.split, seed=a.seed)
+    model = train(ds, sp.train, cfg)
+    info = distributed.current()
+    if info.is_main:
+        model.save(a.out)
+        print(json.dumps({"out": a.out, "world_size": info.world, "seconds": round(time.time() - t0, 2),
+                          "history": model.history[-1]}, default=str))  # fmt: skip
+    if info.enabled:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

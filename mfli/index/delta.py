@@ -2,7 +2,7 @@
 
 - :func:`assign` encodes new items with the codebooks (``rq_encode``; top-m paths when the index keeps
   m > 1), packs their paths and routes each path through the facet's
-  :class:`~mfli.index.split_merge.RebalanceMap`: a kept path -> its cluster, a merged path -> its
+  :class:`~mfli.index.rebalance_map.RebalanceMap`: a kept path -> its cluster, a merged path -> its
   target, a split path -> the nearest child centroid (recursively), and a path the full build never
   saw -> the cluster with the nearest centroid (where the build's merge step would have put a
   one-item cluster).
@@ -31,8 +31,9 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from mfli.index.inverted import MultiFacetIndex, _as_numpy, encode_paths, lookup_sorted, pack_paths
-from mfli.index.split_merge import RebalanceMap
+from mfli.index.inverted import MultiFacetIndex, _as_numpy, encode_paths, pack_paths
+from mfli.index.lookup import lookup_sorted
+from mfli.index.rebalance_map import RebalanceMap
 
 
 def assign_paths(embeddings, codebooks, maps: Sequence[RebalanceMap]) -> np.ndarray:

@@ -70,7 +70,8 @@ import numpy as np
 import torch
 
 from mfli.index.delta import DeltaIndex
-from mfli.index.inverted import MultiFacetIndex, _as_numpy, lookup_sorted
+from mfli.index.inverted import MultiFacetIndex, _as_numpy
+from mfli.index.lookup import lookup_sorted
 
 _DENSE_LIMIT = 1 << 25  # key spaces up to this size get dense lookup tables (<= 128 MiB of int32)
 
