@@ -332,6 +332,15 @@ class MultiFacetIndex:
         """Item ids ``(...)`` -> rows ``(...)`` (``-1`` for ids not in the index). O(log N)."""
         return lookup_sorted(self._sorted_ids, self._sorted_rows, np.asarray(item_ids, dtype=np.int64))
 
+    def row_positions(self) -> np.ndarray:
+        """``(N, F, m)`` int64 cluster position of every row's paths, per facet (computed once, then cached:
+        serving reads it on every request and deltas share it)."""
+        cached = getattr(self, "_row_pos", None)
+        if cached is None:
+            cached = np.stack([csr.positions(self.assignments[:, f, :]) for f, csr in enumerate(self.facets)], axis=1)
+            self._row_pos = cached
+        return cached
+
     def cluster_rows(self, facet: int, cluster: int, top: int | None = None) -> np.ndarray:
         """Rows of one cluster, best static score first (``top`` of them if given)."""
         csr = self.facets[facet]

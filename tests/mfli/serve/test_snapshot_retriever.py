@@ -201,7 +201,7 @@ def test_open_live_refresh_picks_up_deltas_without_touching_the_serving_object(a
     new = live.current
     assert new is not old and new.n_items == 65 and live.metadata()["deltas_applied"] == ["20240101T000000Z"]
     assert new.model is old.model and new.base is old.base  # same snapshot: only the delta was applied
-    assert old.n_items == 60 and old.retriever._delta is None  # the object in flight is unchanged
+    assert old.n_items == 60 and old.index is old.base  # the object in flight is unchanged
     # every new item is now retrievable: trigger on an old item of its engagement cluster
     base = new.base
     for j, item in enumerate(NEW_IDS):
