@@ -36,7 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mfli.eval.serving_bench import Log, machine_info, set_threads, train_bench_model
+from mfli.eval.serving.config import Log
+from mfli.eval.serving.data import train_bench_model
+from mfli.eval.serving.machine import machine_info, set_threads
 
 
 @dataclass

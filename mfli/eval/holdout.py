@@ -114,8 +114,8 @@ def evaluate_holdout(snapshot: Any, dataset: Any, cutoff: pd.Timestamp, k_max: i
     metrics["codebook_perplexity"] = min(cb[f"f{f}.l{layer}.perplexity"] for f in range(F) for layer in range(L))
     metrics["max_cluster_share"] = max(ih[f"f{f}.max_cluster_share"] for f in range(F))
     metrics["gini"] = max(ih[f"f{f}.gini"] for f in range(F))
-    metrics["test_users"] = int(len(users))
+    metrics["test_users"] = len(users)
     metrics["items"] = int(idx.n_items)
-    metrics["cold_items"] = int(len(cold))
+    metrics["cold_items"] = len(cold)
     out.metrics = {k: _finite(v) for k, v in metrics.items()}
     return out
