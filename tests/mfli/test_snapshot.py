@@ -4,12 +4,12 @@ exactly what the service's /retrieve returns; the service imports no training co
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -131,6 +131,6 @@ def test_service_module_imports_no_training_code():
     code = ("import sys, mfli.serve.service, mfli.cli.serve; "
             "print([m for m in ('mfli.train', 'mfli.distributed') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
-                         env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+                         check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
