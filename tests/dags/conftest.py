@@ -31,6 +31,8 @@ def airflow_db():
 
 @pytest.fixture(scope="session")
 def dagbag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
+    # as the DAG processor and task runner parse them: the DAG folder (bundle) is on sys.path, so the
+    # DAG files import dags/common.py as `common`
+    from airflow.dag_processing.dagbag import BundleDagBag
 
-    return DagBag(dag_folder=str(REPO / "dags"))
+    return BundleDagBag(dag_folder=str(REPO / "dags"), bundle_path=REPO / "dags")
