@@ -1,7 +1,13 @@
 # The two commands a new user needs (see README):
 #   make run   - set up and run the platform's main job on embedded defaults
-#   make test  - set up and run the test suite (what CI runs)
+#   make test  - set up and run the test suite (what CI runs), in a shuffled order whose seed it prints
+#                options: LOAD=N (N busy processes meanwhile), SEED=N (replay an order), SHUFFLE=0 (file
+#                order), ARGS='...' (more pytest arguments); see docs/development.md
 PYTHON ?= python3.11
+LOAD    ?= 0
+SEED    ?=
+SHUFFLE ?= 1
+ARGS    ?=
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -20,7 +26,8 @@ run: $(STAMP)
 	bash infra/local/run_demo.sh
 
 test: $(STAMP)
-	bash infra/local/run_tests.sh
+	bash infra/local/run_tests.sh --cpu-load $(LOAD) $(if $(SEED),--seed $(SEED)) \
+		$(if $(filter 0,$(SHUFFLE)),--no-shuffle) $(ARGS)
 
 # The production-shaped stack on this machine (docs/operations.md): PostgreSQL, Redis, Celery, SeaweedFS, Feast, serve.
 platform-up: $(STAMP)

@@ -1,6 +1,10 @@
 """Print the markdown tables of ``mfli bench quality`` JSON files (what docs/benchmarks.md shows).
 
     python bench/quality_tables.py docs/results/quality_ml_time.json docs/results/quality_amazon_*.json
+    python bench/quality_tables.py --compact FILE...   # recall@100 and cold recall@100 only
+
+Ratios carry paired bootstrap 95% intervals over users (1000 resamples, seed 0) when the JSON holds
+per-user values (runs since the item-item baselines were added); older files show plain ratios.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ def cold_ratio(results: dict, num: str = "mfli", den: str = "hnsw") -> str:
 
 
 def main(paths: list[str]) -> None:
+    compact = "--compact" in paths
+    paths = [p for p in paths if p != "--compact"]
     for path in paths:
         results = json.loads(Path(path).read_text())
         seeds = len(next(iter(results.values()))["recall@100"]["values"])
         print(f"### {Path(path).stem} ({seeds} seed{'s' if seeds != 1 else ''})\n")
-        print(format_table(results))
+        print(format_table(results, metrics=("recall@100", "cold_recall@100")) if compact else format_table(results))
         print(f"\nmfli cold recall@100 / hnsw (rebuild at snapshot): {cold_ratio(results)}\n")
 
 

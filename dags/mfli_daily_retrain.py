@@ -22,36 +22,37 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
+from common import DEFAULT_ARGS as COMMON_ARGS  # dags/common.py (the DAG folder is on sys.path)
+from common import SNAPSHOT_ASSET
 
-SNAPSHOT_ASSET = Asset("mfli_snapshot", uri="mfli://snapshots/LATEST")
+from tasks.params import DailyParams
 
 DEFAULT_ARGS = {
-    "owner": "mfli",
-    "retries": 2,
+    **COMMON_ARGS,
     "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
     "execution_timeout": timedelta(hours=2),
 }
 
+_D = DailyParams()  # one default per param: the typed Params the tasks parse
 PARAMS = {
-    "dataset_uri": Param("", type="string", description="Dataset folder (MovieLens, Amazon LC-Rec or mfli-parquet); empty = the embedded demo catalogue."),
-    "store_uri": Param("", type="string", description="Object store for snapshots (file://... or s3://bucket/prefix); empty = the embedded local store."),
-    "end": Param(None, type=["null", "string"], format="date-time", description="Window end for manual runs without a data interval (ISO 8601)."),
-    "lookback_days": Param(3650, type="integer", minimum=1, description="Training window length before the end."),
-    "holdout_days": Param(7.0, type="number", exclusiveMinimum=0, description="Last days of the window held out for evaluation."),
-    "facets": Param(["engagement", "semantic"], type="array", items={"type": "string"}, minItems=1),
-    "epochs": Param(3, type="integer", minimum=1, maximum=200),
-    "seed": Param(0, type="integer", minimum=0),
-    "shards": Param(2, type="integer", minimum=1, maximum=256, description="Item shards encoded in parallel (dynamic task mapping)."),
-    "min_recall_at_100": Param(0.02, type="number", minimum=0, maximum=1),
-    "min_cold_recall_at_100": Param(0.0, type="number", minimum=0, maximum=1),
-    "min_topic_match_at_100": Param(0.0, type="number", minimum=0, maximum=1),
-    "min_codebook_utilisation": Param(0.05, type="number", minimum=0, maximum=1),
-    "max_cluster_share": Param(0.2, type="number", minimum=0, maximum=1),
-    "max_regression": Param(0.1, type="number", minimum=0, maximum=1, description="Largest relative drop allowed against the live snapshot's metrics."),
-    "force_publish": Param(False, type="boolean", description="Publish even when the gate fails (operators only)."),
+    "dataset_uri": Param(_D.dataset_uri, type="string", description="Dataset folder (MovieLens, Amazon LC-Rec or mfli-parquet); empty = the embedded demo catalogue."),
+    "store_uri": Param(_D.store_uri, type="string", description="Object store for snapshots (file://... or s3://bucket/prefix); empty = the embedded local store."),
+    "end": Param(_D.end, type=["null", "string"], format="date-time", description="Window end for manual runs without a data interval (ISO 8601)."),
+    "lookback_days": Param(_D.lookback_days, type="integer", minimum=1, description="Training window length before the end."),
+    "holdout_days": Param(_D.holdout_days, type="number", exclusiveMinimum=0, description="Last days of the window held out for evaluation."),
+    "facets": Param(list(_D.facets), type="array", items={"type": "string"}, minItems=1),
+    "epochs": Param(_D.epochs, type="integer", minimum=1, maximum=200),
+    "seed": Param(_D.seed, type="integer", minimum=0),
+    "shards": Param(_D.shards, type="integer", minimum=1, maximum=256, description="Item shards encoded in parallel (dynamic task mapping)."),
+    "min_recall_at_100": Param(_D.min_recall_at_100, type="number", minimum=0, maximum=1),
+    "min_cold_recall_at_100": Param(_D.min_cold_recall_at_100, type="number", minimum=0, maximum=1),
+    "min_topic_match_at_100": Param(_D.min_topic_match_at_100, type="number", minimum=0, maximum=1),
+    "min_codebook_utilisation": Param(_D.min_codebook_utilisation, type="number", minimum=0, maximum=1),
+    "max_cluster_share": Param(_D.max_cluster_share, type="number", minimum=0, maximum=1),
+    "max_regression": Param(_D.max_regression, type="number", minimum=0, maximum=1, description="Largest relative drop allowed against the live snapshot's metrics."),
+    "force_publish": Param(_D.force_publish, type="boolean", description="Publish even when the gate fails (operators only)."),
 }
 
 

@@ -20,27 +20,28 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
+from common import DEFAULT_ARGS as COMMON_ARGS  # dags/common.py (the DAG folder is on sys.path)
+from common import SNAPSHOT_ASSET
 
-SNAPSHOT_ASSET = Asset("mfli_snapshot", uri="mfli://snapshots/LATEST")
+from tasks.params import DeltaParams
 
 DEFAULT_ARGS = {
-    "owner": "mfli",
-    "retries": 2,
+    **COMMON_ARGS,
     "retry_delay": timedelta(seconds=20),
-    "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=5),
     "execution_timeout": timedelta(minutes=30),
 }
 
+_D = DeltaParams()  # one default per param: the typed Params the tasks parse
 PARAMS = {
-    "dataset_uri": Param("", type="string", description="Dataset folder the new items come from; empty = the embedded demo catalogue."),
-    "store_uri": Param("", type="string", description="Object store holding the live snapshot; empty = the embedded local store."),
-    "start": Param(None, type=["null", "string"], format="date-time", description="Window start for manual runs (ISO 8601)."),
-    "end": Param(None, type=["null", "string"], format="date-time", description="Window end for manual runs (ISO 8601)."),
-    "shards": Param(2, type="integer", minimum=1, maximum=256),
-    "min_self_retrieval_rate": Param(0.5, type="number", minimum=0, maximum=1, description="Share of new items a query built from their own content must retrieve."),
-    "max_cluster_overflow": Param(2.0, type="number", minimum=1, description="A new item's cluster may grow to at most this times the rebalancing cap."),
+    "dataset_uri": Param(_D.dataset_uri, type="string", description="Dataset folder the new items come from; empty = the embedded demo catalogue."),
+    "store_uri": Param(_D.store_uri, type="string", description="Object store holding the live snapshot; empty = the embedded local store."),
+    "start": Param(_D.start, type=["null", "string"], format="date-time", description="Window start for manual runs (ISO 8601)."),
+    "end": Param(_D.end, type=["null", "string"], format="date-time", description="Window end for manual runs (ISO 8601)."),
+    "shards": Param(_D.shards, type="integer", minimum=1, maximum=256),
+    "min_self_retrieval_rate": Param(_D.min_self_retrieval_rate, type="number", minimum=0, maximum=1, description="Share of new items a query built from their own content must retrieve."),
+    "max_cluster_overflow": Param(_D.max_cluster_overflow, type="number", minimum=1, description="A new item's cluster may grow to at most this times the rebalancing cap."),
 }
 
 

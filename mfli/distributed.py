@@ -1,7 +1,7 @@
 """Data-parallel training with ``torch.distributed``: process group from torchrun's environment,
 rank-aware helpers and the per-rank shard of a global batch.
 
-    torchrun --nproc_per_node=2 -m mfli.distributed ../shared/datasets/ml-latest-small --out runs/ml
+    torchrun --nproc_per_node=2 -m mfli.train ../shared/datasets/ml-latest-small --out runs/ml   # mfli.train.main
 
 Every rank builds the same deterministic global batch (same seed, same sampler calls) and trains on
 its contiguous shard ``shard_bounds(n, rank, world)``; DistributedDataParallel averages gradients,
@@ -150,46 +150,3 @@ def sync_codebook_state(rq: nn.Module) -> None:
     effect, whatever float noise separates the ranks' buffers."""
     dist.broadcast(rq.codebooks.data, src=0)
     dist.broadcast(rq.active, src=0)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """torchrun entry point: ``mfli train``'s arguments; rank 0 saves the model and prints the summary."""
-    import argparse
-    import json
-    import time
-
-    from mfli.data.loaders import load_dataset
-    from mfli.data.split import make_split
-    from mfli.train import TrainConfig, train
-
-    p = argparse.ArgumentParser(prog="python -m mfli.distributed", description=main.__doc__)
-    p.add_argument("data_path")
-    p.add_argument("--out", required=True)
-    p.add_argument("--split", default="time", choices=["time", "last", "cold"])
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", default=None, help="JSON file of TrainConfig overrides")
-    a = p.parse_args(argv)
-    from pathlib import Path
-
-    overrides = json.loads(Path(a.config).read_text()) if a.config else {}
-    overrides["seed"] = a.seed
-    if a.epochs is not None:
-        overrides["epochs"] = a.epochs
-    cfg = TrainConfig.from_dict(overrides)
-    t0 = time.time()
-    ds = load_dataset(a.data_path)
-    sp = make_split(ds, a.split, seed=a.seed)
-    model = train(ds, sp.train, cfg)
-    info = current()
-    if info.is_main:
-        model.save(a.out)
-        print(json.dumps({"out": a.out, "world_size": info.world, "seconds": round(time.time() - t0, 2),
-                          "history": model.history[-1]}, default=str))  # fmt: skip
-    if info.enabled:
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

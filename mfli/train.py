@@ -6,7 +6,7 @@ or from Python::
 
     from mfli.train import TrainConfig, train
     model = train(ds, split.train, TrainConfig(seed=0))
-    model.save("runs/ml"); model = TrainedModel.load("runs/ml")
+    model.save("runs/ml")   # mfli.model.trained.TrainedModel.load("runs/ml") reads it back
 
 Deterministic by seed (torch/numpy seeds, seeded batch order, seeded k-means). CPU by default,
 CUDA when present (``device="auto"``). Early stopping on validation recall@K of exact search over
@@ -17,82 +17,32 @@ safetensors + JSON with sha256 checksums, never pickle.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from mfli import distributed
-from mfli.checksums import sha256_file as _sha256
 from mfli.data.dataset import Dataset
 from mfli.data.errors import DataError
-from mfli.model.config import ModelConfig, from_dict, to_dict
-from mfli.model.features import FeatureSpace, ItemFeatures, UserFeatures
+from mfli.model.config import ModelConfig
+from mfli.model.features import FeatureSpace, ItemFeatures
 from mfli.model.mfli_model import Batch, MFLIModel
 from mfli.model.pairs import ItemPairBatch, PairSampler, UserItemBatch
-from mfli.model.quantizer import rq_encode
+from mfli.model.train_config import TrainConfig
+from mfli.model.trained import TrainedModel, resolve_device
 
-_FORMAT_VERSION = 1
-_WEIGHTS, _CONFIG, _FEATURES, _HISTORY, _MANIFEST = (
-    "model.safetensors", "config.json", "feature_space.json", "history.json", "manifest.json",
-)  # fmt: skip
-
-
-@dataclass
-class TrainConfig:
-    """Training configuration (model, batches, optimiser, schedule, stopping)."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    batch_size: int = 1024  # user -> item pairs per step; also the in-batch negatives per query
-    # contiguous shards of each step's batch, each with its own in-batch negatives, losses averaged.
-    # Under torchrun it must be 1 or the world size (one shard per rank, batch_size stays global);
-    # a single process with batch_shards=N reproduces an N-rank data-parallel run
-    batch_shards: int = 1
-    item_item_batch: int | None = None  # trigger -> co-engaged pairs per step; None -> batch_size
-    semantic_batch: int | None = None  # semantic pairs per step; None -> batch_size // 2
-    co_window: int = 5  # events at most this far apart in a history count as co-engaged
-    semantic_max_df: float = 0.01  # text tokens shared by more than 1% of items are not topics
-    lr: float = 3e-3  # Adam; embeddings tables dominate the parameters and like a high rate
-    weight_decay: float = 0.0
-    epochs: int = 10  # passes over the user -> item events (early stopping may end sooner)
-    max_steps: int | None = None  # hard cap on optimiser steps (None: epochs decide)
-    seed: int = 0
-    device: str = "auto"  # "auto": cuda when available, else cpu
-    patience: int = 3  # epochs without a better validation recall before stopping
-    valid_frac: float = 0.05  # share of each user's latest events held out for early stopping; 0: none
-    valid_k: int = 100  # K of the validation recall@K
-    valid_max_users: int = 2000  # validation users scored (a seeded sample beyond this)
-    # torch CPU threads during training (0: leave the process default). The step's ops are small:
-    # on a busy 2-core machine 2 threads ran 2x slower than 1 (spin-waiting); raise it on idle many-core hosts
-    num_threads: int = 1
-    deterministic: bool = True  # deterministic torch kernels: multi-threaded embedding backward is not
-    progress: bool = True  # tqdm bar on stderr with losses and codebook health
-    health_max_items: int = 50000  # items embedded for the epoch-end codebook health
-
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> TrainConfig:
-        return from_dict(cls, data)
+# TrainConfig is re-exported: `from mfli.train import TrainConfig, train` is how training is called
+__all__ = ["TrainConfig", "resolve_codes", "train"]
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def resolve_codes(cfg: ModelConfig, n_train_items: int) -> int:
     """M: configured, or ``(n_train_items / items_per_cluster) ** (1/L)`` rounded, at least 4."""
     cb = cfg.codebook
@@ -100,25 +50,6 @@ def resolve_codes(cfg: ModelConfig, n_train_items: int) -> int:
         return int(cb.codes)
     return max(4, round((max(n_train_items, 1) / cb.items_per_cluster) ** (1.0 / max(cb.layers, 1))))
 
-
-
-def _lookup(sorted_keys: np.ndarray, order: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Positions (in the original order) of ``values`` among keys; -1 where absent."""
-    if len(sorted_keys) == 0:
-        return np.full(len(values), -1, dtype=np.int64)
-    pos = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
-    return np.where(sorted_keys[pos] == values, order[pos], -1).astype(np.int64)
-
-
-def _history_matrix(rows: Sequence[np.ndarray], H: int) -> np.ndarray:
-    """Right-aligned ``(B, H)`` catalogue rows of the last H entries (-1 = empty)."""
-    out = np.full((len(rows), H), -1, dtype=np.int64)
-    for b, r in enumerate(rows):
-        r = np.asarray(r, dtype=np.int64)
-        r = r[r >= 0][-H:]
-        if len(r):
-            out[b, H - len(r):] = r
-    return out
 
 
 def _slice_pairs(p: UserItemBatch | ItemPairBatch, lo: int, hi: int) -> UserItemBatch | ItemPairBatch:
@@ -136,201 +67,6 @@ def health_summary(health: dict[str, list[dict]]) -> str:
             c = "/".join(f"{lv['collision']:.2f}" for lv in levels)
             parts.append(f"{name[:6]} u{u} p{p} c{c}")
     return " | ".join(parts) if parts else "codebook off"
-
-
-# --------------------------------------------------------------------------------------------
-# the trained model
-# --------------------------------------------------------------------------------------------
-class TrainedModel:
-    """A trained MFLI model with its feature space, encoded catalogue and users.
-
-    Attributes:
-        config: the :class:`TrainConfig` it was trained with.
-        feature_space: the fitted :class:`FeatureSpace`.
-        facets: facet names, in embedding order (F).
-        history: per-epoch metrics (losses, validation recall, codebook health, seconds).
-        codebooks: ``(L', F, M, d)`` float32, the layers switched on (L' = 0 for mode "none").
-    """
-
-    def __init__(
-        self,
-        model: MFLIModel,
-        feature_space: FeatureSpace,
-        config: TrainConfig,
-        catalogue: ItemFeatures,
-        users: UserFeatures,
-        resolved: dict,
-        history: list[dict] | None = None,
-    ) -> None:
-        self.model = model.eval()
-        self.feature_space = feature_space
-        self.config = config
-        self.catalogue = catalogue  # on the model's device
-        self.users = users
-        self.resolved = resolved
-        self.history = history or []
-        self._device = next(model.parameters()).device
-        cid = catalogue.item_ids.cpu().numpy()
-        self._cat_order = np.argsort(cid, kind="stable")
-        self._cat_sorted = cid[self._cat_order]
-        uid = users.user_ids.cpu().numpy()
-        self._user_order = np.argsort(uid, kind="stable")
-        self._user_sorted = uid[self._user_order]
-
-    @property
-    def facets(self) -> list[str]:
-        return self.model.cfg.facet_names
-
-    @property
-    def codebooks(self) -> torch.Tensor:
-        rq = self.model.rq
-        return rq.codebooks.detach()[: rq.n_active].cpu().clone()
-
-    # encoding ---------------------------------------------------------------------------------
-    def catalogue_rows(self, item_ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Catalogue rows ``(N,)`` of item ids (-1 for items not in the training catalogue)."""
-        return _lookup(self._cat_sorted, self._cat_order, np.asarray(item_ids, dtype=np.int64))
-
-    def encode_items(self, items_df: pd.DataFrame) -> ItemFeatures:
-        """Items table -> features. With only an ``item_id`` column, catalogue features are used
-        (ids absent from the catalogue get no content: a cold item needs its content columns)."""
-        if "item_id" not in items_df.columns:
-            raise DataError("items", "missing column 'item_id'", column="item_id")
-        if set(items_df.columns) > {"item_id"}:
-            return self.feature_space.encode_items(items_df).to(self._device)
-        rows = self.catalogue_rows(items_df["item_id"].to_numpy())
-        feats = self.catalogue.rows(torch.as_tensor(np.maximum(rows, 0), device=self._device))
-        miss = torch.as_tensor(rows < 0, device=self._device)
-        if miss.any():  # unknown ids without content columns: nothing but the "unknown" rows
-            feats = ItemFeatures(
-                torch.as_tensor(items_df["item_id"].to_numpy(dtype=np.int64), device=self._device),
-                feats.id_index.masked_fill(miss, 0),
-                feats.categories.masked_fill(miss[:, None], 0),
-                feats.tokens.masked_fill(miss[:, None], 0),
-                feats.brand.masked_fill(miss, 0),
-                feats.age.masked_fill(miss, self.feature_space.n_age - 1),
-            )
-        return feats
-
-    @torch.no_grad()
-    def _embed_features(self, feats: ItemFeatures, use_ids: bool, batch: int = 16384) -> torch.Tensor:
-        out = []
-        for s in range(0, len(feats), batch):
-            part = feats.rows(torch.arange(s, min(s + batch, len(feats)), device=self._device))
-            if not use_ids:
-                part = ItemFeatures(part.item_ids, torch.zeros_like(part.id_index), *part.tensors()[2:])
-            out.append(self.model.item_embed(part, drop_ids=False).float().cpu())
-        if not out:
-            return torch.zeros(0, len(self.facets), self.model.cfg.dim)
-        return torch.cat(out)
-
-    def item_embeddings(self, items_df: pd.DataFrame, use_ids: bool = True) -> torch.Tensor:
-        """Items -> ``(N, F, d)`` float32 L2-normalised facet embeddings (CPU).
-
-        Ids seen in training use their id embedding plus content; other items (and all items when
-        ``use_ids=False``) are embedded from content alone.
-        """
-        return self._embed_features(self.encode_items(items_df), use_ids)
-
-    def item_codes(self, items_df: pd.DataFrame, use_ids: bool = True) -> torch.Tensor:
-        """Items -> codes ``(N, F, L')`` int64 with the learned codebooks (greedy RQ)."""
-        codes, _ = rq_encode(self.item_embeddings(items_df, use_ids), self.codebooks)
-        return codes
-
-    @torch.no_grad()
-    def user_embeddings(
-        self,
-        user_ids: Sequence[int] | np.ndarray,
-        histories: Sequence[Sequence[int]],
-        batch: int = 4096,
-    ) -> torch.Tensor:
-        """Users -> ``(B, F, d)`` float32 L2-normalised query embeddings (CPU).
-
-        Args:
-            user_ids: ``(B,)`` ids (unknown users: no feature values).
-            histories: per user, item ids oldest first; the last ``history_len`` known items count
-                (items absent from the training catalogue are skipped).
-        """
-        uids = np.asarray(user_ids, dtype=np.int64)
-        if len(uids) != len(histories):
-            raise ValueError(f"{len(uids)} user ids but {len(histories)} histories")
-        H = self.model.cfg.history_len
-        rows = [self.catalogue_rows(np.asarray(h, dtype=np.int64)) if len(h) else np.zeros(0, np.int64)
-                for h in histories]  # fmt: skip
-        hist = _history_matrix(rows, H)
-        urows = _lookup(self._user_sorted, self._user_order, uids)
-        out = []
-        for s in range(0, len(uids), batch):
-            out.append(self._user_batch(urows[s : s + batch], hist[s : s + batch]).float().cpu())
-        if not out:
-            return torch.zeros(0, len(self.facets), self.model.cfg.dim)
-        return torch.cat(out)
-
-    def _user_batch(self, urows: np.ndarray, hist: np.ndarray) -> torch.Tensor:
-        dev = self._device
-        K = self.users.values.shape[1]
-        vals = torch.zeros(len(urows), K, dtype=torch.long, device=dev)
-        known = urows >= 0
-        if known.any() and K:
-            vals[torch.as_tensor(known, device=dev)] = self.users.values[torch.as_tensor(urows[known], device=dev)]
-        uniq, inv = np.unique(np.maximum(hist, 0), return_inverse=True)
-        feats = self.catalogue.rows(torch.as_tensor(uniq, device=dev))
-        index = torch.as_tensor(inv.reshape(hist.shape), device=dev)
-        return self.model.user_embed(vals, feats, index, torch.as_tensor(hist >= 0, device=dev), drop_ids=False)
-
-    # persistence ------------------------------------------------------------------------------
-    def save(self, out_dir: str | Path) -> Path:
-        """Write weights (safetensors), config, feature space, history and a sha256 manifest."""
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        tensors.update({k: v.cpu() for k, v in self.catalogue.state("catalogue.").items()})
-        tensors["users.user_ids"] = self.users.user_ids.cpu().contiguous()
-        tensors["users.values"] = self.users.values.cpu().contiguous()
-        save_file(tensors, str(out / _WEIGHTS))
-        cfg = {"format_version": _FORMAT_VERSION, "train": self.config.to_dict(), "resolved": self.resolved,
-               "facets": self.facets}  # fmt: skip
-        (out / _CONFIG).write_text(json.dumps(cfg, indent=2))
-        self.feature_space.save(out / _FEATURES)
-        (out / _HISTORY).write_text(json.dumps(self.history, indent=1))
-        files = {n: _sha256(out / n) for n in (_WEIGHTS, _CONFIG, _FEATURES, _HISTORY)}
-        (out / _MANIFEST).write_text(json.dumps({"format_version": _FORMAT_VERSION, "sha256": files}, indent=2))
-        return out
-
-    @classmethod
-    def load(cls, model_dir: str | Path, device: str = "cpu") -> TrainedModel:
-        """Load what :meth:`save` wrote, verifying every checksum (no pickle involved)."""
-        from safetensors.torch import load_file
-
-        d = Path(model_dir)
-        mpath = d / _MANIFEST
-        if not mpath.is_file():
-            raise DataError(mpath, "missing model manifest")
-        manifest = json.loads(mpath.read_text())
-        for name, digest in manifest["sha256"].items():
-            if not (d / name).is_file():
-                raise DataError(d / name, "missing model file")
-            if _sha256(d / name) != digest:
-                raise DataError(d / name, "sha256 checksum mismatch (file changed or corrupt)")
-        meta = json.loads((d / _CONFIG).read_text())
-        if meta.get("format_version") != _FORMAT_VERSION:
-            raise DataError(d / _CONFIG, f"unsupported model format {meta.get('format_version')!r}")
-        config = TrainConfig.from_dict(meta["train"])
-        fs = FeatureSpace.load(d / _FEATURES)
-        res = meta["resolved"]
-        dev = resolve_device(device)
-        model = MFLIModel(config.model, fs, res["n_codes"], res["start_step"], res["layer_interval"], config.seed,
-                          res.get("qmf_warmup", 0))  # fmt: skip
-        tensors = load_file(str(d / _WEIGHTS))
-        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        model.load_state_dict(state)
-        model.to(dev)
-        catalogue = ItemFeatures.from_state(tensors, "catalogue.").to(dev)
-        users = UserFeatures(tensors["users.user_ids"], tensors["users.values"]).to(dev)
-        history = json.loads((d / _HISTORY).read_text())
-        return cls(model, fs, config, catalogue, users, res, history)
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,3 +375,48 @@ def train(
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point under torchrun (:mod:`mfli.distributed`): ``mfli train``'s arguments; rank 0 saves the
+    model and prints the summary."""
+    import argparse
+    import json
+    import time
+
+    import torch.distributed as dist
+
+    from mfli.data.loaders import load_dataset
+    from mfli.data.split import make_split
+
+    p = argparse.ArgumentParser(prog="torchrun ... -m mfli.train", description=main.__doc__)
+    p.add_argument("data_path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="time", choices=["time", "last", "cold"])
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default=None, help="JSON file of TrainConfig overrides")
+    a = p.parse_args(argv)
+    from pathlib import Path
+
+    overrides = json.loads(Path(a.config).read_text()) if a.config else {}
+    overrides["seed"] = a.seed
+    if a.epochs is not None:
+        overrides["epochs"] = a.epochs
+    cfg = TrainConfig.from_dict(overrides)
+    t0 = time.time()
+    ds = load_dataset(a.data_path)
+    sp = make_split(ds, a.split, seed=a.seed)
+    model = train(ds, sp.train, cfg)
+    info = distributed.current()
+    if info.is_main:
+        model.save(a.out)
+        print(json.dumps({"out": a.out, "world_size": info.world, "seconds": round(time.time() - t0, 2),
+                          "history": model.history[-1]}, default=str))  # fmt: skip
+    if info.enabled:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -113,3 +113,17 @@ def get_npz(store_uri: str, uri: str) -> dict[str, np.ndarray]:
     store, key = split_uri(store_uri, uri)
     with np.load(io.BytesIO(store.get_bytes(key)), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def run_dataset(run: dict, extracted: dict):
+    """The run's extracted tables (interactions, items, users) as a conformed :class:`~mfli.data.dataset.Dataset`."""
+    from mfli.data.dataset import Dataset
+
+    s = run["store_uri"]
+    return Dataset(
+        name="run",
+        format="mfli-parquet",
+        interactions=get_parquet(s, extracted["interactions_uri"]),
+        items=get_parquet(s, extracted["items_uri"]),
+        users=get_parquet(s, extracted["users_uri"]),
+    ).conformed()

@@ -23,6 +23,7 @@ from tasks.artifacts import (
     scratch_dir,
     split_uri,
 )
+from tasks.params import delta_params
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,11 @@ def _snapshot_cache() -> Path:
 
 
 def load_live(store_uri: str, snapshot_id: str):
-    """``(model, index)`` of a published snapshot, downloaded once into the local cache and verified."""
-    from mfli.index.inverted import MultiFacetIndex
-    from mfli.store import load_snapshot
-    from mfli.train import TrainedModel
+    """The published :class:`~mfli.snapshot.Snapshot` ``snapshot_id``, downloaded once into the local cache
+    and verified like the service loads it (checksums, facets, codebook shape)."""
+    from mfli.snapshot import Snapshot
 
-    root = load_snapshot(open_run_store(store_uri), snapshot_id, _snapshot_cache())
-    return TrainedModel.load(root / "model"), MultiFacetIndex.load(root / "index")
+    return Snapshot.open(open_run_store(store_uri), snapshot_id, _snapshot_cache())
 
 
 def extract_new_items_task(run: dict) -> dict | None:
@@ -54,8 +53,8 @@ def extract_new_items_task(run: dict) -> dict | None:
         return None
     items = extract_new_items(run)
     if len(items):
-        _, index = load_live(run["store_uri"], latest.snapshot_id)
-        items = items[~np.isin(items["item_id"].to_numpy(np.int64), index.item_ids)].reset_index(drop=True)
+        live = load_live(run["store_uri"], latest.snapshot_id)
+        items = items[~np.isin(items["item_id"].to_numpy(np.int64), live.index.item_ids)].reset_index(drop=True)
     if items.empty:
         log.info("no new items in window %s for snapshot %s, skipping", run["window"], latest.snapshot_id)
         return None
@@ -70,7 +69,7 @@ def plan_delta_shards_task(run: dict, new_items: dict) -> list[dict]:
     return [
         {"store_uri": run["store_uri"], "snapshot_id": new_items["snapshot_id"], "items_uri": new_items["items_uri"],
          "shard": i, "start": start, "stop": stop, "out_uri": artifact_uri(run, f"assigned/shard-{i:05d}.npz")}
-        for i, (start, stop) in enumerate(shard_ranges(n, run["params"].get("shards", 1)))
+        for i, (start, stop) in enumerate(shard_ranges(n, delta_params(run).shards))
     ]
 
 
@@ -81,59 +80,34 @@ def encode_assign_shard_task(shard: dict) -> dict:
 
     s = shard["store_uri"]
     items = get_parquet(s, shard["items_uri"]).iloc[shard["start"]:shard["stop"]].reset_index(drop=True)
-    model, index = load_live(s, shard["snapshot_id"])
-    enc = encode_items(model, items)
-    clusters = assign_paths(enc.embeddings, model.codebooks, index.maps)
+    live = load_live(s, shard["snapshot_id"])
+    enc = encode_items(live.model, items)
+    clusters = assign_paths(enc.embeddings, live.model.codebooks, live.index.maps)
     put_npz(s, shard["out_uri"], {"item_ids": enc.item_ids, "embeddings": enc.embeddings, "clusters": clusters})
     return {"shard": shard["shard"], "assigned_uri": shard["out_uri"], "items": int(len(items))}
 
 
 def cold_start_gate_task(run: dict, new_items: dict, shards: list[dict]) -> dict:
-    """New items must land in non-empty, non-overflowing clusters and be retrievable by a query made
-    of their own content embedding (user-mode beam search) at ``min_self_retrieval_rate``.
-
-    Writes the delta parquet (item, facet, cluster, embedding rows) to the work area when it passes.
-    """
-    from mfli.index.build import auto_rebalance_config
-    from mfli.index.delta import apply_delta, delta_rows_table
-    from mfli.serve.retriever import Retriever, RetrieverConfig
-    from tasks.gates import GateFailed
+    """Run :func:`mfli.eval.gates.cold_start_gate` on the window's assigned items; raises
+    :class:`~mfli.eval.gates.GateFailed` (nothing published) or writes the delta parquet to the work area."""
+    from mfli.eval.gates import GateFailed, cold_start_gate
+    from mfli.index.delta import delta_rows_table
 
     s = run["store_uri"]
+    params = delta_params(run)
     parts = [get_npz(s, sh["assigned_uri"]) for sh in sorted(shards, key=lambda d: d["shard"])]
     ids = np.concatenate([p["item_ids"] for p in parts])
     emb = np.concatenate([p["embeddings"] for p in parts])
     clusters = np.concatenate([p["clusters"] for p in parts])
-    model, index = load_live(s, new_items["snapshot_id"])
-    params = run["params"]
-    cap = auto_rebalance_config(index.n_items).cap * float(params.get("max_cluster_overflow", 2.0))
-
-    failures = []
-    c0 = clusters[:, :, 0] if clusters.ndim == 3 else clusters
-    for f in range(index.n_facets):
-        cid, size = index.cluster_sizes(f)
-        sizes = dict(zip(cid.tolist(), size.tolist()))
-        before = np.array([sizes.get(int(c), 0) for c in c0[:, f]])
-        if (before == 0).any():
-            failures.append(f"{(before == 0).sum()} new items routed to empty clusters in facet {index.facet_names[f]}")
-        uniq, add = np.unique(c0[:, f], return_counts=True)
-        after = np.array([sizes.get(int(c), 0) for c in uniq]) + add
-        if (after > cap).any():
-            failures.append(f"{int((after > cap).sum())} clusters of facet {index.facet_names[f]} would hold more "
-                            f"than {cap:.0f} items (largest {int(after.max())})")
-    view = apply_delta(index, ids, emb, clusters)
-    retriever = Retriever(view, model.codebooks, model.facets, RetrieverConfig(beam=32, merge="sum"))
-    got = retriever.retrieve_users(emb, 100).item_ids
-    rate = float((got == ids[:, None]).any(1).mean()) if len(ids) else 1.0
-    floor = float(params.get("min_self_retrieval_rate", 0.5))
-    if rate < floor:
-        failures.append(f"self-retrieval rate {rate:.3f} < {floor:.3f}")
-    summary = {"passed": not failures, "self_retrieval_rate": rate, "items": int(len(ids)), "failures": failures}
-    if failures:
+    live = load_live(s, new_items["snapshot_id"])
+    report = cold_start_gate(live, ids, emb, clusters, min_self_retrieval_rate=params.min_self_retrieval_rate,
+                             max_cluster_overflow=params.max_cluster_overflow)
+    if not report.passed:
         raise GateFailed(f"cold-start gate failed for window {run['window']}:\n"
-                         + "\n".join(f"  - {x}" for x in failures) + "\nno delta was published")
+                         + "\n".join(f"  - {x}" for x in report.failures) + "\nno delta was published")
+    summary = report.as_dict()
     with scratch_dir() as tmp:
-        pq.write_table(delta_rows_table(ids, emb, clusters, index.facet_names), tmp / "delta.parquet")
+        pq.write_table(delta_rows_table(ids, emb, clusters, live.index.facet_names), tmp / "delta.parquet")
         summary["delta_uri"] = artifact_uri(run, "delta.parquet")
         store, key = split_uri(s, summary["delta_uri"])
         store.put_file(key, tmp / "delta.parquet")

@@ -6,7 +6,6 @@ Each function is one DAG task. Artifacts live in the run's work area of the obje
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -21,8 +20,10 @@ from tasks.artifacts import (
     open_run_store,
     put_dir,
     put_npz,
+    run_dataset,
     scratch_dir,
 )
+from tasks.params import DailyParams, daily_params
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +50,13 @@ def validate_task(run: dict, extracted: dict) -> dict:
     return validate_training(run, extracted)
 
 
-def _dataset(run: dict, extracted: dict):
-    from mfli.data.dataset import Dataset
-
-    s = run["store_uri"]
-    return Dataset(
-        name="run",
-        format="mfli-parquet",
-        interactions=get_parquet(s, extracted["interactions_uri"]),
-        items=get_parquet(s, extracted["items_uri"]),
-        users=get_parquet(s, extracted["users_uri"]),
-    ).conformed()
-
-
-def _train_config(params: dict):
+def _train_config(params: DailyParams):
     from mfli.model.config import FacetConfig
-    from mfli.train import TrainConfig
+    from mfli.model.train_config import TrainConfig
 
-    cfg = TrainConfig(seed=int(params.get("seed", 0)), epochs=int(params.get("epochs", 3)), progress=False)
+    cfg = TrainConfig(seed=params.seed, epochs=params.epochs, progress=False)
     facets = []
-    for name in params.get("facets") or ["engagement", "semantic"]:
+    for name in params.facets:
         if name.startswith("semantic"):
             facets.append(FacetConfig(name=name, kind="semantic", weight=0.5, temperature=0.1))
         elif name.endswith("_high"):
@@ -84,13 +72,13 @@ def train_task(run: dict, extracted: dict, validated: dict) -> dict:
     """Train towers and codebooks jointly on events before the holdout cutoff."""
     from mfli.train import train
 
-    ds = _dataset(run, extracted)
+    ds = run_dataset(run, extracted)
     cutoff = pd.Timestamp(run["cutoff"])
     train_df = ds.interactions[ds.interactions["event_ts"] < cutoff]
     if train_df.empty:
         raise ValueError(f"no training events before the cutoff {run['cutoff']} in {run['dataset_uri']}")
     t0 = time.perf_counter()
-    model = train(ds, train_df, _train_config(run["params"]))
+    model = train(ds, train_df, _train_config(daily_params(run)))
     seconds = time.perf_counter() - t0
     with scratch_dir() as tmp:
         model.save(tmp / "model")
@@ -106,7 +94,7 @@ def train_task(run: dict, extracted: dict, validated: dict) -> dict:
 
 
 def _load_model(run_or_store: str, model_uri: str, tmp: Path):
-    from mfli.train import TrainedModel
+    from mfli.model.trained import TrainedModel
 
     return TrainedModel.load(get_dir(run_or_store, model_uri, tmp / "model"))
 
@@ -116,7 +104,7 @@ def plan_shards_task(run: dict, extracted: dict) -> list[dict]:
     n = int(extracted["n_items"])
     from tasks.runs import shard_ranges
 
-    ranges = shard_ranges(n, run["params"].get("shards", 1))
+    ranges = shard_ranges(n, daily_params(run).shards)
     return [
         {"store_uri": run["store_uri"], "items_uri": extracted["items_uri"], "shard": i, "of": len(ranges),
          "start": start, "stop": stop, "out_uri": artifact_uri(run, f"encoded/shard-{i:05d}.npz")}
@@ -174,19 +162,22 @@ def evaluate_task(run: dict, extracted: dict, trained: dict, index: dict) -> dic
 
 # ---------------------------------------------------------------------------------------- publish
 def publish_task(run: dict, trained: dict, index: dict, evaluation: dict, gate: dict) -> dict:
-    """Publish model + index + report as snapshot ``run['snapshot_id']`` and move LATEST to it.
+    """Publish the evaluated snapshot (model + index + metrics + the serving config it was evaluated
+    with + report) as ``run['snapshot_id']`` and move LATEST to it.
 
     Idempotent: a snapshot id that already exists (same inputs) is not published again. A run whose
     window ends before the live snapshot's (an old backfill day) publishes its objects only when the
     operator forces it: the live index never moves back in time by accident.
     """
-    from mfli.store import publish_snapshot, read_latest
+    from mfli.store import read_latest
     from mfli.store.errors import SnapshotNotFound
     from mfli.store.snapshots import read_manifest
+    from tasks.evaluation import run_snapshot
 
     s = run["store_uri"]
     store = open_run_store(s)
     sid = run["snapshot_id"]
+    params = daily_params(run)
     try:
         read_manifest(store, sid)
         latest = read_latest(store)
@@ -196,20 +187,16 @@ def publish_task(run: dict, trained: dict, index: dict, evaluation: dict, gate: 
     except SnapshotNotFound:
         pass
     latest = read_latest(store)
-    if latest and latest.snapshot_id > sid and not run["params"].get("force_publish"):
+    if latest and latest.snapshot_id > sid and not params.force_publish:
         log.warning("live snapshot %s is newer than %s: not moving LATEST back", latest.snapshot_id, sid)
         return {"snapshot_id": sid, "published": False, "reason": f"newer snapshot {latest.snapshot_id} is live",
                 "store_uri": s, "live": latest.snapshot_id}
     with scratch_dir() as tmp:
-        root = tmp / "snapshot"
-        get_dir(s, trained["model_uri"], root / "model")
-        get_dir(s, index["index_uri"], root / "index")
-        get_dir(s, evaluation["report_uri"], root / "report")
-        (root / "metrics.json").write_text(json.dumps(evaluation["metrics"], indent=2, sort_keys=True))
-        manifest = publish_snapshot(
-            store, root, sid,
-            metrics=evaluation["metrics"],
-            config={k: v for k, v in run["params"].items()},
+        snapshot = run_snapshot(run, trained, index, tmp, evaluation["metrics"], evaluation["serving"])
+        report = get_dir(s, evaluation["report_uri"], tmp / "report")
+        manifest = snapshot.publish(
+            store, sid, report_dir=report,
+            config=params.to_dict(),
             expected_latest=latest,
             extra={"window": {"start": run["start"], "cutoff": run["cutoff"], "end": run["end"]},
                    "dataset_fingerprint": run["dataset_fingerprint"],

@@ -91,17 +91,21 @@ def resolve_daily_run(params: dict, data_interval_end: Any, run_id: str) -> dict
     """The daily DAG's run dict: window ``[end - lookback, end)``, holdout cutoff, ids and URIs.
 
     ``end`` is the data interval's end on scheduled runs and backfills; manual runs may have no data
-    interval in Airflow 3, so the ``end`` Param wins when it is given.
+    interval in Airflow 3, so the ``end`` Param wins when it is given. The Params are parsed here, once
+    (:class:`tasks.params.DailyParams`); the run dict carries their normalised values.
     """
-    end = _as_utc(params.get("end")) or _as_utc(data_interval_end)
+    from tasks.params import DailyParams
+
+    p = DailyParams.parse(params)
+    end = _as_utc(p.end) or _as_utc(data_interval_end)
     if end is None:
         raise ValueError("no window end: the run has no data interval and the 'end' Param is empty")
-    dataset_uri = params.get("dataset_uri") or default_dataset_uri()
+    dataset_uri = p.dataset_uri or default_dataset_uri()
     fingerprint = dataset_fingerprint(dataset_uri)
-    snapshot_id = snapshot_id_for(end, fingerprint, params)
-    store_uri = params.get("store_uri") or default_store_uri()
-    start = end - timedelta(days=float(params["lookback_days"]))
-    cutoff = end - timedelta(days=float(params["holdout_days"]))
+    snapshot_id = snapshot_id_for(end, fingerprint, p.to_dict())
+    store_uri = p.store_uri or default_store_uri()
+    start = end - timedelta(days=float(p.lookback_days))
+    cutoff = end - timedelta(days=float(p.holdout_days))
     return {
         "kind": "daily",
         "run_id": run_id,
@@ -114,7 +118,7 @@ def resolve_daily_run(params: dict, data_interval_end: Any, run_id: str) -> dict
         "start": start.isoformat(),
         "cutoff": cutoff.isoformat(),
         "end": end.isoformat(),
-        "params": dict(params),
+        "params": p.to_dict(),
     }
 
 
@@ -122,26 +126,30 @@ def resolve_delta_run(params: dict, data_interval_start: Any, data_interval_end:
     """The hourly DAG's run dict: window ``[start, end)`` from Params, else the data interval.
 
     Asset-triggered runs carry no interval; they take the hour before ``end`` (now, when no Param).
+    The Params are parsed here, once (:class:`tasks.params.DeltaParams`).
     """
-    end = _as_utc(params.get("end")) or _as_utc(data_interval_end)
-    start = _as_utc(params.get("start")) or _as_utc(data_interval_start)
+    from tasks.params import DeltaParams
+
+    p = DeltaParams.parse(params)
+    end = _as_utc(p.end) or _as_utc(data_interval_end)
+    start = _as_utc(p.start) or _as_utc(data_interval_start)
     if end is None:
         end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     if start is None or start >= end:
         start = end - timedelta(hours=1)
-    store_uri = params.get("store_uri") or default_store_uri()
+    store_uri = p.store_uri or default_store_uri()
     window = f"{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}"
     return {
         "kind": "delta",
         "run_id": run_id,
         "window": window,
-        "dataset_uri": params.get("dataset_uri") or default_dataset_uri(),
+        "dataset_uri": p.dataset_uri or default_dataset_uri(),
         "store_uri": store_uri,
         "work_uri": f"{store_uri.rstrip('/')}/runs/delta-{window}",
         "feast_dir": default_feast_dir(),
         "start": start.isoformat(),
         "end": end.isoformat(),
-        "params": dict(params),
+        "params": p.to_dict(),
     }
 
 

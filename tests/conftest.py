@@ -1,8 +1,18 @@
-"""Shared fixtures: paths to the shared datasets and a tiny in-memory canonical dataset."""
+"""Shared fixtures: paths to the shared datasets and a tiny in-memory canonical dataset.
+
+Also keeps tests independent of the caller's shell and of each other: the session gets its own
+``MFLI_HOME`` under a temp dir (settings a developer exported, like ``MFLI_STORE_URI``, are dropped),
+and every test's changes to ``os.environ`` and torch's thread count are undone after it, so nothing a
+test sets leaks into the next one whatever the order (see docs/development.md, "Testing").
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +26,32 @@ AMAZON_SCI = SHARED_DATASETS / "amazon-scientific"
 
 os.environ.setdefault("FEAST_USAGE", "False")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+# Settings read from the environment by mfli/tasks: a value left in the caller's shell must not steer tests.
+for _var in ("MFLI_STORE_URI", "MFLI_CACHE_DIR", "MFLI_FEAST_REPO", "MFLI_FEAST_DATA", "MFLI_FEAST_ENV",
+             "MFLI_S3_ENDPOINT_URL", "MFLI_S3_REGION"):
+    os.environ.pop(_var, None)
+_HOME = tempfile.mkdtemp(prefix="mfli-test-home-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+os.environ["MFLI_HOME"] = _HOME  # caches and scratch of code under test, never the checkout's .mfli/
+
+
+@pytest.fixture(autouse=True)
+def _isolate_process_state():
+    """Undo what a test (or the library code it ran) did to ``os.environ`` and torch's thread count.
+
+    Wider-scoped fixtures that set variables on purpose (a module's ``MonkeyPatch``) are set up before
+    this runs, so their values are the baseline restored here.
+    """
+    env = dict(os.environ)
+    torch = sys.modules.get("torch")  # not imported here: tests that never use torch stay fast
+    threads = torch.get_num_threads() if torch else None
+    yield
+    if dict(os.environ) != env:
+        os.environ.clear()
+        os.environ.update(env)
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _need(path: Path) -> Path:

@@ -10,11 +10,21 @@ import typer
 app = typer.Typer(no_args_is_help=True, help="Benchmarks: quality (all methods, one split), serving, freshness.")
 
 
+def compact_json(obj) -> str:
+    """Indented JSON with lists of numbers on one line (the per-user arrays stay readable in diffs)."""
+    import re
+
+    text = json.dumps(obj, indent=2)
+    return re.sub(r"\[\s*((?:-?[0-9.eE+-]+|NaN|-?Infinity)(?:,\s*(?:-?[0-9.eE+-]+|NaN|-?Infinity))*)\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+
+
 @app.command()
 def quality(
     data: Path = typer.Option(..., "--data", help="Dataset folder (auto-detected format)."),
-    split: str = typer.Option("time", "--split", help="time | last | cold"),
-    methods: str = typer.Option("mfli,exact", "--methods", help="Comma list: mfli,mfli_trigger,exact,mfli_kmeans,hnsw,hnsw_add,ivf,dr,pop"),
+    split: str = typer.Option("time", "--split", help="time | last | user_time | cold"),
+    methods: str = typer.Option("mfli,exact", "--methods",
+                                help="Comma list: mfli,mfli_trigger,exact,mfli_kmeans,hnsw,hnsw_add,ivf,dr,pop,ease,itemknn"),
     seeds: int = typer.Option(3, "--seeds", min=1),
     epochs: int = typer.Option(None, "--epochs", help="Override the training epochs."),
     beam: int = typer.Option(32, "--beam", help="MFLI user-mode beam per facet."),
@@ -23,6 +33,8 @@ def quality(
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads for training (0: process default)."),
     config: Path = typer.Option(None, "--config", help="JSON file of TrainConfig overrides (as for `mfli train`)."),
     strict: bool = typer.Option(False, "--strict/--no-strict", help="Data-quality findings are errors (exit 2)."),
+    dr_placement: str = typer.Option("neighbours", "--dr-placement",
+                                     help="Deep Retrieval placement of items without events: neighbours | reranker"),
 ) -> None:
     """Train, index and evaluate every method on the same split, in one process."""
     from mfli.cli.train import EXIT_BAD_DATA
@@ -50,13 +62,13 @@ def quality(
         raise typer.Exit(code=EXIT_BAD_DATA) from None
     cfg = QualityConfig(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), split=split,
                         seeds=seeds, epochs=epochs, beam=beam, max_users=max_users,
-                        num_threads=threads, train_overrides=overrides)
+                        num_threads=threads, train_overrides=overrides, dr_placement=dr_placement)
 
     def write(results: dict) -> None:
         # rewritten after every seed: an interrupted run keeps the seeds it finished
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
+        tmp.write_text(compact_json(results))
         tmp.replace(out)
 
     try:

@@ -15,6 +15,10 @@ from typing import Annotated
 
 import typer
 
+from mfli.eval.serving.config import ServingBenchConfig
+
+_S = ServingBenchConfig()  # the defaults: one place, the config dataclass
+
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
@@ -31,37 +35,37 @@ def _mfli_sweep(text: str) -> tuple[tuple[int, int | None], ...]:
 
 def serving(
     out: Annotated[Path, typer.Option("--out", help="Result JSON.")],
-    items: Annotated[int, typer.Option("--items", min=1, help="Catalogue size N.")] = 1_000_000,
+    items: Annotated[int, typer.Option("--items", min=1, help="Catalogue size N.")] = _S.n_items,
     dim: Annotated[
         int, typer.Option("--dim", min=1, help="Embedding size d per facet (ANN indexes F*d).")
-    ] = 64,
+    ] = _S.dim,
     queries: Annotated[
         int, typer.Option("--queries", min=1, help="Queries for batched timing and recall.")
-    ] = 2048,
-    facets: Annotated[int, typer.Option("--facets", min=1, help="F facets.")] = 2,
-    layers: Annotated[int, typer.Option("--layers", min=1, help="L codebook layers.")] = 2,
-    codes: Annotated[int, typer.Option("--codes", min=2, help="M codewords per layer.")] = 256,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="Search and torch threads.")] = 1,
+    ] = _S.n_queries,
+    facets: Annotated[int, typer.Option("--facets", min=1, help="F facets.")] = _S.facets,
+    layers: Annotated[int, typer.Option("--layers", min=1, help="L codebook layers.")] = _S.layers,
+    codes: Annotated[int, typer.Option("--codes", min=2, help="M codewords per layer.")] = _S.codes,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Search and torch threads.")] = _S.threads,
     build_threads: Annotated[
         int, typer.Option("--build-threads", min=1, help="FAISS build / k-means threads.")
-    ] = 1,
+    ] = _S.build_threads,
     plot: Annotated[Path | None, typer.Option("--plot", help="Recall-vs-throughput PNG.")] = None,
     embeddings: Annotated[
         str, typer.Option("--embeddings", help="model (trained towers) | synthetic (clusters).")
-    ] = "model",
+    ] = _S.embeddings,
     methods: Annotated[
         str, typer.Option("--methods", help="Comma list of exact,mfli,hnsw,ivf,dr.")
-    ] = "exact,mfli,hnsw,ivf,dr",
+    ] = ",".join(_S.methods),
     b1_queries: Annotated[
         int, typer.Option("--b1-queries", min=0, help="Queries timed one at a time.")
-    ] = 200,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
-    k: Annotated[int, typer.Option("--k", min=1, help="recall@k.")] = 100,
+    ] = _S.b1_queries,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = _S.batch_size,
+    k: Annotated[int, typer.Option("--k", min=1, help="recall@k.")] = _S.k,
     train_steps: Annotated[
         int, typer.Option("--train-steps", min=1, help="Optimiser steps of the brief training.")
-    ] = 150,
-    users: Annotated[int, typer.Option("--users", min=1, help="Synthetic users.")] = 10_000,
-    interactions: Annotated[int, typer.Option("--interactions", min=1, help="Synthetic events.")] = 200_000,
+    ] = _S.train_steps,
+    users: Annotated[int, typer.Option("--users", min=1, help="Synthetic users.")] = _S.n_users,
+    interactions: Annotated[int, typer.Option("--interactions", min=1, help="Synthetic events.")] = _S.n_interactions,
     model_dir: Annotated[
         Path | None, typer.Option("--model", help="Reuse a model saved with --save-model.")
     ] = None,
@@ -73,17 +77,17 @@ def serving(
         typer.Option(
             "--mfli-sweep", help="beam:clusters_per_query points ('all' or nothing: every cluster)."
         ),
-    ] = "16:4,32:8,64:16,128:32,128:64",
-    hnsw_ef: Annotated[str, typer.Option("--hnsw-ef", help="efSearch values.")] = "100,200,400,800,1600",
-    ivf_nprobe: Annotated[str, typer.Option("--ivf-nprobe", help="nprobe values.")] = "8,16,32,64,128,256",
-    dr_beams: Annotated[str, typer.Option("--dr-beams", help="DR beam values.")] = "10,25,50,100",
+    ] = ",".join(f"{b}:{c if c is not None else 'all'}" for b, c in _S.mfli_sweep),
+    hnsw_ef: Annotated[str, typer.Option("--hnsw-ef", help="efSearch values.")] = ",".join(map(str, _S.hnsw_ef)),
+    ivf_nprobe: Annotated[str, typer.Option("--ivf-nprobe", help="nprobe values.")] = ",".join(map(str, _S.ivf_nprobe)),
+    dr_beams: Annotated[str, typer.Option("--dr-beams", help="DR beam values.")] = ",".join(map(str, _S.dr_beams)),
     dr_items: Annotated[
         int, typer.Option("--dr-items", min=0, help="DR catalogue size (0: all items).")
-    ] = 0,
+    ] = _S.dr_items,
     budget: Annotated[
         float | None, typer.Option("--budget", help="Seconds after which remaining sweep points are skipped.")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed")] = _S.seed,
 ) -> None:
     """Build time, memory, queries/s (batch 1 and batched), p50/p99 and recall@k for every method."""
     from mfli.eval.serving_bench import ServingBenchConfig, format_tables, run_serving_bench, write_json

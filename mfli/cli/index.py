@@ -48,7 +48,7 @@ def build(
     from mfli.data.split import make_split
     from mfli.index.balance import format_balance
     from mfli.index.build import auto_rebalance_config, build_from_encoded, encode_items, popularity_score
-    from mfli.train import TrainedModel
+    from mfli.model.trained import TrainedModel
 
     try:
         t0 = time.perf_counter()

@@ -14,6 +14,7 @@ results with score, title and explanation (facet, cluster, beam path rank or tri
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -64,8 +65,9 @@ def retrieve_command(
     from mfli.data.split import make_split
     from mfli.eval.metrics import histories_by_user
     from mfli.index.inverted import IndexIntegrityError, MultiFacetIndex
-    from mfli.serve.retriever import Retriever, RetrieverConfig
-    from mfli.train import TrainedModel
+    from mfli.model.trained import TrainedModel
+    from mfli.serve.config import ServingConfig, default_retriever_config
+    from mfli.snapshot import Snapshot, SnapshotLoadError
 
     users = list(user or [])
     try:
@@ -78,10 +80,13 @@ def retrieve_command(
         ds = load_dataset(data_path)
         trained = TrainedModel.load(model)
         idx = MultiFacetIndex.load(index)
-        if idx.facet_names != trained.facets:
-            raise DataError(index, f"index facets {idx.facet_names} differ from the model's {trained.facets}")
-        cfg = RetrieverConfig(beam=beam, merge="sum", n_clusters=clusters, seed=seed)
-        retriever = Retriever(idx, trained.codebooks, trained.facets, cfg)
+        # the serving defaults (what the gates measure) with this command's beam, clusters and seed
+        serving = ServingConfig(retriever=replace(default_retriever_config(), beam=beam, n_clusters=clusters,
+                                                  seed=seed))
+        try:
+            retriever = Snapshot(trained, idx, serving=serving).retriever()
+        except SnapshotLoadError as exc:
+            raise DataError(index, str(exc)) from None
         histories: list[np.ndarray] = []
         if users:
             hist = histories_by_user(make_split(ds, split.value, seed=seed).train)

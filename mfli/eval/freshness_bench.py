@@ -27,7 +27,6 @@ snapshot) are reported apart: they are paid once per snapshot, not per delta.
 
 from __future__ import annotations
 
-import copy
 import io
 import os
 import tempfile
@@ -37,7 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mfli.eval.serving_bench import Log, machine_info, set_threads, train_bench_model
+from mfli.eval.serving.config import Log
+from mfli.eval.serving.data import train_bench_model
+from mfli.eval.serving.machine import machine_info, set_threads
 
 
 @dataclass
@@ -67,43 +68,28 @@ class FreshnessBenchConfig:
 class LiveBuilder:
     """``build(snapshot_dir, delta_paths)`` for :class:`~mfli.serve.live.LiveRetriever`.
 
-    The snapshot's index and codebooks are loaded, and a base retriever is prepared, once per snapshot
-    folder; each refresh applies the deltas to the loaded index and returns a shallow copy of the base
-    retriever serving that view, so the object in flight is never modified and no base structure is
-    rebuilt (O(delta) per refresh).
+    The snapshot is loaded (:meth:`mfli.snapshot.Snapshot.load`) and its serving retriever prepared
+    (:meth:`~mfli.snapshot.Snapshot.retriever`) once per snapshot folder; each refresh applies the
+    deltas to the loaded index and returns a view of that retriever serving them, so the object in
+    flight is never modified and no base structure is rebuilt (O(delta) per refresh).
     """
 
-    def __init__(self, beam: int = 32) -> None:
-        self.beam = beam
+    def __init__(self) -> None:
         self._base: dict[str, tuple] = {}
         self.load_seconds: dict[str, float] = {}
 
     def __call__(self, snapshot_dir: Path, delta_paths: list[Path]):
-        import pyarrow.parquet as pq
-
-        from mfli.index.delta import apply_delta, delta_from_table
-        from mfli.index.inverted import MultiFacetIndex
-        from mfli.serve.retriever import Retriever, RetrieverConfig
-        from mfli.train import TrainedModel
+        from mfli.snapshot import Snapshot, apply_delta_files
 
         key = str(snapshot_dir)
         if key not in self._base:
             t0 = time.perf_counter()
-            model = TrainedModel.load(Path(snapshot_dir) / "model")
-            index = MultiFacetIndex.load(Path(snapshot_dir) / "index")
-            base = Retriever(index, model.codebooks, model.facets, RetrieverConfig(beam=self.beam, merge="sum"))
-            self._base = {key: (index, base)}  # one snapshot at a time
+            snapshot = Snapshot.load(snapshot_dir)
+            self._base = {key: (snapshot.index, snapshot.retriever())}  # one snapshot at a time
             self.load_seconds[key] = time.perf_counter() - t0
         index, base = self._base[key]
-        view = index
-        for p in delta_paths:
-            ids, emb, clusters = delta_from_table(pq.read_table(p), index.facet_names, str(p))
-            view = apply_delta(view, ids, emb, clusters)
-        if view is index:
-            return base
-        served = copy.copy(base)
-        served.update(view)
-        return served
+        view = apply_delta_files(index, delta_paths)
+        return base if view is index else base.with_index(view)
 
 
 def _split_catalogue(ds, n_new: int):
@@ -134,10 +120,9 @@ def _run(cfg: FreshnessBenchConfig, work: Path, log: Log) -> dict:
     from mfli.data.synthetic import SyntheticConfig, generate
     from mfli.index.build import build_from_encoded, encode_items
     from mfli.index.delta import assign_paths, delta_rows_table
-    from mfli.index.inverted import MultiFacetIndex
     from mfli.serve.live import LiveRetriever
-    from mfli.store import open_store, publish_delta, publish_snapshot
-    from mfli.train import TrainedModel
+    from mfli.snapshot import Snapshot
+    from mfli.store import open_store, publish_delta
 
     if cfg.new_items < 1 or cfg.base_items < 1:
         raise ValueError("new_items and base_items must be >= 1")
@@ -166,21 +151,20 @@ def _run(cfg: FreshnessBenchConfig, work: Path, log: Log) -> dict:
     built = build_from_encoded(enc, model.codebooks, model.facets)
     set_threads(cfg.threads)
     one["snapshot_index_build"] = time.perf_counter() - t0
-    snap = work / "snapshot"
-    model.save(snap / "model")
-    built.index.save(snap / "index")
+    snapshot = Snapshot(model, built.index, {"n_items": len(base_df)})  # default ServingConfig: beam 32, merge sum
     store = open_store(work / "store")
     sid = "fresh-0001"
     t0 = time.perf_counter()
-    publish_snapshot(store, snap, sid, metrics={"n_items": len(base_df)})
+    snapshot.publish(store, sid)
     one["snapshot_publish"] = time.perf_counter() - t0
     log(f"  snapshot {sid}: {len(base_df):,} items, clusters {[f.n_clusters for f in built.index.facets]}, "
         f"index built in {one['snapshot_index_build']:.1f}s")
 
     # ---- the resident processes: a delta worker (model + index maps) and a live server
+    folder = snapshot.save(work / "snapshot")  # what the worker's cache holds after a download
     t0 = time.perf_counter()
-    worker_model = TrainedModel.load(snap / "model")
-    worker_index = MultiFacetIndex.load(snap / "index")
+    worker = Snapshot.load(folder)
+    worker_model, worker_index = worker.model, worker.index
     one["worker_load"] = time.perf_counter() - t0
     builder = LiveBuilder()
     t0 = time.perf_counter()

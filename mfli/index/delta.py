@@ -2,7 +2,7 @@
 
 - :func:`assign` encodes new items with the codebooks (``rq_encode``; top-m paths when the index keeps
   m > 1), packs their paths and routes each path through the facet's
-  :class:`~mfli.index.split_merge.RebalanceMap`: a kept path -> its cluster, a merged path -> its
+  :class:`~mfli.index.rebalance_map.RebalanceMap`: a kept path -> its cluster, a merged path -> its
   target, a split path -> the nearest child centroid (recursively), and a path the full build never
   saw -> the cluster with the nearest centroid (where the build's merge step would have put a
   one-item cluster).
@@ -31,8 +31,9 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from mfli.index.inverted import MultiFacetIndex, _as_numpy, encode_paths, lookup_sorted, pack_paths
-from mfli.index.split_merge import RebalanceMap
+from mfli.index.inverted import MultiFacetIndex, _as_numpy, encode_paths, pack_paths
+from mfli.index.lookup import lookup_sorted
+from mfli.index.rebalance_map import RebalanceMap
 
 
 def assign_paths(embeddings, codebooks, maps: Sequence[RebalanceMap]) -> np.ndarray:
@@ -117,11 +118,69 @@ class DeltaIndex:
             self.delta_rows.append(rows[order])
             self.delta_offsets.append(
                 np.searchsorted(flat[order], np.arange(csr.n_clusters + 1)).astype(np.int64))
+        self._removed_mask = (np.concatenate([self.removed, np.zeros(n + 1, bool)]) if self.removed.any()
+                              else None)
         order = np.argsort(self.item_ids, kind="stable")
         self._sorted_ids = self.item_ids[order]
         self._sorted_rows = order.astype(np.int64) + N
         if n > 1 and (self._sorted_ids[1:] == self._sorted_ids[:-1]).any():
             raise ValueError("delta item ids must be unique")
+
+    @classmethod
+    def over(cls, base: MultiFacetIndex) -> DeltaIndex:
+        """An empty delta over ``base``: the snapshot's own row space (rows ``0..N-1``), nothing removed."""
+        F, d, m = base.n_facets, base.dim, base.paths_per_item
+        return cls(base, np.zeros(0, np.int64), np.zeros((0, F, d), np.float32), np.zeros((0, F, m), np.int64),
+                   np.zeros(0, np.float32), np.zeros(base.n_items, bool))
+
+    # -- the combined row space: rows 0..N-1 are the base's, N..N+n-1 the delta's -------------------------
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """Item ids of combined rows ``(...)`` (all valid)."""
+        N = self.base.n_items
+        rows = np.asarray(rows, np.int64)
+        if not self.item_ids.size:
+            return self.base.item_ids[rows]
+        out = np.empty(rows.shape, np.int64)
+        old = rows < N
+        out[old] = self.base.item_ids[rows[old]]
+        out[~old] = self.item_ids[rows[~old] - N]
+        return out
+
+    def embeddings_of(self, rows: np.ndarray, facet: int) -> np.ndarray:
+        """Facet embeddings ``(n, d)`` of combined rows ``(n,)``."""
+        N = self.base.n_items
+        if not self.item_ids.size:
+            return self.base.embeddings[rows, facet, :]
+        out = np.empty((rows.size, self.base.dim), np.float32)
+        old = rows < N
+        out[old] = self.base.embeddings[rows[old], facet, :]
+        out[~old] = self.embeddings[rows[~old] - N, facet, :]
+        return out
+
+    def positions_of(self, rows: np.ndarray, facet: int) -> np.ndarray:
+        """Cluster positions ``(n, m)`` of combined rows ``(n,)`` in a facet (the base's cluster positions)."""
+        base_pos = self.base.row_positions()
+        N = self.base.n_items
+        if not self.item_ids.size:
+            return base_pos[rows, facet, :]
+        out = np.empty((rows.size, self.base.paths_per_item), np.int64)
+        old = rows < N
+        out[old] = base_pos[rows[old], facet, :]
+        out[~old] = self._positions[rows[~old] - N, facet, :]
+        return out
+
+    def removed_mask(self) -> np.ndarray | None:
+        """``(n_rows + 1,)`` bool: rows never to return (tombstoned or replaced base rows); the last slot
+        stays False so padding (row -1) can index it. None when nothing is removed."""
+        return self._removed_mask
+
+    def delta_slices(self, facet: int, pos: np.ndarray, top: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(start, length)`` of the delta items of clusters ``pos`` in ``delta_rows[facet]`` (best static
+        score first, at most ``top`` each)."""
+        off = self.delta_offsets[facet]
+        start = off[pos]
+        lens = off[pos + 1] - start
+        return start, (lens if top is None else np.minimum(lens, top))
 
     @property
     def n_rows(self) -> int:

@@ -7,7 +7,7 @@ An item sits in F clusters (one per facet; ``m`` per facet when top-m paths are 
 - per facet a :class:`FacetCSR`: sorted cluster ids ``(C_f,)``, ``offsets (C_f + 1,)`` and item rows
   sorted by cluster and, inside a cluster, by a static score (descending), so "the top-N items of a
   cluster" is the slice ``rows[offsets[i]:offsets[i] + N]``,
-- per facet a :class:`~mfli.index.split_merge.RebalanceMap`: how an original code path reaches its
+- per facet a :class:`~mfli.index.rebalance_map.RebalanceMap`: how an original code path reaches its
   cluster(s). A fresh build has the identity map (cluster id = packed path id); after
   :func:`~mfli.index.split_merge.rebalance` cluster ids are dense ``0..C_f-1``.
 
@@ -27,14 +27,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mfli.checksums import sha256_file as _sha256
+from mfli.index.lookup import lookup_sorted
+from mfli.index.rebalance_map import RebalanceMap
 
-if TYPE_CHECKING:  # split_merge imports this module; the runtime import happens inside functions
-    from mfli.index.split_merge import RebalanceMap
+__all__ = ["FacetCSR", "IndexIntegrityError", "MultiFacetIndex", "encode_paths", "lookup_sorted", "pack_paths"]
 
 #: Format marker written to the manifest; bump when the npz layout changes.
 INDEX_FORMAT = "mfli-index/1"
@@ -44,23 +44,6 @@ MANIFEST_NAME = "index.json"
 
 class IndexIntegrityError(ValueError):
     """An index file is missing, corrupted (sha256 mismatch) or inconsistent with its manifest."""
-
-
-def lookup_sorted(keys: np.ndarray, values: np.ndarray, query: np.ndarray, missing: int = -1) -> np.ndarray:
-    """Vectorised dictionary lookup: ``values[i]`` where ``keys[i] == query``, else ``missing``.
-
-    Args:
-        keys: ``(K,)`` sorted ascending, unique.
-        values: ``(K,)``.
-        query: ``(...)`` keys to look up.
-    """
-    query = np.asarray(query)
-    if keys.size == 0:
-        return np.full(query.shape, missing, dtype=values.dtype)
-    pos = np.searchsorted(keys, query)
-    pos_c = np.minimum(pos, keys.size - 1)
-    hit = keys[pos_c] == query
-    return np.where(hit, values[pos_c], missing)
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -205,7 +188,7 @@ class MultiFacetIndex:
         assignments: ``(N, F, m)`` int64 cluster ids.
         static_score: ``(N,)`` float32, orders items inside a cluster (higher first).
         facets: one :class:`FacetCSR` per facet, consistent with ``assignments``.
-        maps: one :class:`~mfli.index.split_merge.RebalanceMap` per facet.
+        maps: one :class:`~mfli.index.rebalance_map.RebalanceMap` per facet.
         facet_names: ``F`` names.
         M, L: codebook size and depth the paths were packed with.
         rebalanced: whether split-and-merge has run (cluster ids are then dense, not path ids).
@@ -279,8 +262,6 @@ class MultiFacetIndex:
             static_score: ``(N,)`` in-cluster order (e.g. popularity); default zeros (keeps row order).
             facet_names: default ``facet0, facet1, ...``.
         """
-        from mfli.index.split_merge import RebalanceMap
-
         item_ids = _as_numpy(item_ids).astype(np.int64)
         emb = _as_numpy(embeddings).astype(np.float32)
         codes = _as_numpy(codes).astype(np.int64)
@@ -299,7 +280,7 @@ class MultiFacetIndex:
         facets, maps = [], []
         for f in range(F):
             csr = FacetCSR.from_assignments(paths[:, f, :], score)
-            maps.append(RebalanceMap.identity(csr, emb[:, f, :], M, L, m))
+            maps.append(RebalanceMap.identity(csr.cluster_ids, csr.offsets, csr.rows, emb[:, f, :], M, L, m))
             facets.append(csr)
         return cls(item_ids, emb, paths, score, facets, maps, names, M, L, rebalanced=False, meta=meta)
 
@@ -350,6 +331,15 @@ class MultiFacetIndex:
     def rows_of(self, item_ids) -> np.ndarray:
         """Item ids ``(...)`` -> rows ``(...)`` (``-1`` for ids not in the index). O(log N)."""
         return lookup_sorted(self._sorted_ids, self._sorted_rows, np.asarray(item_ids, dtype=np.int64))
+
+    def row_positions(self) -> np.ndarray:
+        """``(N, F, m)`` int64 cluster position of every row's paths, per facet (computed once, then cached:
+        serving reads it on every request and deltas share it)."""
+        cached = getattr(self, "_row_pos", None)
+        if cached is None:
+            cached = np.stack([csr.positions(self.assignments[:, f, :]) for f, csr in enumerate(self.facets)], axis=1)
+            self._row_pos = cached
+        return cached
 
     def cluster_rows(self, facet: int, cluster: int, top: int | None = None) -> np.ndarray:
         """Rows of one cluster, best static score first (``top`` of them if given)."""
@@ -432,8 +422,6 @@ class MultiFacetIndex:
         Raises:
             IndexIntegrityError: missing files, checksum mismatch, or arrays disagreeing with the manifest.
         """
-        from mfli.index.split_merge import RebalanceMap
-
         directory = Path(directory)
         mpath = directory / MANIFEST_NAME
         if not mpath.exists():

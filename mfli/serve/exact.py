@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mfli.index.inverted import _as_numpy, lookup_sorted
+from mfli.index.inverted import _as_numpy
+from mfli.index.lookup import lookup_sorted
 
 
 def exact_search(

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from mfli.store import ObjectStore, open_store
-from mfli.store.deltas import DELTAS, list_deltas, load_deltas
+from mfli.store.deltas import list_deltas, load_deltas
 from mfli.store.errors import CorruptSnapshot, SnapshotNotFound
-from mfli.store.snapshots import SNAPSHOTS, LoadedSnapshot, default_cache_dir, open_snapshot, read_latest
+from mfli.store.keys import DELTAS, MANIFEST, SNAPSHOTS
+from mfli.store.snapshots import LoadedSnapshot, default_cache_dir, open_snapshot, read_latest
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class LiveRetriever:
         else:
             snap = open_snapshot(self.store, pointer.snapshot_id, self.cache_dir)
             if snap.manifest_sha256 != pointer.manifest_sha256:
-                raise CorruptSnapshot(snap.snapshot_id, "manifest.json", "does not match LATEST",
+                raise CorruptSnapshot(snap.snapshot_id, MANIFEST, "does not match LATEST",
                                       pointer.manifest_sha256, snap.manifest_sha256)
         paths = load_deltas(self.store, snap.snapshot_id, self.cache_dir, deltas)
         t0 = time.perf_counter()

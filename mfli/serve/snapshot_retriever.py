@@ -1,12 +1,12 @@
 """The serving object of one published snapshot: model + index + deltas, answering retrieval requests.
 
-A published snapshot folder holds ``model/`` (:meth:`mfli.train.TrainedModel.save`), ``index/``
-(:meth:`mfli.index.inverted.MultiFacetIndex.save`), ``report/`` and ``metrics.json``; its deltas are
-parquet files of ``(item_id, facet, slot, cluster, embedding)`` rows
-(:func:`mfli.index.delta.delta_rows_table`). :class:`SnapshotBuilder` is the
-``build(snapshot_dir, delta_paths)`` factory :class:`~mfli.serve.live.LiveRetriever` calls: it loads
-both (checksums verified by their loaders, nothing unpickled), applies the deltas in window order and
-returns a :class:`SnapshotRetriever`. On a refresh that only brings new deltas it reuses the loaded
+A published snapshot folder is a :class:`mfli.snapshot.Snapshot` (model, index, metrics and the
+:class:`~mfli.serve.config.ServingConfig` its gates measured); its deltas are parquet files of
+``(item_id, facet, slot, cluster, embedding)`` rows (:func:`mfli.index.delta.delta_rows_table`).
+:class:`SnapshotBuilder` is the ``build(snapshot_dir, delta_paths)`` factory
+:class:`~mfli.serve.live.LiveRetriever` calls: it loads the snapshot (:meth:`Snapshot.load`: every
+checksum verified, nothing unpickled), applies the deltas in window order and returns a
+:class:`SnapshotRetriever` whose retriever is :meth:`Snapshot.retriever`, the one the gates scored. On a refresh that only brings new deltas it reuses the loaded
 model, index and prepared retriever of the same snapshot, so a delta swap costs O(delta).
 
 A :class:`SnapshotRetriever` is immutable once built: the live object is replaced, never modified, so
@@ -33,39 +33,33 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mfli.index.delta import DeltaIndex, apply_delta, delta_from_table
+from mfli.index.delta import DeltaIndex
 from mfli.index.inverted import MultiFacetIndex
+from mfli.serve.config import ServingConfig
 from mfli.serve.live import LiveRetriever
-from mfli.serve.retriever import RetrievalResult, Retriever, RetrieverConfig
+from mfli.serve.retriever import RetrievalResult, Retriever
+from mfli.snapshot import Snapshot, SnapshotLoadError, apply_delta_files, content_key  # noqa: F401 - SnapshotLoadError: raised by load
 
 log = logging.getLogger(__name__)
 
-MODEL_DIR, INDEX_DIR, METRICS_FILE = "model", "index", "metrics.json"
 MODES = ("auto", "trigger", "user")
 
 #: ``lookup(user_ids) -> rows``: one mapping per requested user, in request order. Recognised keys:
 #: ``history_item_ids`` (item ids, oldest first), ``user_attrs`` (``"column=value"`` strings) and the
 #: model's user feature columns; anything else (activity counts ...) is ignored.
 UserFeatureLookup = Callable[[Sequence[int]], Sequence[Mapping[str, Any]]]
-
-
-class SnapshotLoadError(ValueError):
-    """A snapshot or delta folder cannot be turned into a serving object; the message names the file."""
 
 
 class RequestError(ValueError):
@@ -91,15 +85,6 @@ class RetrievalRequest:
     k: int = 100  # results wanted (1..ServingConfig.max_k)
     facet_quotas: Mapping[str, float] | None = None  # {facet: weight}; facets not named get no slots
     mode: str = "auto"  # "auto" | "trigger" | "user"
-
-
-@dataclass
-class ServingConfig:
-    """Serving settings of a :class:`SnapshotRetriever`."""
-
-    retriever: RetrieverConfig = field(default_factory=RetrieverConfig)  # both modes' search settings
-    max_k: int = 1000  # largest k a request may ask for
-    quota_views: int = 64  # distinct facet_quotas vectors kept ready (LRU); each is a shallow copy
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,60 +155,41 @@ class SnapshotRetriever:
     """Answers retrieval requests from one snapshot (+ deltas); never modified after construction.
 
     Args:
-        model: the snapshot's :class:`mfli.train.TrainedModel` (CPU).
-        index: the snapshot's :class:`MultiFacetIndex`, or a :class:`DeltaIndex` view with its deltas.
-        retriever: a :class:`Retriever` over ``index`` with the model's codebooks.
-        snapshot_dir: folder it was loaded from (its name is the snapshot id in a store cache).
-        delta_paths: delta parquet files applied, in order.
-        config: :class:`ServingConfig`.
+        snapshot: the loaded :class:`Snapshot` (model, index, metrics, serving config).
+        delta_paths: delta parquet files to apply, in window order.
+        base_retriever: ``snapshot.retriever()`` already prepared (reused when only the deltas changed).
     """
 
-    def __init__(self, model: Any, index: MultiFacetIndex | DeltaIndex, retriever: Retriever,
-                 snapshot_dir: Path, delta_paths: Sequence[Path] = (), config: ServingConfig | None = None,
-                 metrics: Mapping[str, Any] | None = None) -> None:
-        self.model = model
-        self.index = index
-        self.retriever = retriever
-        self.snapshot_dir = Path(snapshot_dir)
+    def __init__(self, snapshot: Snapshot, delta_paths: Sequence[str | Path] = (),
+                 base_retriever: Retriever | None = None) -> None:
+        self.snapshot = snapshot
+        self.model = snapshot.model
+        self.base = snapshot.index
+        self.config: ServingConfig = snapshot.serving
+        self.metrics = dict(snapshot.metrics)
+        self.snapshot_dir = Path(snapshot.path) if snapshot.path is not None else Path(".")
         self.delta_paths = tuple(Path(p) for p in delta_paths)
-        self.config = config or ServingConfig()
-        self.metrics = dict(metrics or {})
-        self.base = index.base if isinstance(index, DeltaIndex) else index
-        self.facets: list[str] = list(retriever.facet_names)
+        self.base_retriever = base_retriever if base_retriever is not None else snapshot.retriever()
+        self.index: MultiFacetIndex | DeltaIndex = apply_delta_files(self.base, self.delta_paths)
+        # a view sharing the prepared snapshot structures: the object already serving is not touched
+        self.retriever = self.base_retriever if self.index is self.base else self.base_retriever.with_index(self.index)
+        self.facets: list[str] = list(self.retriever.facet_names)
         self._facet_pos = {name: f for f, name in enumerate(self.facets)}
         self._views: OrderedDict[tuple[float, ...], Retriever] = OrderedDict()
         self._views_lock = threading.Lock()
-        fs = model.feature_space
+        fs = self.model.feature_space
         self._user_columns: list[str] = list(fs.user_columns)
         self._numeric_columns = set(fs.user_numeric_edges)
-        uid = model.users.user_ids.cpu().numpy()
-        self._user_order = np.argsort(uid, kind="stable")
-        self._user_sorted = uid[self._user_order]
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
-    def load(cls, snapshot_dir: str | Path, delta_paths: Sequence[str | Path] = (),
-             config: ServingConfig | None = None) -> SnapshotRetriever:
-        """Load ``snapshot_dir/model`` and ``snapshot_dir/index`` (checksums verified) and apply the deltas.
+    def load(cls, snapshot_dir: str | Path, delta_paths: Sequence[str | Path] = ()) -> SnapshotRetriever:
+        """Load a snapshot folder (:meth:`Snapshot.load`, checksums verified) and apply the deltas.
 
         Raises:
             SnapshotLoadError: a missing/corrupt file, model and index that disagree, or a bad delta.
         """
-        model, index, metrics = _load_snapshot(Path(snapshot_dir))
-        config = config or ServingConfig()
-        retriever = Retriever(index, model.codebooks.numpy(), model.facets, config.retriever)
-        return cls._with_deltas(model, index, retriever, Path(snapshot_dir), delta_paths, config, metrics)
-
-    @classmethod
-    def _with_deltas(cls, model: Any, base: MultiFacetIndex, retriever: Retriever, snapshot_dir: Path,
-                     delta_paths: Sequence[str | Path], config: ServingConfig,
-                     metrics: Mapping[str, Any]) -> SnapshotRetriever:
-        view = apply_delta_files(base, delta_paths)
-        if view is not base:
-            # a copy sharing the prepared snapshot structures: the object already serving is not touched
-            retriever = copy.copy(retriever)
-            retriever.update(view)
-        return cls(model, view, retriever, snapshot_dir, delta_paths, config, metrics)
+        return cls(Snapshot.load(snapshot_dir), delta_paths)
 
     # ----------------------------------------------------------------------------- introspection
     @property
@@ -357,10 +323,10 @@ class SnapshotRetriever:
         return tuple(np.round(q / q.sum(), 6).tolist())
 
     def _view(self, quotas: tuple[float, ...] | None) -> Retriever:
-        """The retriever with per-request facet quotas: a cached shallow copy sharing all index structures.
+        """The retriever for per-request facet quotas: a cached view sharing all index structures.
 
-        ``Retriever`` takes its quotas from its config only; the copy swaps them without re-preparing
-        the index (the copy's ``_quotas`` is what ``retrieve_*`` reads)."""
+        A request naming quotas asks for a share of the k slots per facet, which only the quota merge
+        gives; without quotas the snapshot's stored config (what the gates scored) answers."""
         if quotas is None:
             return self.retriever
         with self._views_lock:
@@ -368,9 +334,8 @@ class SnapshotRetriever:
             if view is not None:
                 self._views.move_to_end(quotas)
                 return view
-        view = copy.copy(self.retriever)
-        view.config = dataclasses.replace(self.retriever.config, quotas=list(quotas))
-        view._quotas = np.asarray(quotas, dtype=np.float64) / sum(quotas)
+        view = self.retriever.with_config(dataclasses.replace(self.retriever.config, quotas=list(quotas),
+                                                              merge="quota"))
         with self._views_lock:
             self._views[quotas] = view
             while len(self._views) > self.config.quota_views:
@@ -432,63 +397,8 @@ class SnapshotRetriever:
         """``(B, F, d)`` user-tower queries. Given attributes override the stored ones column by column."""
         uids = np.array([-1 if p.user_id is None else p.user_id for p in group], np.int64)
         attrs = [self._attrs(p.features) if p.features is not None else {} for p in group]
-        if not any(attrs):
-            return self.model.user_embeddings(uids, [h.tolist() for h in histories]).numpy()
-        return user_tower_queries(self.model, uids, histories, attrs, self._stored_values(uids))
-
-    def _stored_values(self, uids: np.ndarray) -> np.ndarray:
-        """``(B, K)`` encoded attributes the model stored for known users (0 = padding for unknown ones)."""
-        values = self.model.users.values.cpu().numpy()
-        out = np.zeros((uids.size, values.shape[1]), np.int64)
-        if self._user_sorted.size and values.shape[1]:
-            pos = np.minimum(np.searchsorted(self._user_sorted, uids), self._user_sorted.size - 1)
-            hit = self._user_sorted[pos] == uids
-            out[hit] = values[self._user_order[pos[hit]]]
-        return out
-
-
-def user_tower_queries(model: Any, user_ids: np.ndarray, histories: Sequence[np.ndarray],
-                       attrs: Sequence[Mapping[str, Any]], stored: np.ndarray) -> np.ndarray:
-    """User-tower queries ``(B, F, d)`` from explicit attributes, as ``TrainedModel.user_embeddings`` does
-    for stored ones.
-
-    Args:
-        user_ids: ``(B,)`` (only used as row labels).
-        histories: B arrays of item ids, oldest first (ids outside the training catalogue are skipped).
-        attrs: B mappings ``{user column: raw value}`` overriding ``stored``.
-        stored: ``(B, K)`` encoded stored attributes (0 = padding).
-    """
-    import pandas as pd
-    import torch
-
-    fs = model.feature_space
-    cols = list(fs.user_columns)
-    values = np.array(stored, dtype=np.int64, copy=True)
-    rows = [i for i, a in enumerate(attrs) if a]
-    if rows and cols:
-        frame = pd.DataFrame({"user_id": user_ids[rows],
-                              **{c: pd.Series([attrs[i].get(c) for i in rows], dtype=object) for c in cols}})
-        for c in fs.user_numeric_edges:
-            if c in frame:
-                frame[c] = pd.to_numeric(frame[c], errors="coerce")
-        enc = fs.encode_users(frame).values.numpy()
-        for r, i in enumerate(rows):
-            for j, c in enumerate(cols):
-                if c in attrs[i]:
-                    values[i, j] = enc[r, j]
-    H = model.model.cfg.history_len
-    hist = np.full((len(histories), H), -1, np.int64)
-    for b, h in enumerate(histories):
-        r = model.catalogue_rows(np.asarray(h, np.int64)) if len(h) else np.zeros(0, np.int64)
-        r = r[r >= 0][-H:]
-        if r.size:
-            hist[b, H - r.size:] = r
-    uniq, inv = np.unique(np.maximum(hist, 0), return_inverse=True)
-    with torch.no_grad():
-        feats = model.catalogue.rows(torch.as_tensor(uniq))
-        q = model.model.user_embed(torch.as_tensor(values), feats, torch.as_tensor(inv.reshape(hist.shape)),
-                                   torch.as_tensor(hist >= 0), drop_ids=False)
-    return q.float().cpu().numpy()
+        values = self.model.user_values(uids, attrs) if any(attrs) else None
+        return self.model.user_embeddings(uids, [h.tolist() for h in histories], values=values).numpy()
 
 
 def _items(res: RetrievalResult, j: int, k: int) -> list[dict[str, Any]]:
@@ -505,70 +415,6 @@ def _items(res: RetrievalResult, j: int, k: int) -> list[dict[str, Any]]:
     ]
 
 
-# ------------------------------------------------------------------------------------------------
-# loading
-# ------------------------------------------------------------------------------------------------
-def _load_snapshot(snapshot_dir: Path) -> tuple[Any, MultiFacetIndex, dict[str, Any]]:
-    """``(model, index, metrics)`` of a snapshot folder, each checksum verified by its loader."""
-    from mfli.train import TrainedModel
-
-    for sub in (MODEL_DIR, INDEX_DIR):
-        if not (snapshot_dir / sub).is_dir():
-            raise SnapshotLoadError(f"{snapshot_dir}: no {sub}/ folder (a snapshot holds model/ and index/)")
-    try:
-        index = MultiFacetIndex.load(snapshot_dir / INDEX_DIR)
-        model = TrainedModel.load(snapshot_dir / MODEL_DIR, device="cpu")
-    except (ValueError, OSError, KeyError) as exc:
-        raise SnapshotLoadError(f"{snapshot_dir}: {exc}") from exc
-    if list(model.facets) != list(index.facet_names):
-        raise SnapshotLoadError(f"{snapshot_dir}: model facets {model.facets} and index facets "
-                                f"{index.facet_names} differ")
-    cb = tuple(model.codebooks.shape)
-    if cb != (index.L, index.n_facets, index.M, index.dim):
-        raise SnapshotLoadError(f"{snapshot_dir}: model codebooks {cb} do not match the index "
-                                f"(L={index.L}, F={index.n_facets}, M={index.M}, d={index.dim})")
-    metrics: dict[str, Any] = {}
-    mpath = snapshot_dir / METRICS_FILE
-    if mpath.is_file():
-        try:
-            metrics = json.loads(mpath.read_text())
-        except ValueError as exc:
-            raise SnapshotLoadError(f"{mpath}: not valid JSON ({exc})") from exc
-    return model, index, metrics
-
-
-def apply_delta_files(base: MultiFacetIndex, delta_paths: Sequence[str | Path]) -> MultiFacetIndex | DeltaIndex:
-    """Apply delta parquet files in order (a later window's version of an item replaces an earlier one).
-
-    Returns ``base`` itself when there are none.
-
-    Raises:
-        SnapshotLoadError: a file that is not a delta table of this index (names the file).
-    """
-    import pyarrow.parquet as pq
-
-    view: MultiFacetIndex | DeltaIndex = base
-    for path in delta_paths:
-        try:
-            ids, emb, clusters = delta_from_table(pq.read_table(path), base.facet_names, source=str(path))
-            if ids.size:
-                view = apply_delta(view, ids, emb, clusters)
-        except SnapshotLoadError:
-            raise
-        except Exception as exc:  # pyarrow, DataError, shape or unknown-cluster errors: name the file
-            raise SnapshotLoadError(f"delta {path}: {exc}") from exc
-    return view
-
-
-def _folder_key(snapshot_dir: Path) -> str:
-    """Identity of a snapshot folder's content: its path plus the sha256 of both sub-manifests."""
-    h = hashlib.sha256(str(snapshot_dir.resolve()).encode())
-    for rel in (f"{MODEL_DIR}/manifest.json", f"{INDEX_DIR}/index.json"):
-        p = snapshot_dir / rel
-        h.update(p.read_bytes() if p.is_file() else b"-")
-    return h.hexdigest()
-
-
 class SnapshotBuilder:
     """``build(snapshot_dir, delta_paths) -> SnapshotRetriever`` for :class:`~mfli.serve.live.LiveRetriever`.
 
@@ -576,28 +422,22 @@ class SnapshotBuilder:
     changed) reuses its model, index and prepared retriever and re-applies the deltas, without
     touching the object already serving.
 
-    Args:
-        config: :class:`ServingConfig` for every object built.
+    Every object serves with the :class:`ServingConfig` stored in its snapshot.
     """
 
-    def __init__(self, config: ServingConfig | None = None) -> None:
-        self.config = config or ServingConfig()
+    def __init__(self) -> None:
         self._last: tuple[str, SnapshotRetriever] | None = None
 
     def __call__(self, snapshot_dir: str | Path, delta_paths: Sequence[str | Path] = ()) -> SnapshotRetriever:
         snapshot_dir = Path(snapshot_dir)
-        key = _folder_key(snapshot_dir)
+        key = content_key(snapshot_dir)
         last = self._last
         if last is not None and last[0] == key:  # same snapshot, new deltas: reuse the delta-free object
             prev = last[1]
-            return SnapshotRetriever._with_deltas(prev.model, prev.base, prev.retriever, snapshot_dir, delta_paths,
-                                                  self.config, prev.metrics)
-        obj = SnapshotRetriever.load(snapshot_dir, (), self.config)
+            return SnapshotRetriever(prev.snapshot, delta_paths, prev.base_retriever)
+        obj = SnapshotRetriever.load(snapshot_dir)
         self._last = (key, obj)
-        if delta_paths:
-            obj = SnapshotRetriever._with_deltas(obj.model, obj.base, obj.retriever, snapshot_dir, delta_paths,
-                                                 self.config, obj.metrics)
-        return obj
+        return SnapshotRetriever(obj.snapshot, delta_paths, obj.base_retriever) if delta_paths else obj
 
 
 def build_snapshot_retriever(snapshot_dir: str | Path, delta_paths: Sequence[str | Path] = ()) -> SnapshotRetriever:
@@ -605,8 +445,7 @@ def build_snapshot_retriever(snapshot_dir: str | Path, delta_paths: Sequence[str
     return SnapshotRetriever.load(snapshot_dir, delta_paths)
 
 
-def open_live(uri: Any, cache_dir: str | Path | None = None, config: ServingConfig | None = None,
-              **kw: Any) -> LiveRetriever:
+def open_live(uri: Any, cache_dir: str | Path | None = None, **kw: Any) -> LiveRetriever:
     """``Retriever.from_store`` for serving: a :class:`LiveRetriever` on ``uri`` (a store URI or an open
     store) whose objects are :class:`SnapshotRetriever` s; LATEST's snapshot and deltas are downloaded,
     verified and loaded before it returns.
@@ -615,4 +454,4 @@ def open_live(uri: Any, cache_dir: str | Path | None = None, config: ServingConf
         SnapshotNotFound: nothing published yet; CorruptSnapshot / CorruptDelta: verification failed;
         SnapshotLoadError: the verified files do not make a serving object.
     """
-    return LiveRetriever.from_store(uri, cache_dir=cache_dir, build=SnapshotBuilder(config), **kw)
+    return LiveRetriever.from_store(uri, cache_dir=cache_dir, build=SnapshotBuilder(), **kw)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -28,26 +27,22 @@ from pathlib import Path
 from typing import Any
 
 from mfli.store.base import ObjectStore
-from mfli.store.errors import CorruptDelta, InvalidKey, ObjectNotFound, SnapshotNotFound
-from mfli.store.snapshots import (
+from mfli.store.errors import CorruptDelta, ObjectNotFound, SnapshotNotFound
+from mfli.store.keys import (
+    DELTA_MANIFEST_SUFFIX,
+    DELTAS,
     MANIFEST,
     SNAPSHOTS,
-    _check_local,
-    _dumps,
-    _now,
-    _scrub,
-    code_version,
+    delta_keys,
     validate_snapshot_id,
+    validate_window,
 )
-from mfli.store.uri import validate_key
+from mfli.store.manifests import check_file, code_version, dumps, now_iso, scrub
 
 log = logging.getLogger(__name__)
 
-DELTAS = "deltas"
 DELTA_FORMAT = "mfli-delta/1"
 _PARQUET_MAGIC = b"PAR1"
-_MANIFEST_SUFFIX = ".manifest.json"
-_WINDOW = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 __all__ = ["DELTAS", "fetch_delta", "list_deltas", "load_deltas", "publish_delta", "validate_window", "window_id"]
 
@@ -57,19 +52,6 @@ def window_id(start: datetime) -> str:
     if start.tzinfo is None:
         raise ValueError("window_id: start must be timezone-aware (UTC)")
     return f"{start.astimezone(UTC):%Y%m%dT%H%M%SZ}"
-
-
-def validate_window(window: str) -> str:
-    """Window names: 1-128 characters of ``A-Z a-z 0-9 . _ -`` (no ``:``), see :func:`window_id`."""
-    if not isinstance(window, str) or not _WINDOW.match(window) or window.endswith(".manifest"):
-        raise InvalidKey(f"delta window {window!r} is invalid: use 1-128 characters of A-Z a-z 0-9 . _ - "
-                         "(e.g. window_id(start) -> '20240101T130000Z')")
-    return window
-
-
-def _keys(snapshot_id: str, window: str) -> tuple[str, str]:
-    base = f"{DELTAS}/{validate_snapshot_id(snapshot_id)}/{validate_window(window)}"
-    return validate_key(base + ".parquet"), validate_key(base + _MANIFEST_SUFFIX)
 
 
 def _parquet_payload(parquet: bytes | str | Path, window: str) -> tuple[bytes | None, Path | None, str, int]:
@@ -124,11 +106,11 @@ def publish_delta(
     Returns:
         the delta manifest; unchanged (and nothing written) when the same bytes and meta were published.
     """
-    data_key, man_key = _keys(snapshot_id, window)
+    data_key, man_key = delta_keys(snapshot_id, window)
     if not store.exists(f"{SNAPSHOTS}/{snapshot_id}/{MANIFEST}"):
         raise SnapshotNotFound(f"{store.uri}: cannot publish delta {window}: snapshot {snapshot_id!r} does not exist")
     data, path, sha, size = _parquet_payload(parquet, window)
-    meta = _scrub(json.loads(_dumps(dict(meta or {}))))
+    meta = scrub(json.loads(dumps(dict(meta or {}))))
     old = _read_manifest(store, man_key)
     if old and old.get("sha256") == sha and old.get("size") == size and old.get("meta") == meta and \
             old.get("snapshot_id") == snapshot_id and store.exists(data_key):
@@ -142,14 +124,14 @@ def publish_delta(
         "sha256": sha,
         "size": size,
         "meta": meta,
-        "created_at": _now(),
+        "created_at": now_iso(),
         "code_version": code_version(),
     }
     if data is not None:
         store.put_bytes(data_key, data)
     else:
         store.put_file(data_key, path)
-    store.put_bytes(man_key, store.redact(_dumps(manifest).decode()).encode())
+    store.put_bytes(man_key, store.redact(dumps(manifest).decode()).encode())
     log.info("published delta %s/%s to %s (%d bytes%s)", snapshot_id, window, store.uri, size,
              ", replacing an earlier version" if old else "")
     return manifest
@@ -164,8 +146,8 @@ def list_deltas(store: ObjectStore, snapshot_id: str) -> list[dict[str, Any]]:
     prefix = f"{DELTAS}/{validate_snapshot_id(snapshot_id)}/"
     objects = {o.key for o in store.list(prefix)}
     out = []
-    for key in sorted(k for k in objects if k.endswith(_MANIFEST_SUFFIX)):
-        window = key[len(prefix):-len(_MANIFEST_SUFFIX)]
+    for key in sorted(k for k in objects if k.endswith(DELTA_MANIFEST_SUFFIX)):
+        window = key[len(prefix):-len(DELTA_MANIFEST_SUFFIX)]
         man = _read_manifest(store, key)
         if man is None:
             continue
@@ -189,11 +171,11 @@ def fetch_delta(store: ObjectStore, manifest: Mapping[str, Any], dest: str | Pat
     """
     dest = Path(dest)
     sid, window = manifest["snapshot_id"], manifest["window"]
-    data_key, man_key = _keys(sid, window)
+    data_key, man_key = delta_keys(sid, window)
     for attempt in range(1, attempts + 1):
         try:
             store.get_file(data_key, dest)
-            _check_local(sid, f"{DELTAS}/{sid}/{window}.parquet", manifest, dest, cls=CorruptDelta)
+            check_file(sid, f"{DELTAS}/{sid}/{window}.parquet", manifest, dest, cls=CorruptDelta)
             return dest
         except (CorruptDelta, ObjectNotFound) as exc:
             dest.unlink(missing_ok=True)
@@ -224,7 +206,7 @@ def load_deltas(
                                snapshot_id, man.get("snapshot_id"))
         dest = folder / f"{validate_window(man['window'])}.parquet"
         try:
-            _check_local(snapshot_id, dest.name, man, dest, cls=CorruptDelta)
+            check_file(snapshot_id, dest.name, man, dest, cls=CorruptDelta)
         except (CorruptDelta, OSError):
             fetch_delta(store, man, dest)
         paths.append(dest)

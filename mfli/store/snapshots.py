@@ -25,16 +25,12 @@ sha256 against the manifest (and the manifest against LATEST) and refuses anythi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -56,25 +52,25 @@ from mfli.store.errors import (
     SnapshotNotFound,
     StoreError,
 )
+from mfli.store.keys import (
+    DELTAS,
+    LATEST_KEY,
+    MANIFEST,
+    SNAPSHOTS,
+    is_snapshot_id,
+    snapshot_key,
+    validate_snapshot_id,
+)
+from mfli.store.manifests import check_file, code_version, dumps, file_digest, now_iso, scrub
 from mfli.store.uri import validate_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-SNAPSHOTS = "snapshots"
-LATEST_KEY = "LATEST"
-MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "mfli-snapshot/1"
 LATEST_FORMAT = "mfli-latest/1"
 _VERIFIED_MARK = ".mfli-verified"  # in a cached snapshot folder: the manifest sha256 it was verified against
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-# Config keys whose values are masked in manifests: words that always mean a secret, anywhere in the
-# name (aws_secret_access_key, SecretAccessKey, db_password), and short ones only as a whole word
-# (session_token, auth) so that fields like `tokenizer` or `max_tokens` or `author` stay readable.
-_SECRET_WORDS = ("secret", "password", "passwd", "credential", "privatekey", "accesskey", "apikey", "sessiontoken")
-_SECRET_PART = re.compile(r"(?i)(^|[_\-.])(token|auth|authorization|pwd|dsn)($|[_\-.])")
-_CHUNK = 1 << 20
 _RESERVED_FIELDS = {"format", "snapshot_id", "created_at", "parent", "code_version", "config", "metrics", "files",
                     "total_bytes"}
 
@@ -109,58 +105,10 @@ __all__ = [
 
 
 # -- utilities --------------------------------------------------------------------------------------------
-def validate_snapshot_id(snapshot_id: str, what: str = "snapshot id") -> str:
-    """Ids are 1-128 characters of ``A-Z a-z 0-9 . _ -``, starting with a letter or digit."""
-    if not isinstance(snapshot_id, str) or not _ID.match(snapshot_id):
-        raise InvalidKey(f"{what} {snapshot_id!r} is invalid: use 1-128 characters of A-Z a-z 0-9 . _ - "
-                         "starting with a letter or digit")
-    return snapshot_id
-
-
 def new_snapshot_id(now: datetime | None = None) -> str:
     """A sortable unique id, e.g. ``20240101T120000Z-3fa9c1`` (UTC time + random suffix)."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def file_digest(path: str | Path) -> tuple[str, int, str]:
-    """(sha256 hex, size in bytes, md5 hex) of a local file, read in 1 MiB chunks."""
-    sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            sha.update(chunk)
-            md5.update(chunk)
-            size += len(chunk)
-    return sha.hexdigest(), size, md5.hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def _git_sha() -> str | None:
-    if os.environ.get("MFLI_GIT_SHA"):
-        return os.environ["MFLI_GIT_SHA"]
-    repo = Path(__file__).resolve().parents[2]
-    if not (repo / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sha = out.stdout.strip()
-    return sha if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", sha) else None
-
-
-def code_version() -> dict[str, str | None]:
-    """``{"mfli": version, "git_sha": <commit or None>, "revision": mfli.revision.code_revision()}``
-    (``MFLI_GIT_SHA`` overrides git); ``revision`` is what snapshot ids hash."""
-    import mfli
-    from mfli.revision import code_revision
-
-    return {"mfli": mfli.__version__, "git_sha": _git_sha(), "revision": code_revision()}
 
 
 def default_cache_dir() -> Path:
@@ -170,36 +118,6 @@ def default_cache_dir() -> Path:
     if os.environ.get("MFLI_HOME"):
         return Path(os.environ["MFLI_HOME"]).expanduser() / "cache"
     return Path("~/.cache/mfli").expanduser()
-
-
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, (Path, datetime)):
-        return str(obj) if isinstance(obj, Path) else obj.isoformat()
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays, torch tensors
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    raise TypeError(f"value of type {type(obj).__name__} cannot go into a manifest (JSON only)")
-
-
-def _secret_name(name: str) -> bool:
-    compact = re.sub(r"[^a-z0-9]", "", name.lower())
-    return any(w in compact for w in _SECRET_WORDS) or bool(_SECRET_PART.search(name))
-
-
-def _scrub(obj: Any) -> Any:
-    """Replace values under secret-looking names (``*secret*``, ``*token*``, ``password`` ...) with ``***``."""
-    if isinstance(obj, Mapping):
-        return {k: ("***" if _secret_name(str(k)) and v not in (None, "") else _scrub(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_scrub(v) for v in obj]
-    return obj
-
-
-def _dumps(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode()
 
 
 def _run_all(fn: Callable[[T], R], items: list[T], max_workers: int) -> list[R]:
@@ -223,10 +141,6 @@ def _run_all(fn: Callable[[T], R], items: list[T], max_workers: int) -> list[R]:
             for f in futures:
                 f.cancel()
             raise
-
-
-def _snap_key(snapshot_id: str, rel: str = MANIFEST) -> str:
-    return validate_key(f"{SNAPSHOTS}/{snapshot_id}/{rel}")
 
 
 # -- LATEST ---------------------------------------------------------------------------------------------
@@ -265,12 +179,12 @@ def read_latest(store: ObjectStore) -> LatestPointer | None:
 def _move_latest(store: ObjectStore, base: LatestPointer | None, snapshot_id: str, manifest_sha: str) -> LatestPointer:
     """Conditionally point LATEST at ``snapshot_id``; :class:`PublishConflict` if it moved since ``base``."""
     doc = {"format": LATEST_FORMAT, "snapshot_id": snapshot_id, "manifest_sha256": manifest_sha,
-           "updated_at": _now(), "previous": base.snapshot_id if base else None}
+           "updated_at": now_iso(), "previous": base.snapshot_id if base else None}
     try:
         if base is None:
-            etag = store.put_bytes(LATEST_KEY, _dumps(doc), if_none_match=True)
+            etag = store.put_bytes(LATEST_KEY, dumps(doc), if_none_match=True)
         else:
-            etag = store.put_bytes(LATEST_KEY, _dumps(doc), if_match=base.etag)
+            etag = store.put_bytes(LATEST_KEY, dumps(doc), if_match=base.etag)
     except PreconditionFailed:
         now = None
         with contextlib.suppress(StoreError):
@@ -307,7 +221,7 @@ def _parse_manifest(snapshot_id: str, data: bytes) -> dict[str, Any]:
 def _get_manifest(store: ObjectStore, snapshot_id: str) -> tuple[dict[str, Any], str]:
     validate_snapshot_id(snapshot_id)
     try:
-        data = store.get_bytes(_snap_key(snapshot_id))
+        data = store.get_bytes(snapshot_key(snapshot_id))
     except ObjectNotFound:
         raise SnapshotNotFound(f"{store.uri}: no snapshot {snapshot_id!r} ({SNAPSHOTS}/{snapshot_id}/{MANIFEST} "
                                "is missing)") from None
@@ -407,7 +321,7 @@ def publish_snapshot(
                             "snapshot ids are immutable, publish under a new id")
 
     def upload(rel: str) -> bool:
-        key = _snap_key(snapshot_id, rel)
+        key = snapshot_key(snapshot_id, rel)
         sha, size, _ = digests[rel]
         with contextlib.suppress(ObjectNotFound):
             info = store.head(key)
@@ -425,18 +339,18 @@ def publish_snapshot(
         manifest = {
             "format": MANIFEST_FORMAT,
             "snapshot_id": snapshot_id,
-            "created_at": _now(),
+            "created_at": now_iso(),
             "parent": base.snapshot_id if base else None,
             "code_version": code_version(),
-            "config": _scrub(json.loads(_dumps(config))) if config is not None else {},
-            "metrics": _scrub(json.loads(_dumps(dict(metrics or {})))),
+            "config": scrub(json.loads(dumps(config))) if config is not None else {},
+            "metrics": scrub(json.loads(dumps(dict(metrics or {})))),
             "files": entries,
             "total_bytes": sum(e["size"] for e in entries.values()),
-            **_scrub(json.loads(_dumps(dict(extra or {})))),
+            **scrub(json.loads(dumps(dict(extra or {})))),
         }
-        body = store.redact(_dumps(manifest).decode()).encode()
+        body = store.redact(dumps(manifest).decode()).encode()
         try:
-            store.put_bytes(_snap_key(snapshot_id), body, if_none_match=True)
+            store.put_bytes(snapshot_key(snapshot_id), body, if_none_match=True)
             created_manifest = True
             manifest_sha = hashlib.sha256(body).hexdigest()
         except PreconditionFailed:  # a concurrent publisher of the same id wrote its manifest first
@@ -467,7 +381,7 @@ def _discard(store: ObjectStore, snapshot_id: str) -> None:
         latest = read_latest(store)
         if latest is not None and latest.snapshot_id == snapshot_id:
             return
-        store.delete(_snap_key(snapshot_id))
+        store.delete(snapshot_key(snapshot_id))
         store.delete_prefix(f"{SNAPSHOTS}/{snapshot_id}/")
     except StoreError as exc:  # the conflict is the error to report; leftovers go with retention
         log.warning("could not clean up unpublished snapshot %s on %s: %s", snapshot_id, store.uri, exc)
@@ -476,19 +390,10 @@ def _discard(store: ObjectStore, snapshot_id: str) -> None:
 # -- load / verify --------------------------------------------------------------------------------------
 def _fetch_verified(store: ObjectStore, snapshot_id: str, rel: str, entry: Mapping[str, Any], dest: Path) -> None:
     try:
-        store.get_file(_snap_key(snapshot_id, rel), dest)
+        store.get_file(snapshot_key(snapshot_id, rel), dest)
     except ObjectNotFound:
         raise CorruptSnapshot(snapshot_id, rel, "missing from the store") from None
-    _check_local(snapshot_id, rel, entry, dest)
-
-
-def _check_local(snapshot_id: str, rel: str, entry: Mapping[str, Any], path: Path, cls=CorruptSnapshot) -> None:
-    sha, size, _ = file_digest(path)
-    if size != int(entry["size"]):
-        raise cls(snapshot_id, rel, "truncated" if size < int(entry["size"]) else "wrong size",
-                  f"{entry['size']} bytes", f"{size} bytes")
-    if sha != entry["sha256"]:
-        raise cls(snapshot_id, rel, "sha256 mismatch", entry["sha256"], sha)
+    check_file(snapshot_id, rel, entry, dest)
 
 
 def _resolve(store: ObjectStore, snapshot_id: str | None) -> tuple[str, dict[str, Any], str]:
@@ -512,7 +417,7 @@ def _cached_ok(folder: Path, manifest: Mapping[str, Any], manifest_sha: str) -> 
         return False
     try:
         for rel, entry in manifest["files"].items():
-            _check_local(manifest["snapshot_id"], rel, entry, folder / rel)
+            check_file(manifest["snapshot_id"], rel, entry, folder / rel)
     except (CorruptSnapshot, OSError):
         return False
     return True
@@ -550,7 +455,7 @@ def open_snapshot(
             _fetch_verified(store, snapshot_id, rel, entry, staging / rel)
 
         _run_all(fetch, sorted(manifest["files"].items()), max_workers)
-        (staging / MANIFEST).write_bytes(_dumps(manifest))
+        (staging / MANIFEST).write_bytes(dumps(manifest))
         (staging / _VERIFIED_MARK).write_text(manifest_sha + "\n")
         if final.exists():  # a stale or damaged copy
             shutil.rmtree(final, ignore_errors=True)
@@ -617,7 +522,7 @@ def list_snapshots(store: ObjectStore, *, include_incomplete: bool = False) -> l
     for sid in store.list_dirs(f"{SNAPSHOTS}/"):
         row: dict[str, Any] = {"snapshot_id": sid, "live": sid == live}
         try:
-            man = read_manifest(store, sid) if _ID.match(sid) else None
+            man = read_manifest(store, sid) if is_snapshot_id(sid) else None
         except SnapshotNotFound:
             man = None
         except CorruptSnapshot as exc:
@@ -635,9 +540,7 @@ def list_snapshots(store: ObjectStore, *, include_incomplete: bool = False) -> l
 
 
 def _delete_snapshot(store: ObjectStore, snapshot_id: str) -> None:
-    from mfli.store.deltas import DELTAS
-
-    store.delete(_snap_key(snapshot_id))  # first: from here on the snapshot is not 'complete'
+    store.delete(snapshot_key(snapshot_id))  # first: from here on the snapshot is not 'complete'
     store.delete_prefix(f"{SNAPSHOTS}/{snapshot_id}/")
     store.delete_prefix(f"{DELTAS}/{snapshot_id}/")
 
@@ -653,8 +556,6 @@ def apply_retention(
     Returns:
         the deleted (or, with ``dry_run``, the deletable) snapshot ids.
     """
-    from mfli.store.deltas import DELTAS
-
     if keep < 1:
         raise ValueError(f"apply_retention: keep must be >= 1, got {keep}")
     snaps = list_snapshots(store, include_incomplete=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 _HOME = Path(tempfile.mkdtemp(prefix="mfli-airflow-"))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
@@ -28,6 +31,8 @@ def airflow_db():
 
 @pytest.fixture(scope="session")
 def dagbag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
+    # as the DAG processor and task runner parse them: the DAG folder (bundle) is on sys.path, so the
+    # DAG files import dags/common.py as `common`
+    from airflow.dag_processing.dagbag import BundleDagBag
 
-    return DagBag(dag_folder=str(REPO / "dags"))
+    return BundleDagBag(dag_folder=str(REPO / "dags"), bundle_path=REPO / "dags")

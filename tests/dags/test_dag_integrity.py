@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -58,22 +57,26 @@ def test_params_are_validated_by_json_schema(dagbag):
         params.get_param("end").resolve("not a date")
 
 
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("path", DAG_FILES, ids=[p.stem for p in DAG_FILES])
 def test_dag_file_has_no_heavy_top_level_imports(path):
     code = (
-        "import sys, time; t=time.time(); import runpy; runpy.run_path(%r); "
+        # as Airflow parses it: the DAG folder on sys.path (dags/common.py is imported as `common`)
+        "import sys, time; sys.path.insert(0, %r); t=time.time(); import runpy; runpy.run_path(%r); "  # noqa: UP031
         "heavy=[m for m in ('torch','pandas','feast','great_expectations','faiss','mfli.train') if m in sys.modules]; "
-        "print(heavy)" % str(path)
+        "print(heavy)" % (str(path.parent), str(path))
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     heavy = out.stdout.strip().splitlines()[-1]
     assert heavy == "[]", f"{path.name} imports {heavy} at parse time"
 
 
+@pytest.mark.timeout(180)
 def test_ruff_air3_clean():
     ruff = Path(sys.executable).parent / "ruff"
     if not ruff.exists():
         pytest.skip("ruff not installed")
-    out = subprocess.run([str(ruff), "check", "--select", "AIR3", str(REPO / "dags")], capture_output=True, text=True)
+    out = subprocess.run([str(ruff), "check", "--select", "AIR3", str(REPO / "dags")], capture_output=True, text=True,
+                         timeout=120, check=False)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -3,25 +3,48 @@ determinism, idempotent re-runs, hourly deltas and their skips."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# A ceiling per test (its fixtures' DAG runs included). "thread", not the suite's "signal": Airflow's
+# task execution_timeout arms SIGALRM itself and would cancel a signal-based one. Everything runs
+# in-process here, so there is no child process a thread-method timeout could orphan.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900, method="thread")]
 
-DAY1 = datetime(2024, 6, 29, tzinfo=timezone.utc)  # window ends at the logical date (Airflow 3 cron trigger)
-DAY2 = datetime(2024, 6, 30, tzinfo=timezone.utc)
+DAY1 = datetime(2024, 6, 29, tzinfo=UTC)  # window ends at the logical date (Airflow 3 cron trigger)
+DAY2 = datetime(2024, 6, 30, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, airflow_db, monkeypatch_module):
+def data(tmp_path_factory, airflow_db, monkeypatch_module):
+    """The synthetic catalogue all runs read (written once per module) and a module MFLI_HOME."""
     from mfli.data.synthetic import SyntheticConfig, write_synthetic
 
     root = tmp_path_factory.mktemp("pipeline")
-    data = write_synthetic(SyntheticConfig(n_items=1500, n_users=300, n_interactions=15000, seed=1),
-                           root / "data", progress=False)
+    out = write_synthetic(SyntheticConfig(n_items=1500, n_users=300, n_interactions=15000, seed=1),
+                          root / "data", progress=False)
     monkeypatch_module.setenv("MFLI_HOME", str(root / "home"))
-    return {"data": str(data), "store": (root / "store").as_uri(), "root": root}
+    return {"data": str(out), "root": root}
+
+
+@pytest.fixture()
+def empty(data, tmp_path):
+    """The catalogue with a store nothing was ever published to (fresh per test)."""
+    return {**data, "store": (tmp_path / "store").as_uri()}
+
+
+@pytest.fixture(scope="module")
+def published(data, dagbag, tmp_path_factory):
+    """A store the daily DAG published two days into (DAY1, then DAY2 live), built here so every test
+    that needs a live snapshot has one whatever ran before it. Tests using it may add runs that must
+    leave the live snapshot as it is, and at most one delta window."""
+    env = {**data, "store": (tmp_path_factory.mktemp("published") / "store").as_uri()}
+    states, live = [], []
+    for day in (DAY1, DAY2):
+        states.append(_run(dagbag, "mfli_daily_retrain", day, _conf(env)).state)
+        live.append(_live(env))
+    return {**env, "states": states, "live": live}
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +64,14 @@ def _conf(env, **kw):
 
 def _run(dagbag, dag_id, logical_date, conf):
     dag = dagbag.get_dag(dag_id)
+    retries = {t.task_id: t.retries for t in dag.tasks}
     for t in dag.tasks:  # dag.test() sleeps through retry delays; a failure here must fail at once
         t.retries = 0
-    dr = dag.test(logical_date=logical_date, run_conf=conf)
-    return dr
+    try:
+        return dag.test(logical_date=logical_date, run_conf=conf)
+    finally:  # the DagBag is session-wide: test_dag_integrity checks these retries, in whatever order
+        for t in dag.tasks:
+            t.retries = retries[t.task_id]
 
 
 def _live(env):
@@ -60,22 +87,20 @@ def _snapshots(env):
     return [s["snapshot_id"] for s in list_snapshots(open_store(env["store"]))]
 
 
-def test_hourly_delta_without_snapshot_skips_cleanly(dagbag, env):
-    dr = _run(dagbag, "mfli_hourly_delta", DAY2, _conf(env, start="2024-06-30T22:00:00+00:00",
+def test_hourly_delta_without_snapshot_skips_cleanly(dagbag, empty):
+    dr = _run(dagbag, "mfli_hourly_delta", DAY2, _conf(empty, start="2024-06-30T22:00:00+00:00",
                                                          end="2024-06-30T23:00:00+00:00"))
     assert dr.state == "success"
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
     assert states["publish_delta"] == "skipped"
+    assert _live(empty) is None and _snapshots(empty) == []
 
 
-def test_daily_publishes_and_backfill_is_deterministic(dagbag, env):
-    dr = _run(dagbag, "mfli_daily_retrain", DAY1, _conf(env))
-    assert dr.state == "success"
-    first = _live(env)
+def test_daily_publishes_and_backfill_is_deterministic(dagbag, published):
+    env = published
+    assert env["states"] == ["success", "success"]
+    first, second = env["live"]
     assert first and first.startswith("20240629T0000")
-    dr = _run(dagbag, "mfli_daily_retrain", DAY2, _conf(env))
-    assert dr.state == "success"
-    second = _live(env)
     assert second.startswith("20240630T0000") and second != first
     assert _snapshots(env) == [first, second]
     # re-running day 1 computes the same id and publishes nothing new; LATEST stays on day 2
@@ -85,9 +110,11 @@ def test_daily_publishes_and_backfill_is_deterministic(dagbag, env):
     assert _live(env) == second
 
 
-def test_impossible_gate_fails_and_leaves_live_snapshot(dagbag, env):
+def test_impossible_gate_fails_and_leaves_live_snapshot(dagbag, published):
+    env = published
     live = _live(env)
     before = _snapshots(env)
+    assert live == env["live"][-1] and len(before) == 2
     dr = _run(dagbag, "mfli_daily_retrain", DAY2, _conf(env, seed=7, min_recall_at_100=0.99))
     assert dr.state == "failed"
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
@@ -96,9 +123,11 @@ def test_impossible_gate_fails_and_leaves_live_snapshot(dagbag, env):
     assert _live(env) == live and _snapshots(env) == before
 
 
-def test_hourly_delta_publishes_once_per_window(dagbag, env):
+def test_hourly_delta_publishes_once_per_window(dagbag, published):
     from mfli.store import list_deltas, open_store
 
+    env = published
+    assert _live(env) == env["live"][-1]
     conf = _conf(env, start="2024-06-30T18:00:00+00:00", end="2024-07-01T00:00:00+00:00")
     dr = _run(dagbag, "mfli_hourly_delta", DAY2, conf)
     assert dr.state == "success"
@@ -114,7 +143,7 @@ def test_hourly_delta_publishes_once_per_window(dagbag, env):
         assert again[0]["meta"]["items"] == n
 
 
-def test_sharded_index_build_equals_single_shard(env):
+def test_sharded_index_build_equals_single_shard(published):
     """The daily run mapped encode_shard over 3 shards; rebuilding with 1 shard gives the same index."""
     import numpy as np
 
@@ -123,6 +152,7 @@ def test_sharded_index_build_equals_single_shard(env):
     from tasks import pipeline as P
     from tasks.artifacts import get_dir, scratch_dir
 
+    env = published
     live = read_latest(open_store(env["store"])).snapshot_id
     work = f"{env['store']}/runs/{live}"
     run = {"store_uri": env["store"], "work_uri": work + "/single-shard", "cutoff": None,

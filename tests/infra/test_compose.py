@@ -312,6 +312,7 @@ def test_depends_on_has_no_cycle(services) -> None:
 # --- MinIO bootstrap ----------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
 def test_createbuckets_script_with_stub_mc(services, env, tmp_path) -> None:
     """Run the one-shot's script against a stub `mc` that records calls and keeps policy files."""
@@ -369,6 +370,7 @@ def _compose_command() -> list[str] | None:
     return None
 
 
+@pytest.mark.timeout(300)
 def test_docker_compose_config(env) -> None:
     cmd = _compose_command()
     if cmd is None:

@@ -52,6 +52,7 @@ def test_shard_bounds_cover_rows_once():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)
 def test_ddp_two_ranks_match_each_other_and_single_process(tiny_dataset, tmp_path):
     from safetensors.torch import load_file
 

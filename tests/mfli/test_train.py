@@ -12,7 +12,8 @@ import torch
 
 from mfli.data.errors import DataError
 from mfli.model.quantizer import rq_encode
-from mfli.train import TrainConfig, TrainedModel, train
+from mfli.model.trained import TrainedModel
+from mfli.train import TrainConfig, train
 
 SMALL = {"batch_size": 32, "epochs": 6, "progress": False,
          "model": {"hidden": 32, "dim": 16, "id_dropout": 0.5, "codebook": {"codes": 4}}}  # fmt: skip

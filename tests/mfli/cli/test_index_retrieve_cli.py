@@ -53,8 +53,8 @@ def test_index_build_and_stats(trained):
 def test_retrieve_user_and_trigger_modes(trained, tiny_dataset):
     from mfli.data.split import make_split
     from mfli.index.inverted import MultiFacetIndex
+    from mfli.model.trained import TrainedModel
     from mfli.serve.retriever import Retriever, RetrieverConfig
-    from mfli.train import TrainedModel
 
     data, model, index = trained
     assert CliRunner().invoke(app, ["index", "build", str(data), "--model", str(model), "--out", str(index),

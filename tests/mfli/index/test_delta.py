@@ -10,7 +10,8 @@ import torch
 from mfli.data.errors import DataError
 from mfli.index.delta import DeltaIndex, apply_delta, assign, assign_paths, delta_from_table, delta_rows_table
 from mfli.index.inverted import MultiFacetIndex, encode_paths, lookup_sorted, pack_paths
-from mfli.index.split_merge import LEAF, REDIRECT, RebalanceConfig, rebalance
+from mfli.index.rebalance_map import LEAF, REDIRECT
+from mfli.index.split_merge import RebalanceConfig, rebalance
 from mfli.model.quantizer import pack_codes, rq_encode
 from mfli.serve.retriever import Retriever, RetrieverConfig
 

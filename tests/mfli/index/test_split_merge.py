@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mfli.index.inverted import MultiFacetIndex, encode_paths, pack_paths
-from mfli.index.split_merge import LEAF, REDIRECT, SPLIT, RebalanceConfig, nearest_centroid, rebalance
+from mfli.index.rebalance_map import LEAF, REDIRECT, SPLIT, nearest_centroid
+from mfli.index.split_merge import RebalanceConfig, rebalance
 
 
 @pytest.fixture(scope="module")

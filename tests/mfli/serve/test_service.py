@@ -199,36 +199,50 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_mfli_serve_process_serves_and_stops_cleanly(artifacts, tmp_path):
     store = open_store(tmp_path / "store")
     publish_snapshot(store, artifacts[0], "v1")
     port = _free_port()
     env = {**os.environ, "MFLI_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("MFLI_FEAST_REPO", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from mfli.cli import app; app()", "serve", "--store", str(tmp_path / "store"),
-         "--port", str(port), "--refresh-seconds", "0.5", "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    log_path = tmp_path / "serve.log"  # a file, not a pipe: a chatty server can never block on a full pipe
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from mfli.cli import app; app()", "serve", "--store", str(tmp_path / "store"),
+             "--port", str(port), "--refresh-seconds", "0.5", "--log-level", "warning"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+
+    def log_tail() -> str:
+        return f"--- {log_path} ---\n" + "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
+        # ready = answers a real retrieval, not only /health; bounded wait
+        deadline = time.monotonic() + 90
         while True:
             try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    r = httpx.post(f"{url}/retrieve", json={"recent_items": [0, 3], "k": 6}, timeout=10)
+                    if r.status_code == 200:
+                        break
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
+            assert proc.poll() is None, f"mfli serve exited with {proc.returncode}\n{log_tail()}"
+            assert time.monotonic() < deadline, f"mfli serve not answering after 90 s\n{log_tail()}"
             time.sleep(0.2)
-        r = httpx.post(f"{url}/retrieve", json={"recent_items": [0, 3], "k": 6}, timeout=10)
-        assert r.status_code == 200 and len(r.json()["items"]) == 6
+        assert len(r.json()["items"]) == 6
         publish_delta(store, "v1", "w1", artifacts[1])  # picked up by the poller
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while httpx.get(f"{url}/metadata", timeout=5).json()["deltas_applied"] != ["w1"]:
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, f"delta w1 not picked up after 60 s\n{log_tail()}"
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=30) == 0, log_tail()
+    except BaseException:  # a failure or a pytest-timeout: show what the server said
+        print(log_tail(), file=sys.stderr)
+        raise
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -49,18 +49,21 @@ def snapshot_dir(tiny_dataset, tmp_path_factory) -> Path:
         index.save(root / "index")
         (root / "report").mkdir()
         (root / "metrics.json").write_text(json.dumps({"recall@50": 0.5}))
+        # Deterministic cluster selection ("topk"), stored as the snapshot's serving config: with the default
+        # multinomial draws a trigger request's answer is a random sample whatever it is batched with, so
+        # "the same answer" could not be tested.
+        serving = ServingConfig(retriever=RetrieverConfig(sampling="topk"))
+        (root / "serving.json").write_text(json.dumps(serving.to_dict()))
         _ART["dir"] = root
     return _ART["dir"]
 
 
 @pytest.fixture()
 def live(snapshot_dir, tmp_path) -> LiveRetriever:
-    """Deterministic cluster selection ("topk"): with the default multinomial draws, a trigger request's
-    answer is a random sample whatever it is batched with, so "the same answer" could not be tested."""
+    """The published tiny snapshot, served with the "topk" selection its serving.json stores."""
     store = open_store(tmp_path / "store")
     publish_snapshot(store, snapshot_dir, "v1")
-    config = ServingConfig(retriever=RetrieverConfig(sampling="topk"))
-    return open_live(store, cache_dir=tmp_path / "cache", config=config)
+    return open_live(store, cache_dir=tmp_path / "cache")
 
 
 @pytest.fixture()

@@ -16,6 +16,7 @@ import pytest
 from mfli.index.build import build_from_encoded, encode_items
 from mfli.index.delta import assign_paths, delta_rows_table
 from mfli.index.inverted import MultiFacetIndex
+from mfli.model.trained import TrainedModel
 from mfli.serve.snapshot_retriever import (
     FeastUserFeatures,
     RequestError,
@@ -25,10 +26,9 @@ from mfli.serve.snapshot_retriever import (
     SnapshotRetriever,
     default_user_features,
     open_live,
-    user_tower_queries,
 )
 from mfli.store import CorruptSnapshot, open_store, publish_delta, publish_snapshot
-from mfli.train import TrainConfig, TrainedModel, train
+from mfli.train import TrainConfig, train
 
 TINY = {"batch_size": 32, "epochs": 2, "progress": False, "num_threads": 1, "valid_frac": 0.0,
         "model": {"hidden": 16, "dim": 8, "codebook": {"codes": 4}}}  # fmt: skip
@@ -137,9 +137,12 @@ def test_user_features_override_stored_attributes_exactly_like_the_model(artifac
     ref = model.user_embeddings(uids, [h.tolist() for h in hist]).numpy()
     # the users' own stored segments (u % 2) as explicit attributes give the same queries
     attrs = [{"segment": "s1"}, {"segment": "s0"}, {}]
-    got = user_tower_queries(model, uids, hist, attrs, obj._stored_values(uids))
+    def queries(attrs):
+        return model.user_embeddings(uids, [h.tolist() for h in hist], values=model.user_values(uids, attrs)).numpy()
+
+    got = queries(attrs)
     np.testing.assert_allclose(got, ref, atol=1e-6)
-    flipped = user_tower_queries(model, uids, hist, [{"segment": "s0"}, {}, {}], obj._stored_values(uids))
+    flipped = queries([{"segment": "s0"}, {}, {}])
     assert np.abs(flipped[0] - ref[0]).max() > 1e-4 and np.allclose(flipped[1:], ref[1:], atol=1e-6)
     # "user_attrs" strings as Feast stores them are parsed the same way
     assert obj._attrs({"user_attrs": ["segment=s0", "other=1"], "user_cnt_7d": 3}) == {"segment": "s0"}
@@ -198,7 +201,7 @@ def test_open_live_refresh_picks_up_deltas_without_touching_the_serving_object(a
     new = live.current
     assert new is not old and new.n_items == 65 and live.metadata()["deltas_applied"] == ["20240101T000000Z"]
     assert new.model is old.model and new.base is old.base  # same snapshot: only the delta was applied
-    assert old.n_items == 60 and old.retriever._delta is None  # the object in flight is unchanged
+    assert old.n_items == 60 and old.index is old.base  # the object in flight is unchanged
     # every new item is now retrievable: trigger on an old item of its engagement cluster
     base = new.base
     for j, item in enumerate(NEW_IDS):

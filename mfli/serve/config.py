@@ -1,0 +1,53 @@
+"""What a snapshot is served with: :class:`ServingConfig`, chosen when the snapshot is evaluated.
+
+The daily evaluation and both gates score a snapshot with ``Snapshot.retriever()``, which builds
+its retriever from this config; the config is saved in the snapshot (``serving.json``) and the
+service builds its retriever the same way, so what is gated is what is served.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from mfli.serve.retriever import RetrieverConfig
+
+
+def default_retriever_config() -> RetrieverConfig:
+    """The retriever settings snapshots are gated and served with unless a run chooses others.
+
+    ``merge="sum"`` ranks the pooled facet candidates by ``sum_f q_f . e_f``, the score exact search
+    and the quality harness use; it is what every gate and benchmark has measured.
+    """
+    return RetrieverConfig(beam=32, merge="sum")
+
+
+@dataclass
+class ServingConfig:
+    """Serving settings of a snapshot (stored in it, used by the gates and the service alike)."""
+
+    retriever: RetrieverConfig = field(default_factory=default_retriever_config)  # both modes' search settings
+    max_k: int = 1000  # largest k a request may ask for
+    quota_views: int = 64  # distinct facet_quotas vectors kept ready (LRU); each is a shallow copy
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ServingConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not silently serve defaults)."""
+        data = dict(data or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise ValueError(f"unknown serving config fields {extra}; known: {sorted(known)}")
+        rdata = dict(data.pop("retriever", None) or {})
+        rknown = {f.name for f in dataclasses.fields(RetrieverConfig)}
+        rextra = sorted(set(rdata) - rknown)
+        if rextra:
+            raise ValueError(f"unknown retriever config fields {rextra}; known: {sorted(rknown)}")
+        for name in ("quotas", "facet_weights"):  # JSON lists back to the sequences the dataclass holds
+            if rdata.get(name) is not None:
+                rdata[name] = list(rdata[name])
+        return cls(retriever=RetrieverConfig(**rdata), **data)
