@@ -54,7 +54,7 @@ def send(failure: Failure) -> None:
         notifier = load_notifier()
         if notifier is not None:
             notifier(failure)
-    except Exception:  # noqa: BLE001 - a broken notifier must not mask the original failure
+    except Exception:
         log.exception("failure notifier %r failed", os.environ.get("MFLI_NOTIFIER"))
 
 

@@ -34,7 +34,7 @@ def watermark_from_events(triggering: Mapping[Any, Iterable[Any]] | None) -> dic
             extra = _extra(event)
             if not extra.get("data_end") or not extra.get("snapshot_id"):
                 continue
-            end = datetime.fromisoformat(str(extra["data_end"]).replace("Z", "+00:00"))
-            if best is None or end > datetime.fromisoformat(best["data_end"].replace("Z", "+00:00")):
+            end = datetime.fromisoformat(str(extra["data_end"]))
+            if best is None or end > datetime.fromisoformat(best["data_end"]):
                 best = {"snapshot_id": str(extra["snapshot_id"]), "data_end": str(extra["data_end"])}
     return best

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mfli.store.base import ObjectInfo, ObjectStore
-from mfli.store.uri import validate_key
 from mfli.store.errors import InvalidKey, ObjectNotFound, PreconditionFailed, StoreError
+from mfli.store.uri import validate_key
 
 _INTERNAL = ".mfli-store"
 _CHUNK = 1 << 20

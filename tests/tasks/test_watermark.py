@@ -8,7 +8,7 @@ from tasks.watermark import event_extra, watermark_from_events
 
 
 def test_newest_event_payload_wins_and_empty_payloads_are_ignored():
-    ev = lambda extra: types.SimpleNamespace(extra=extra)  # noqa: E731 - an AssetEvent stand-in
+    ev = lambda extra: types.SimpleNamespace(extra=extra)
     events = {"mfli_snapshot": [ev(event_extra("20240701T0000-a", "2024-07-01T00:00:00+00:00")),
                                 ev({}),  # an event without a publish payload (e.g. emitted by hand)
                                 ev(event_extra("20240702T0000-b", "2024-07-02T00:00:00+00:00")),
