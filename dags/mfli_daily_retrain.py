@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import DeadlineAlert, DeadlineReference, Param, SyncCallback, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
 from common import DEFAULT_ARGS as COMMON_ARGS  # dags/common.py (the DAG folder is on sys.path)
-from common import SNAPSHOT_ASSET
+from common import SCHEDULE_START, SNAPSHOT_ASSET, data_errors_fail_fast
 
 from tasks.params import DailyParams
 
@@ -59,9 +59,18 @@ PARAMS = {
 @dag(
     dag_id="mfli_daily_retrain",
     schedule="@daily",
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    start_date=SCHEDULE_START,
     catchup=False,
     max_active_runs=1,
+    # A daily run that has not published 8 h after it was queued is late (notified, not stopped); at
+    # 12 h it is failed so the next day is not blocked behind it (max_active_runs=1).
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(hours=8),
+        callback=SyncCallback("tasks.notify.notify_deadline",
+                              kwargs={"dag_id": "mfli_daily_retrain", "what": "no publish 8 h after queueing"}),
+    ),
+    dagrun_timeout=timedelta(hours=12),
     default_args=DEFAULT_ARGS,
     params=PARAMS,
     tags=["mfli", "retrain", "index"],
@@ -82,19 +91,22 @@ def mfli_daily_retrain():
     def ingest(run: dict) -> dict:
         from tasks.pipeline import ingest_task
 
-        return ingest_task(run)
+        with data_errors_fail_fast():
+            return ingest_task(run)
 
     @task
     def extract(run: dict, ingested: dict) -> dict:
         from tasks.pipeline import extract_task
 
-        return extract_task(run, ingested)
+        with data_errors_fail_fast():
+            return extract_task(run, ingested)
 
     @task
     def validate(run: dict, extracted: dict) -> dict:
         from tasks.pipeline import validate_task
 
-        return validate_task(run, extracted)
+        with data_errors_fail_fast():
+            return validate_task(run, extracted)
 
     @task(execution_timeout=timedelta(hours=6))
     def train(run: dict, extracted: dict, validated: dict) -> dict:
@@ -133,10 +145,26 @@ def mfli_daily_retrain():
         return quality_gate_task(run, evaluation)
 
     @task(outlets=[SNAPSHOT_ASSET])
-    def publish(run: dict, trained: dict, index: dict, evaluation: dict, gate: dict) -> dict:
+    def publish(run: dict, trained: dict, index: dict, evaluation: dict, gate: dict, **context) -> dict:
+        """Moves LATEST; the asset event (which starts the catch-up delta) is emitted only then, with
+        the snapshot id and its data end as the watermark. Nothing published = skipped, no event."""
         from tasks.pipeline import publish_task
+        from tasks.watermark import event_extra
 
-        return publish_task(run, trained, index, evaluation, gate)
+        out = publish_task(run, trained, index, evaluation, gate)
+        if not out.get("published"):
+            raise AirflowSkipException(f"nothing published ({out.get('reason')}); live: {out.get('live')}")
+        context["outlet_events"][SNAPSHOT_ASSET].extra = event_extra(out["snapshot_id"], run["end"])
+        return out
+
+    @task(trigger_rule="none_failed")
+    def prune_runs(run: dict) -> dict:
+        """runs/ retention: work areas idle for MFLI_RUNS_RETENTION_DAYS (default 7) days are deleted."""
+        import os
+
+        from tasks.retention import prune_runs as prune
+
+        return prune(run["store_uri"], float(os.environ.get("MFLI_RUNS_RETENTION_DAYS", "7")))
 
     run = resolve_run()
     ingested = ingest(run)
@@ -148,7 +176,7 @@ def mfli_daily_retrain():
     index = build_index(run, extracted, trained, encoded)
     evaluation = evaluate(run, extracted, trained, index)
     gate = quality_gate(run, evaluation)
-    publish(run, trained, index, evaluation, gate)
+    publish(run, trained, index, evaluation, gate) >> prune_runs(run)
 
 
 mfli_daily_retrain()

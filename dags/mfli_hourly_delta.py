@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
 from common import DEFAULT_ARGS as COMMON_ARGS  # dags/common.py (the DAG folder is on sys.path)
-from common import SNAPSHOT_ASSET
+from common import SCHEDULE_START, SNAPSHOT_ASSET, data_errors_fail_fast
 
 from tasks.params import DeltaParams
 
@@ -50,9 +49,12 @@ PARAMS = {
     schedule=AssetOrTimeSchedule(
         timetable=CronDataIntervalTimetable("0 * * * *", timezone="UTC"), assets=[SNAPSHOT_ASSET]
     ),
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
-    catchup=False,
+    start_date=SCHEDULE_START,
+    # every hour is indexed: a scheduler that was down, or an hour whose data failed validation and was
+    # fixed, is caught up in order (max_active_runs=1)
+    catchup=True,
     max_active_runs=1,
+    dagrun_timeout=timedelta(hours=2),
     default_args=DEFAULT_ARGS,
     params=PARAMS,
     tags=["mfli", "delta", "index"],
@@ -62,12 +64,15 @@ def mfli_hourly_delta():
     @task
     def resolve_window(**context) -> dict:
         from tasks.runs import resolve_delta_run
+        from tasks.watermark import watermark_from_events
 
         return resolve_delta_run(
             params=dict(context["params"]),
             data_interval_start=context.get("data_interval_start"),
             data_interval_end=context.get("data_interval_end"),
             run_id=context["run_id"],
+            # a run started by a new snapshot indexes everything since that snapshot's data end
+            watermark=watermark_from_events(context.get("triggering_asset_events")),
         )
 
     @task
@@ -75,14 +80,16 @@ def mfli_hourly_delta():
         """Bring the window's new items and events into the feature store (idempotent per day)."""
         from tasks.pipeline import ingest_task
 
-        return {"rows": ingest_task(run)["rows"]}
+        with data_errors_fail_fast():
+            return {"rows": ingest_task(run)["rows"]}
 
     @task.short_circuit(ignore_downstream_trigger_rules=True)
     def extract_new_items(run: dict, ingested: dict) -> dict | None:
         """Returns None (skipping everything after it) when there is no snapshot or no new item."""
         from tasks.delta import extract_new_items_task
 
-        return extract_new_items_task(run)
+        with data_errors_fail_fast():
+            return extract_new_items_task(run)
 
     @task
     def plan_shards(run: dict, new_items: dict) -> list[dict]:

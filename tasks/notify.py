@@ -77,6 +77,10 @@ def notify_failure(context: dict) -> None:
     ))
 
 
-def notify_deadline(dag_id: str = "?", run_id: str = "?", what: str = "deadline missed", **_: Any) -> None:
-    """Deadline-alert callback (``SyncCallback(notify_deadline, kwargs=...)``)."""
+def notify_deadline(context: Any = None, *, dag_id: str = "?", what: str = "deadline missed", **kw: Any) -> None:
+    """Deadline-alert callback (``SyncCallback("tasks.notify.notify_deadline", kwargs={...})``); Airflow
+    passes its context (positionally or as ``context=``) and the kwargs."""
+    context = context if isinstance(context, dict) else kw.get("context") or {}
+    dag_run = context.get("dag_run")
+    run_id = str(context.get("run_id") or _get(dag_run, "run_id") or kw.get("run_id") or "?")
     send(Failure(kind="deadline_missed", dag_id=dag_id, run_id=run_id, task_id=None, error=what))

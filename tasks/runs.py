@@ -122,19 +122,25 @@ def resolve_daily_run(params: dict, data_interval_end: Any, run_id: str) -> dict
     }
 
 
-def resolve_delta_run(params: dict, data_interval_start: Any, data_interval_end: Any, run_id: str) -> dict:
+def resolve_delta_run(params: dict, data_interval_start: Any, data_interval_end: Any, run_id: str,
+                      watermark: dict | None = None) -> dict:
     """The hourly DAG's run dict: window ``[start, end)`` from Params, else the data interval.
 
-    Asset-triggered runs carry no interval; they take the hour before ``end`` (now, when no Param).
-    The Params are parsed here, once (:class:`tasks.params.DeltaParams`).
+    Runs triggered by a new snapshot pass its ``watermark`` (``{"snapshot_id", "data_end"}``, see
+    tasks/watermark.py): their window starts at the snapshot's data end, so items created between
+    the data end and the publication are indexed for the new snapshot. Without an interval the window
+    ends at the current hour (the ``end`` Param wins). The Params are parsed here, once
+    (:class:`tasks.params.DeltaParams`).
     """
     from tasks.params import DeltaParams
 
     p = DeltaParams.parse(params)
     end = _as_utc(p.end) or _as_utc(data_interval_end)
-    start = _as_utc(p.start) or _as_utc(data_interval_start)
-    if end is None:
-        end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    mark = _as_utc(watermark["data_end"]) if watermark else None
+    start = _as_utc(p.start) or mark or _as_utc(data_interval_start)
+    if end is None or (mark is not None and not p.end and end <= mark):
+        now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        end = max(now, end) if end is not None else now
     if start is None or start >= end:
         start = end - timedelta(hours=1)
     store_uri = p.store_uri or default_store_uri()
@@ -149,6 +155,7 @@ def resolve_delta_run(params: dict, data_interval_start: Any, data_interval_end:
         "feast_dir": default_feast_dir(),
         "start": start.isoformat(),
         "end": end.isoformat(),
+        "watermark": watermark,
         "params": p.to_dict(),
     }
 

@@ -37,8 +37,9 @@ def test_pluggable_notifier_receives_the_failure_and_its_errors_are_contained(mo
     assert len(got) == 1 and got[0].task_id == "validate" and got[0].error == "RuntimeError: boom"
     monkeypatch.setenv("MFLI_NOTIFIER", "mfli_test_notifier:broken")
     with caplog.at_level(logging.ERROR, logger="mfli.notify"):
-        notify.notify_deadline(dag_id="mfli_daily_retrain", run_id="r1", what="publish not done in 6h")
-    assert "deadline_missed" in caplog.text and "failure notifier" in caplog.text
+        notify.notify_deadline({"run_id": "r1"}, dag_id="mfli_daily_retrain", what="publish not done in 8h")
+    assert "mfli deadline_missed: mfli_daily_retrain/r1: publish not done in 8h" in caplog.text
+    assert "failure notifier" in caplog.text
     with pytest.raises(ValueError, match="module:function"):
         notify.load_notifier("no_colon")
 

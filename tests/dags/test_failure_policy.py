@@ -1,0 +1,50 @@
+"""Failure policy of the DAGs: no retries on data errors, notifications, deadlines, catch-up, retention."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+DAGS = str(Path(__file__).resolve().parents[2] / "dags")
+if DAGS not in sys.path:  # Airflow puts the DAG folder on sys.path; the DAGs import `common` from it
+    sys.path.insert(0, DAGS)
+
+
+def test_data_errors_fail_without_retry_other_errors_keep_retries():
+    from airflow.sdk.exceptions import AirflowFailException
+    from common import data_errors_fail_fast
+
+    from mfli.data.errors import DataError
+    from mfli.validation.runner import ValidationFailed
+
+    for exc in (DataError("items.parquet", "bad column"), ValidationFailed.__new__(ValidationFailed)):
+        with pytest.raises(AirflowFailException, match="data error, not retried"), data_errors_fail_fast():
+            raise exc
+    with pytest.raises(ConnectionError), data_errors_fail_fast():  # infrastructure: retried as before
+        raise ConnectionError("S3 endpoint went away")
+
+
+def test_every_task_notifies_on_failure(dagbag):
+    from common import on_failure
+
+    for dag_id in ("mfli_daily_retrain", "mfli_hourly_delta"):
+        for task in dagbag.get_dag(dag_id).tasks:
+            callbacks = task.on_failure_callback
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            assert on_failure in callbacks, (dag_id, task.task_id)
+
+
+def test_schedules_timeouts_and_deadline(dagbag):
+    daily, hourly = dagbag.get_dag("mfli_daily_retrain"), dagbag.get_dag("mfli_hourly_delta")
+    assert hourly.catchup is True and hourly.max_active_runs == 1
+    assert hourly.dagrun_timeout == timedelta(hours=2)
+    assert daily.dagrun_timeout == timedelta(hours=12)
+    deadlines = daily.deadline if isinstance(daily.deadline, list) else [daily.deadline]
+    assert len(deadlines) == 1 and deadlines[0].interval == timedelta(hours=8)
+    # runs/ retention runs after publish whether it published or skipped (nothing new to publish)
+    prune = daily.get_task("prune_runs")
+    assert "publish" in prune.upstream_task_ids and prune.trigger_rule == "none_failed"
+    assert [o.name for o in daily.get_task("publish").outlets] == ["mfli_snapshot"]
