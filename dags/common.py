@@ -43,6 +43,44 @@ def data_errors_fail_fast() -> Iterator[None]:
         raise AirflowFailException(f"data error, not retried: {type(exc).__name__}: {exc}") from exc
 
 
+#: Airflow connection holding the S3 credentials/endpoint (aws type: login = access key id,
+#: password = secret, extra {"endpoint_url", "region_name"}); absent = the worker's env / role.
+S3_CONN_ID = os.environ.get("MFLI_S3_CONN_ID", "mfli_s3")
+#: Airflow Variables naming the dataset and the store when the run's Params leave them empty.
+URI_VARIABLES = {"dataset_uri": "mfli_dataset_uri", "store_uri": "mfli_store_uri"}
+
+
+def s3_env_from_connection(context=None) -> None:
+    """``pre_execute`` of every task: export the ``mfli_s3`` connection to this task process's
+    environment (each task runs in its own process), where boto3 and the store read it. Without the
+    connection nothing changes (environment variables or an IAM role apply)."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException, AirflowRuntimeError
+
+    try:
+        conn = Connection.get(S3_CONN_ID)
+    except (AirflowNotFoundException, AirflowRuntimeError):
+        return
+    extra = conn.extra_dejson or {}
+    env = {"AWS_ACCESS_KEY_ID": conn.login, "AWS_SECRET_ACCESS_KEY": conn.password,
+           "AWS_SESSION_TOKEN": extra.get("aws_session_token"), "AWS_REGION": extra.get("region_name"),
+           "MFLI_S3_ENDPOINT_URL": extra.get("endpoint_url"), "AWS_ENDPOINT_URL": extra.get("endpoint_url")}
+    os.environ.update({k: str(v) for k, v in env.items() if v})
+
+
+def with_uri_defaults(params: dict) -> dict:
+    """The run's Params with ``dataset_uri``/``store_uri`` filled from the Airflow Variables
+    ``mfli_dataset_uri``/``mfli_store_uri`` when empty (then the tasks' env fallbacks
+    ``MFLI_DATASET_URI``/``MFLI_STORE_URI``, then the embedded defaults)."""
+    from airflow.sdk import Variable
+
+    out = dict(params)
+    for key, var in URI_VARIABLES.items():
+        if not out.get(key):
+            out[key] = Variable.get(var, default="") or ""
+    return out
+
+
 #: First schedule of both DAGs (catchup fills every interval from here): the deployment's start,
 #: ``MFLI_SCHEDULE_START`` (ISO date), default 2024-01-01.
 SCHEDULE_START = pendulum.parse(os.environ.get("MFLI_SCHEDULE_START") or "2024-01-01", tz="UTC")
@@ -54,4 +92,5 @@ DEFAULT_ARGS = {
     "retries": 2,
     "retry_exponential_backoff": True,
     "on_failure_callback": on_failure,
+    "pre_execute": s3_env_from_connection,
 }

@@ -24,7 +24,7 @@ from datetime import timedelta
 from airflow.sdk import DeadlineAlert, DeadlineReference, Param, SyncCallback, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 from common import DEFAULT_ARGS as COMMON_ARGS  # dags/common.py (the DAG folder is on sys.path)
-from common import SCHEDULE_START, SNAPSHOT_ASSET, data_errors_fail_fast
+from common import SCHEDULE_START, SNAPSHOT_ASSET, data_errors_fail_fast, with_uri_defaults
 
 from tasks.params import DailyParams
 
@@ -82,7 +82,7 @@ def mfli_daily_retrain():
         from tasks.runs import resolve_daily_run
 
         return resolve_daily_run(
-            params=dict(context["params"]),
+            params=with_uri_defaults(dict(context["params"])),
             data_interval_end=context.get("data_interval_end"),
             run_id=context["run_id"],
         )

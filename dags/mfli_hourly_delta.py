@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
 from common import DEFAULT_ARGS as COMMON_ARGS  # dags/common.py (the DAG folder is on sys.path)
-from common import SCHEDULE_START, SNAPSHOT_ASSET, data_errors_fail_fast
+from common import SCHEDULE_START, SNAPSHOT_ASSET, data_errors_fail_fast, with_uri_defaults
 
 from tasks.params import DeltaParams
 
@@ -67,7 +67,7 @@ def mfli_hourly_delta():
         from tasks.watermark import watermark_from_events
 
         return resolve_delta_run(
-            params=dict(context["params"]),
+            params=with_uri_defaults(dict(context["params"])),
             data_interval_start=context.get("data_interval_start"),
             data_interval_end=context.get("data_interval_end"),
             run_id=context["run_id"],

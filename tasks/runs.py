@@ -28,7 +28,8 @@ def mfli_home() -> Path:
 
 
 def default_dataset_uri() -> str:
-    return str(mfli_home() / "data" / "synthetic")
+    """``MFLI_DATASET_URI`` when set, else the embedded demo catalogue under ``MFLI_HOME``."""
+    return os.environ.get("MFLI_DATASET_URI") or str(mfli_home() / "data" / "synthetic")
 
 
 def default_store_uri() -> str:

@@ -48,3 +48,33 @@ def test_schedules_timeouts_and_deadline(dagbag):
     prune = daily.get_task("prune_runs")
     assert "publish" in prune.upstream_task_ids and prune.trigger_rule == "none_failed"
     assert [o.name for o in daily.get_task("publish").outlets] == ["mfli_snapshot"]
+
+
+@pytest.mark.timeout(120)
+def test_uris_from_variables_and_s3_from_the_connection():
+    """Run in a child process: Airflow reads AIRFLOW_VAR_* / AIRFLOW_CONN_* from its environment."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(DAGS).parent), DAGS]),
+           "AIRFLOW_VAR_MFLI_STORE_URI": "s3://var-bucket/prod",
+           "AIRFLOW_CONN_MFLI_S3": "aws://AKIDEXAMPLE1:secret-from-conn@/?endpoint_url=http%3A%2F%2F127.0.0.1%3A9"
+                                   "&region_name=eu-west-1"}
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MFLI_S3_ENDPOINT_URL", "AWS_REGION"):
+        env.pop(k, None)
+    code = ("import os, json; from common import with_uri_defaults, s3_env_from_connection; "
+            "p = with_uri_defaults({'dataset_uri': '', 'store_uri': ''}); "
+            "q = with_uri_defaults({'dataset_uri': '/data/x', 'store_uri': 's3://param/wins'}); "
+            "s3_env_from_connection(); "
+            "print(json.dumps([p, q, {k: os.environ.get(k) for k in "
+            "('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'MFLI_S3_ENDPOINT_URL', 'AWS_REGION')}]))")
+    import json
+
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=110,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    p, q, s3 = json.loads(out.stdout.strip().splitlines()[-1])
+    assert p == {"dataset_uri": "", "store_uri": "s3://var-bucket/prod"}  # dataset: env/embedded fallback later
+    assert q == {"dataset_uri": "/data/x", "store_uri": "s3://param/wins"}
+    assert s3 == {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE1", "AWS_SECRET_ACCESS_KEY": "secret-from-conn",
+                  "MFLI_S3_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_REGION": "eu-west-1"}
