@@ -113,6 +113,8 @@ load_env() {
   # Airflow connection/variables the DAGs read (dataset and store), so tasks need no env of their own
   export AIRFLOW_CONN_MFLI_S3="aws://$MFLI_S3_PUBLISHER_KEY:$MFLI_S3_PUBLISHER_SECRET@/?endpoint_url=http%3A%2F%2F127.0.0.1%3A$S3_PORT&region_name=us-east-1"
   export AIRFLOW_VAR_MFLI_STORE_URI="$MFLI_STORE_URI"
+  # the hourly DAG catches up every hour since its start: begin today, not in 2024
+  export MFLI_SCHEDULE_START="${MFLI_SCHEDULE_START:-$(date -u +%F)}"
   # tasks and the CLI act as the publisher; `serve` overrides these with the serving identity
   export AWS_ACCESS_KEY_ID="$MFLI_S3_PUBLISHER_KEY" AWS_SECRET_ACCESS_KEY="$MFLI_S3_PUBLISHER_SECRET"
 }
