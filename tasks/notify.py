@@ -72,7 +72,7 @@ def notify_failure(context: dict) -> None:
         dag_id=str(_get(ti, "dag_id") or _get(dag_run, "dag_id") or "?"),
         run_id=str(context.get("run_id") or _get(dag_run, "run_id") or "?"),
         task_id=_get(ti, "task_id"),
-        error=f"{type(exc).__name__}: {exc}" if exc is not None else "failed",
+        error=f"{type(exc).__name__}: {exc}" if exc is not None else str(context.get("reason") or "failed"),
         log_url=_get(ti, "log_url"),
     ))
 

@@ -42,8 +42,8 @@ def test_schedules_timeouts_and_deadline(dagbag):
     assert hourly.catchup is True and hourly.max_active_runs == 1
     assert hourly.dagrun_timeout == timedelta(hours=2)
     assert daily.dagrun_timeout == timedelta(hours=12)
-    deadlines = daily.deadline if isinstance(daily.deadline, list) else [daily.deadline]
-    assert len(deadlines) == 1 and deadlines[0].interval == timedelta(hours=8)
+    assert daily.on_failure_callback is not None  # a timed-out run is notified like a failed task
+    assert not daily.deadline  # soft deadline is opt-in (see test below)
     # runs/ retention runs after publish whether it published or skipped (nothing new to publish)
     prune = daily.get_task("prune_runs")
     assert "publish" in prune.upstream_task_ids and prune.trigger_rule == "none_failed"
@@ -78,3 +78,17 @@ def test_uris_from_variables_and_s3_from_the_connection():
     assert q == {"dataset_uri": "/data/x", "store_uri": "s3://param/wins"}
     assert s3 == {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE1", "AWS_SECRET_ACCESS_KEY": "secret-from-conn",
                   "MFLI_S3_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_REGION": "eu-west-1"}
+
+
+@pytest.mark.timeout(120)
+def test_soft_deadline_is_set_from_the_environment():
+    import os
+    import subprocess
+
+    code = ("import runpy, sys; g = runpy.run_path(sys.argv[1]); d = g['_soft_deadline'](); "
+            "print(d.interval.total_seconds(), d.callback.path if hasattr(d.callback, 'path') else d.callback)")
+    env = {**os.environ, "MFLI_DAILY_DEADLINE_HOURS": "6", "PYTHONPATH": os.pathsep.join([str(Path(DAGS).parent), DAGS])}
+    out = subprocess.run([sys.executable, "-c", code, str(Path(DAGS) / "mfli_daily_retrain.py")], env=env,
+                         capture_output=True, text=True, timeout=110, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1].startswith("21600.0")
