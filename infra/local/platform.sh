@@ -115,6 +115,7 @@ load_env() {
   export AIRFLOW_VAR_MFLI_STORE_URI="$MFLI_STORE_URI"
   # the hourly DAG catches up every hour since its start: begin today, not in 2024
   export MFLI_SCHEDULE_START="${MFLI_SCHEDULE_START:-$(date -u +%F)}"
+  export MFLI_DAILY_DEADLINE_HOURS="${MFLI_DAILY_DEADLINE_HOURS:-8}"  # soft deadline alert (scheduler path)
   # tasks and the CLI act as the publisher; `serve` overrides these with the serving identity
   export AWS_ACCESS_KEY_ID="$MFLI_S3_PUBLISHER_KEY" AWS_SECRET_ACCESS_KEY="$MFLI_S3_PUBLISHER_SECRET"
 }
