@@ -227,8 +227,7 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
                     acc = np.float32(0.0)
                     for x in range(D):
                         acc += qfull[q, x] * emb[r, x]
-                    if acc > best:
-                        best = acc
+                    best = max(best, acc)
                 ex_score[j] = best
             order = _order_desc(ex_score, hi, size)  # best exact score first; ties by lower row
             for j in range(min(k, size)):

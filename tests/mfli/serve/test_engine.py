@@ -72,7 +72,7 @@ def test_equals_brute_force_over_candidate_clusters(world, routing):
 
 
 def test_code_scores_equal_query_dot_reconstruction(world):
-    _, emb, cb, index, engine, Q = world
+    _, emb, cb, _, engine, Q = world
     rows = np.arange(0, 1500, 7)
     rec = engine.reconstruct(rows)
     for b in range(5):
@@ -86,7 +86,7 @@ def test_code_scores_equal_query_dot_reconstruction(world):
 
 
 def test_each_item_once_with_explanations(world):
-    ids, _, _, index, engine, Q = world
+    _, _, _, index, engine, Q = world
     res = engine.search(Q, 30)
     for b in range(len(Q)):
         got = res.item_ids[b][res.item_ids[b] >= 0]
@@ -104,7 +104,7 @@ def test_each_item_once_with_explanations(world):
 
 
 def test_exclusion_and_determinism(world):
-    ids, _, _, _, engine, Q = world
+    _, _, _, _, engine, Q = world
     a = engine.search(Q, 25)
     seen = [list(a.item_ids[b, :5]) for b in range(len(Q))]
     b_ = engine.search(Q, 25, exclude=seen)
