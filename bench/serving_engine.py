@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--queries", type=int, default=2048)
+    ap.add_argument("--queries", type=int, default=1024)
     ap.add_argument("--embeddings", choices=("model", "synthetic"), default="model")
     ap.add_argument("--methods", default="mfli,ivf,ivfpq_fs,scann,hnsw")
     ap.add_argument("--model-dir", default=None, help="load the model a previous run saved (skips training)")

@@ -227,7 +227,9 @@ class ScanEngine:
         """``(B, S, W)`` float32 tables of weighted queries ``q (B, F, d)``."""
         B = q.shape[0]
         F, L, M = self.F, self.L, self.M
-        lut = np.zeros((B, self._S, self._W), np.float32)
+        lut = np.empty((B, self._S, self._W), np.float32)
+        if M < self._W:  # padding columns are never indexed; zero them anyway so tables are well defined
+            lut[:, : F * L, M:] = 0
         for f in range(F):
             lut[:, f * L : (f + 1) * L, :M] = (q[:, f] @ self._cbT[f]).reshape(B, L, M)
         if self._n_pq:
@@ -270,7 +272,8 @@ class ScanEngine:
         req = np.repeat(np.arange(B), lens)
         return rows[ok], np.bincount(req[ok], minlength=B).astype(np.int64)
 
-    def _run(self, luts, req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, ex_ptr, ex_rows, shortlist: int, k: int):
+    def _run(self, luts, req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, ex_ptr, ex_rows, shortlist: int, k: int,
+             dedup_scan: bool = True):
         import numba
 
         B = req_q_ptr.size - 1
@@ -278,7 +281,7 @@ class ScanEngine:
         numba.set_num_threads(T)
         return self._K.scan_rescore(luts, req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, self.offsets,
                                     self.entry_rows, self.entry_codes, self._emb, ex_ptr, ex_rows,
-                                    self._bits[:T], max(shortlist, k), k)
+                                    self._bits[:T], max(shortlist, k), k, dedup_scan)
 
     def _result(self, out, pair_gid, source_of_pair, mode: str) -> EngineResult:
         rows, scores, pair, entries, rescored = out
@@ -367,8 +370,9 @@ class ScanEngine:
         pair_gid = own.reshape(-1)
         ex_ptr, ex_rows = self._exclusions(B, exclude, (req_q_ptr, rows_all) if exclude_triggers else None)
         luts = self._luts(qv) if Qn else np.zeros((0, self._S, self._W), np.float32)
+        # an item's best trigger may reach it after another one: keep copies until the exact rescoring
         out = self._run(luts, req_q_ptr, self._emb[rows_all], pair_ptr, pair_q, pair_gid,
-                        ex_ptr, ex_rows, shortlist or cfg.shortlist, k)
+                        ex_ptr, ex_rows, shortlist or cfg.shortlist, k, dedup_scan=False)
         source = self.index.item_ids[rows_all][pair_q] if Qn else np.zeros(0, np.int64)
         return self._result(out, pair_gid, source, "trigger")
 

@@ -133,7 +133,7 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
                  pair_ptr: np.ndarray, pair_q: np.ndarray, pair_gid: np.ndarray,
                  offsets: np.ndarray, entry_rows: np.ndarray, entry_codes: np.ndarray,
                  emb: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray,
-                 bits: np.ndarray, shortlist: int, k: int
+                 bits: np.ndarray, shortlist: int, k: int, dedup_scan: bool = True
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Scan, pre-rank by codes, de-duplicate, rescore exactly.
 
@@ -151,11 +151,15 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
         ex_ptr, ex_rows: request b never returns rows ``ex_rows[ex_ptr[b]:ex_ptr[b + 1]]``.
         bits: ``(T, N // 8 + 1)`` uint8 all-zero seen-bitsets, one per thread chunk (left all-zero).
         shortlist: R, candidates kept for exact rescoring.  k: results per request.
+        dedup_scan: de-duplicate while scanning (right when every pair of a request scores with the same
+            table, user mode); False keeps copies scored by different tables (trigger mode: an item's
+            best trigger may reach it second) and de-duplicates after the exact rescoring instead.
 
     An entry's code score is computed from its code row; the item is checked against the request's
     seen-bitset only when that score would enter the short list (an item's entries in other facets
     carry the same code row, so in user mode a later copy scores the same and never displaces it).
-    Each item therefore enters the short list, and is rescored exactly, at most once. The bitset is
+    Each item therefore enters the short list, and is rescored exactly, at most once (with
+    ``dedup_scan``). The bitset is
     N / 8 bytes (cache-resident where an int32 stamp per item is not) and is cleared from the list
     of rows set, so a request costs nothing proportional to N.
 
@@ -208,6 +212,9 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
                     m = np.uint8(1 << (r & 7))
                     if bt[r >> 3] & m:
                         continue
+                    if not dedup_scan:
+                        size = _push(hs, hi, hp, size, shortlist, s, r, p)
+                        continue
                     bt[r >> 3] |= m
                     if n_t == touched.size:
                         touched = np.concatenate((touched, np.empty(touched.size, np.int64)))
@@ -217,7 +224,6 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
             for j in range(n_t):
                 bt[touched[j] >> 3] = 0
             n_entries[b] = n_e
-            n_rescored[b] = size
             # exact rescoring of the short list: max over the request's query vectors
             q0, q1 = req_q_ptr[b], req_q_ptr[b + 1]
             for j in range(size):
@@ -230,11 +236,21 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
                     best = max(best, acc)
                 ex_score[j] = best
             order = _order_desc(ex_score, hi, size)  # best exact score first; ties by lower row
-            for j in range(min(k, size)):
-                o = order[j]
-                out_rows[b, j] = hi[o]
-                out_score[b, j] = ex_score[o]
-                out_pair[b, j] = hp[o]
+            j = 0
+            prev = -1
+            distinct = 0
+            for jj in range(size):
+                o = order[jj]
+                if hi[o] == prev:  # a copy (dedup_scan=False): same row, same exact score, adjacent
+                    continue
+                prev = hi[o]
+                distinct += 1
+                if j < k:
+                    out_rows[b, j] = hi[o]
+                    out_score[b, j] = ex_score[o]
+                    out_pair[b, j] = hp[o]
+                    j += 1
+            n_rescored[b] = distinct
     return out_rows, out_score, out_pair, n_entries, n_rescored
 
 
