@@ -268,7 +268,7 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
     result: dict = {"config": asdict(cfg), "machine": machine_info(), **data.source, "data_seconds": data_sec,
                     "reference_seconds": ref_sec, "methods": {}, "trigger": {}}
     methods = result["methods"]
-    nlist = int(round(4 * math.sqrt(N)))
+    nlist = round(4 * math.sqrt(N))
     bk = f"qps_b{cfg.batch_size}"
 
     # trigger-mode requests and their exact merged reference (shared by every method)
@@ -284,7 +284,7 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
         """Per trigger count: recall vs the merged exact reference, requests/s at batch 1 and batched."""
         out = {}
         for T, rows in trig_sets.items():
-            fn = lambda sl, r=rows: run(r[sl])  # noqa: E731
+            fn = lambda sl, r=rows: run(r[sl])
             qb1, qb, ids, p50 = _timed(fn, len(rows), cfg.trigger_b1, cfg.trigger_batch)
             out[str(T)] = {"recall": recall_at_k(ids, trig_ref[T]), "rps_b1": qb1,
                            f"rps_b{cfg.trigger_batch}": qb, "p50_ms": p50}

@@ -29,7 +29,8 @@ reads the ``n_clusters`` best clusters over all facets (one budget); ``"per_face
 
 **Trigger mode** (item to item): each trigger item's own clusters (its cluster in every facet, no
 routing) plus optionally its ``extra_clusters`` nearest clusters by centroid are scanned with the
-trigger's tables; the short list is rescored by the best similarity to any trigger of the request.
+trigger's tables into a short list of ``shortlist`` per trigger; each short-listed copy is rescored
+exactly against the trigger that reached it and an item keeps its best copy.
 
 Every result is explained by the (facet, cluster) that first reached it and the routing rank of that
 cluster (user mode) or the trigger item (trigger mode).
@@ -351,7 +352,8 @@ class ScanEngine:
             exclude: B lists of item ids never to return; ``exclude_triggers`` also drops the triggers.
 
         Returns:
-            :class:`EngineResult` ranked by ``max_t sum_f e_t,f . e_i,f``; ``source`` = the trigger item id.
+            :class:`EngineResult` ranked by ``max_t sum_f e_t,f . e_i,f`` over the triggers whose scanned
+            clusters hold the item; ``source`` = the trigger item id. ``shortlist`` is per trigger.
         """
         cfg = self.config
         B = len(triggers)
@@ -370,9 +372,12 @@ class ScanEngine:
         pair_gid = own.reshape(-1)
         ex_ptr, ex_rows = self._exclusions(B, exclude, (req_q_ptr, rows_all) if exclude_triggers else None)
         luts = self._luts(qv) if Qn else np.zeros((0, self._S, self._W), np.float32)
-        # an item's best trigger may reach it after another one: keep copies until the exact rescoring
+        # an item's best trigger may reach it after another one: keep copies until the exact rescoring.
+        # The short list is per trigger: near-duplicate items on the manifold have tiny score gaps, so
+        # one shared list of R would shrink each trigger's share as T grows
+        R = (shortlist or cfg.shortlist) * max(1, int(counts.max()) if B else 1)
         out = self._run(luts, req_q_ptr, self._emb[rows_all], pair_ptr, pair_q, pair_gid,
-                        ex_ptr, ex_rows, shortlist or cfg.shortlist, k, dedup_scan=False)
+                        ex_ptr, ex_rows, R, k, dedup_scan=False)
         source = self.index.item_ids[rows_all][pair_q] if Qn else np.zeros(0, np.int64)
         return self._result(out, pair_gid, source, "trigger")
 

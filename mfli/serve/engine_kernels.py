@@ -153,7 +153,9 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
         shortlist: R, candidates kept for exact rescoring.  k: results per request.
         dedup_scan: de-duplicate while scanning (right when every pair of a request scores with the same
             table, user mode); False keeps copies scored by different tables (trigger mode: an item's
-            best trigger may reach it second) and de-duplicates after the exact rescoring instead.
+            best trigger may reach it second) and de-duplicates after the exact rescoring instead; each
+            copy is then rescored against the query vector of the pair that reached it (cost R * D, not
+            R * T * D), so an item's exact score is the best over the triggers whose clusters hold it.
 
     An entry's code score is computed from its code row; the item is checked against the request's
     seen-bitset only when that score would enter the short list (an item's entries in other facets
@@ -228,6 +230,8 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
             q0, q1 = req_q_ptr[b], req_q_ptr[b + 1]
             for j in range(size):
                 r = hi[j]
+                if not dedup_scan:
+                    q0, q1 = pair_q[hp[j]], pair_q[hp[j]] + 1
                 best = -np.inf
                 for q in range(q0, q1):
                     acc = np.float32(0.0)
@@ -236,14 +240,20 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
                     best = max(best, acc)
                 ex_score[j] = best
             order = _order_desc(ex_score, hi, size)  # best exact score first; ties by lower row
+            keep = np.ones(size, np.bool_)
+            if not dedup_scan:  # keep each row's best copy: group by row (stable, so best copy first)
+                by_row = order[np.argsort(hi[order], kind="mergesort")]
+                prev = -1
+                for jj in range(size):
+                    o = by_row[jj]
+                    keep[o] = hi[o] != prev
+                    prev = hi[o]
             j = 0
-            prev = -1
             distinct = 0
             for jj in range(size):
                 o = order[jj]
-                if hi[o] == prev:  # a copy (dedup_scan=False): same row, same exact score, adjacent
+                if not keep[o]:
                     continue
-                prev = hi[o]
                 distinct += 1
                 if j < k:
                     out_rows[b, j] = hi[o]
