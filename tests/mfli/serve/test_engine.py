@@ -163,3 +163,4 @@ def test_config_and_input_errors(world):
         ScanEngine(index, cb[:1])
     with pytest.raises(ValueError, match="divide"):
         ScanEngine(index, cb, EngineConfig(pq_subquantizers=5))
+    assert ScanEngine(index, cb)._n_pq == F * D // 4  # default: one residual sub-vector per 4 dims
