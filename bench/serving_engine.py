@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from mfli.eval.bench_engine import EngineBenchConfig, format_tables, run_engine_bench
-from mfli.eval.serving_bench import write_json
+from mfli.eval.serving.report import write_json
 
 
 def main(argv: list[str] | None = None) -> dict:

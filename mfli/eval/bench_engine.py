@@ -41,16 +41,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mfli.eval.serving_bench import (
-    MemoryMeter,
-    ServingBenchConfig,
-    _Deadline,
-    machine_info,
-    prepare_data,
-    qps_at_recall,
-    recall_at_k,
-    set_threads,
-)
+from mfli.eval.serving.config import ServingBenchConfig
+from mfli.eval.serving.data import prepare_data
+from mfli.eval.serving.machine import MemoryMeter, machine_info, set_threads
+from mfli.eval.serving.methods import Deadline
+from mfli.eval.serving.report import qps_at_recall
+from mfli.eval.serving.timing import recall_at_k
 
 Log = Callable[[str], None]
 
@@ -248,7 +244,7 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
     from mfli.serve.engine import EngineConfig, ScanEngine
 
     t_start = time.perf_counter()
-    deadline = _Deadline(t_start, cfg.budget_s)
+    deadline = Deadline(t_start, cfg.budget_s)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     set_threads(1)
     scfg = ServingBenchConfig(n_items=cfg.n_items, dim=cfg.dim, n_queries=cfg.n_queries, facets=cfg.facets,
