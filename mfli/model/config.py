@@ -102,7 +102,7 @@ class ModelConfig:
     hidden: int = 128  # width of the feature embeddings and the tower trunks
     id_dropout: float = 0.25  # train-time chance an item id embedding is replaced by the "unknown" row
     history_len: int = 50  # most recent history items the user tower pools
-    pooling: Literal["mean", "attention"] = "attention"  # recency-aware pooling beat the mean on ml-latest-small
+    pooling: Literal["mean", "attention", "transformer", "recent"] = "attention"  # recency-aware pooling beat the mean on ml-latest-small
     facets: list[FacetConfig] = field(default_factory=default_facets)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
