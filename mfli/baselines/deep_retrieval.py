@@ -92,6 +92,12 @@ class DRConfig:
     eval_pairs_max: int = 20_000  # pairs used for the log-likelihood reported per round
     path_init: str = "random"  # "random" (paper) or "kmeans" (residual k-means of item content)
     n_neighbors: int = 5  # trained content neighbours that place an unseen item
+    # how untrained catalogue items get paths in fit: "neighbours" (their content neighbours' paths) or
+    # "reranker" (then an E-step on pseudo-pairs: sampled training queries x paired with the items the
+    # re-ranker ranks in their top placement_topk; s[v, c] += p(c | x) over x's beam, penalised M-step)
+    placement: str = "neighbours"
+    placement_queries: int = 20_000  # training pairs whose windows act as queries for "reranker"
+    placement_topk: int = 100  # each query's re-ranker top-k among untrained items become its pseudo-pairs
     knn_exact_max: int = 20_000  # trained items up to which placement's k-NN is exact; above, faiss IVF
     knn_nlist: int = 0  # IVF lists for placement (0: 4 * sqrt(trained items))
     knn_nprobe: int = 16  # IVF lists scanned per placed item
@@ -326,6 +332,8 @@ class DeepRetrieval:
         untrained = np.flatnonzero(~self.trained)
         if len(untrained) and item_content is not None and self.trained.any():
             self._place_from_content(untrained, item_content[untrained])
+            if cfg.placement == "reranker":
+                self._place_by_reranker(untrained, seq, start, pos, rng)
         self._build_index()
         return self.history
 
@@ -408,6 +416,42 @@ class DeepRetrieval:
                 rr.weight[it] = (rr(nbt) * wt).sum(1)
                 enc.weight[it + 1] = (enc(nbt + 1) * wt).sum(1)
         return codes
+
+    @torch.no_grad()
+    def _place_by_reranker(self, idx: np.ndarray, seq, start, pos, rng: np.random.Generator) -> None:
+        """Re-place untrained items ``idx`` by an E-step on pseudo-pairs (see ``DRConfig.placement``).
+
+        Untrained items have no events, so EM never sees them; their content-neighbour paths need not be
+        where the beam goes for the users whose re-ranker top-k they enter. Here sampled training queries
+        x stand in for their missing pairs: each x adds p(c | x) for its beam paths c to s[v, c] of the
+        untrained items v in x's re-ranker top ``placement_topk``; the penalised M-step then picks v's
+        paths among those and its neighbour paths (items no query ranks keep their neighbour paths).
+        """
+        import faiss
+
+        cfg, net = self.cfg, self.net
+        net.eval()
+        sel = rng.choice(len(pos), size=min(cfg.placement_queries, len(pos)), replace=False)
+        vecs = np.ascontiguousarray(net.reranker.items(torch.from_numpy(idx)).numpy(), dtype=np.float32)
+        flat = faiss.IndexFlatIP(vecs.shape[1])
+        flat.add(vecs)
+        table = ScoreTable(len(idx), self.n_total_paths)
+        T = min(cfg.placement_topk, len(idx))
+        for a in range(0, len(sel), 1024):
+            s = sel[a : a + 1024]
+            x = net.encoder(self._windows(seq, start[pos[s]], pos[s], cfg.history_len))
+            bp, blp = net.paths.beam_search(x, cfg.beam)
+            codes = pack_paths(bp.numpy(), cfg.n_nodes)  # (b, B)
+            probs = blp.exp().numpy()
+            _, top = flat.search(np.ascontiguousarray(net.reranker.user(x).numpy()), T)  # (b, T) rows of idx
+            q = np.repeat(np.arange(len(s)), T)
+            table.add(top.ravel(), codes[q], probs[q])
+        keep = self.codes[idx]
+        items, cand, scores = table.top(cfg.top_s, keep)
+        trained_codes = self.codes[self.trained]
+        u, cnt = np.unique(trained_codes[trained_codes >= 0], return_counts=True)
+        res = m_step(items, cand, scores, table.n_visits, keep, cfg.alpha, rng, dict(zip(u.tolist(), cnt.tolist())))
+        self.codes[idx] = res.codes
 
     def assign_new_items(self, item_ids: Sequence[int] | np.ndarray, content: np.ndarray) -> np.ndarray:
         """Place items never seen in training on their content neighbours' paths (no retraining).

@@ -10,11 +10,21 @@ import typer
 app = typer.Typer(no_args_is_help=True, help="Benchmarks: quality (all methods, one split), serving, freshness.")
 
 
+def compact_json(obj) -> str:
+    """Indented JSON with lists of numbers on one line (the per-user arrays stay readable in diffs)."""
+    import re
+
+    text = json.dumps(obj, indent=2)
+    return re.sub(r"\[\s*((?:-?[0-9.eE+-]+|NaN|-?Infinity)(?:,\s*(?:-?[0-9.eE+-]+|NaN|-?Infinity))*)\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+
+
 @app.command()
 def quality(
     data: Path = typer.Option(..., "--data", help="Dataset folder (auto-detected format)."),
-    split: str = typer.Option("time", "--split", help="time | last | cold"),
-    methods: str = typer.Option("mfli,exact", "--methods", help="Comma list: mfli,mfli_trigger,exact,mfli_kmeans,hnsw,hnsw_add,ivf,dr,pop"),
+    split: str = typer.Option("time", "--split", help="time | last | user_time | cold"),
+    methods: str = typer.Option("mfli,exact", "--methods",
+                                help="Comma list: mfli,mfli_trigger,exact,mfli_kmeans,hnsw,hnsw_add,ivf,dr,pop,ease,itemknn"),
     seeds: int = typer.Option(3, "--seeds", min=1),
     epochs: int = typer.Option(None, "--epochs", help="Override the training epochs."),
     beam: int = typer.Option(32, "--beam", help="MFLI user-mode beam per facet."),
@@ -43,7 +53,7 @@ def quality(
         # rewritten after every seed: an interrupted run keeps the seeds it finished
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
+        tmp.write_text(compact_json(results))
         tmp.replace(out)
 
     results = run_quality(ds, cfg, log=lambda s: typer.echo(s, err=True), on_seed=write if out else None)

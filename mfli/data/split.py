@@ -7,6 +7,13 @@ Three kinds, each returning train events, test events and the **cold item** set,
   the delta path, from content.
 - ``"last"``: leave-last-out. Each user's last ``n`` events by time are test; users with ``<= n``
   events stay in train only. Cold items = test items never seen in train.
+- ``"user_time"``: per-user time split. Each user's latest ``test_frac`` of events by time are test
+  (``round(test_frac * m)``, at least 1, at most ``m - 1``); users with a single event stay in train.
+  Every user with >= 2 events is a test user with several positives, so methods separate on small
+  datasets where a global cutoff leaves few test users (ml-latest-small: 610 test users against 28
+  under ``"time"``). Unlike ``"time"`` it does not hold one global cutoff: a user's train may be later
+  than another user's test (the common "temporal leave-n-out" protocol). Cold items = test items
+  never seen in train.
 - ``"cold"``: cold-item holdout. A random ``frac`` of the items that have events is hidden: all their
   events are test, everything else is train. Cold items = the hidden items.
 
@@ -24,7 +31,7 @@ import pandas as pd
 from mfli.data.dataset import Dataset
 from mfli.data.errors import DataError
 
-SPLIT_KINDS = ("time", "last", "cold")
+SPLIT_KINDS = ("time", "last", "user_time", "cold")
 
 
 @dataclass
@@ -35,7 +42,7 @@ class Split:
         train: (n_train, 4) interactions the model may learn from.
         test: (n_test, 4) held-out interactions (the ground truth of evaluation).
         cold_items: (n_cold,) int64 sorted item ids absent from ``train`` (see the module doc per kind).
-        kind: ``"time"``, ``"last"`` or ``"cold"``.
+        kind: ``"time"``, ``"last"``, ``"user_time"`` or ``"cold"``.
         cutoff: the global time cutoff T for ``"time"``, else None.
     """
 
@@ -145,6 +152,37 @@ def leave_last_out(ds: Dataset, n: int = 1) -> Split:
     return Split(train, test, _cold_outside(train, test["item_id"].to_numpy()), "last", None)
 
 
+def _latest_per_user(inter: pd.DataFrame, n_test) -> np.ndarray:
+    """Row mask of each user's latest events by time (ties by row order); ``n_test(sizes) -> (n_users,)``
+    gives how many per user, users ordered by id."""
+    users = inter["user_id"].to_numpy(dtype=np.int64)
+    ts = _ts_int(inter)
+    order = np.lexsort((np.arange(len(inter)), ts, users))  # by user, then time, then row
+    su = users[order]
+    new = np.ones(len(su), dtype=bool)
+    new[1:] = su[1:] != su[:-1]
+    starts = np.flatnonzero(new)
+    sizes = np.diff(np.append(starts, len(su)))
+    from_end = np.repeat(starts + sizes, sizes) - 1 - np.arange(len(su))
+    mask = np.zeros(len(inter), dtype=bool)
+    mask[order] = from_end < np.repeat(np.asarray(n_test(sizes), dtype=np.int64), sizes)
+    return mask
+
+
+def user_time_split(ds: Dataset, test_frac: float = 0.2) -> Split:
+    """Each user's latest ``test_frac`` of events (``round``, at least 1, at most m - 1) are test.
+
+    Users with one event stay in train. Cold items: test items that never occur in train.
+    """
+    if not 0.0 < test_frac < 1.0:
+        raise ValueError(f"user_time_split: test_frac must be in (0, 1), got {test_frac}")
+    inter = _events(ds)
+    test_mask = _latest_per_user(
+        inter, lambda m: np.where(m >= 2, np.clip(np.round(test_frac * m), 1, m - 1), 0))
+    train, test = _parts(inter, test_mask)
+    return Split(train, test, _cold_outside(train, test["item_id"].to_numpy()), "user_time", None)
+
+
 def cold_item_holdout(ds: Dataset, frac: float = 0.1, seed: int = 0) -> Split:
     """Hide a random ``frac`` of the items that have events from training entirely.
 
@@ -165,7 +203,7 @@ def cold_item_holdout(ds: Dataset, frac: float = 0.1, seed: int = 0) -> Split:
 
 
 def make_split(ds: Dataset, kind: str, seed: int = 0, **kw) -> Split:
-    """Dispatch on ``kind`` (``"time"``, ``"last"``, ``"cold"``); ``kw`` go to that split function.
+    """Dispatch on ``kind`` (``"time"``, ``"last"``, ``"user_time"``, ``"cold"``); ``kw`` go to that split function.
 
     ``seed`` only matters for ``"cold"`` (the others are deterministic).
     """
@@ -173,6 +211,8 @@ def make_split(ds: Dataset, kind: str, seed: int = 0, **kw) -> Split:
         return time_split(ds, **kw)
     if kind == "last":
         return leave_last_out(ds, **kw)
+    if kind == "user_time":
+        return user_time_split(ds, **kw)
     if kind == "cold":
         return cold_item_holdout(ds, seed=seed, **kw)
     raise ValueError(f"unknown split kind {kind!r}; expected one of {list(SPLIT_KINDS)}")

@@ -11,7 +11,15 @@ split's cold items among them) through the delta path, from content alone. Metho
 - ``mfli_kmeans``: ablation, k-means RQ fitted after training instead of co-trained;
 - ``hnsw``, ``ivf``: the same towers trained without codebooks, FAISS indexes rebuilt only at
   snapshot time (cold items invisible), ``hnsw_add``: HNSW with incremental ``add`` of new items;
-- ``dr``: Deep Retrieval; ``pop``: popularity.
+- ``dr``: Deep Retrieval; ``pop``: popularity;
+- ``ease``: EASE (closed-form item-item, lambda chosen on the validation split); ``itemknn``: cosine
+  item-kNN (neighbourhood chosen on the validation split).
+
+Every method sees the same test users, query histories, exclusions and metric code. Methods that
+select hyper-parameters use :attr:`_SeedRun.validation` (:func:`mfli.eval.validation.validation_set`
+of the split's training events: each user's latest events, the hold-out ``mfli.train`` early-stops
+on), never the test events. Per-user recall@100 (and cold recall@100) arrays are kept per method so
+the tables can give paired bootstrap intervals for every ratio (:mod:`mfli.eval.bootstrap`).
 
 Queries come from each test user's training history; retrieval excludes the user's training items.
 """
@@ -32,10 +40,15 @@ from mfli.eval.metrics import (
     evaluate_retrieval,
     histories_by_user,
     positives_by_user,
+    recall_per_user,
     train_counts,
 )
 
-ALL_METHODS = ("mfli", "mfli_trigger", "exact", "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop")
+PER_USER_KEYS = ("recall@100", "cold_recall@100")  # kept per user for the bootstrap intervals
+
+ALL_METHODS = ("mfli", "mfli_trigger", "exact", "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop", "ease",
+               "itemknn")
+BASELINES = ("hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")  # "best baseline" is the best of these
 K_MAX = 200  # the largest K any metric reads
 
 
@@ -78,11 +91,16 @@ def content_matrix(items: pd.DataFrame, dim: int = 256) -> np.ndarray:
 
 def _summary(values: list[dict]) -> dict:
     keys = [k for k in values[0] if isinstance(values[0][k], (int, float))]
-    return {
+    out: dict = {
         k: {"mean": float(np.mean([v[k] for v in values])), "std": float(np.std([v[k] for v in values])),
             "values": [float(v[k]) for v in values]}
         for k in keys
     }
+    if "per_user" in values[0]:
+        # {metric: [seed 0 array, seed 1 array, ...]}, nan where the user has no (cold) positive
+        out["per_user"] = {k: [[round(float(x), 5) for x in v["per_user"][k]] for v in values]
+                           for k in values[0]["per_user"]}
+    return out
 
 
 class _SeedRun:
@@ -114,9 +132,25 @@ class _SeedRun:
             catalogue=items["item_id"].to_numpy(np.int64),
         )
         self._models: dict[str, object] = {}
+        self._validation = None
+
+    @property
+    def validation(self):
+        """The :class:`~mfli.eval.validation.ValidationSet` of this seed's training events (built once)."""
+        if self._validation is None:
+            from mfli.eval.validation import validation_set
+
+            self._validation = validation_set(self.split.train, seed=self.seed)
+        return self._validation
 
     def evaluate(self, retrieved: np.ndarray) -> dict:
-        return evaluate_retrieval(retrieved, self.positives, **self.metric_inputs)
+        out = evaluate_retrieval(retrieved, self.positives, **self.metric_inputs)
+        cold = np.asarray(self.metric_inputs["cold_items"], dtype=np.int64)
+        out["per_user"] = {
+            "recall@100": recall_per_user(retrieved, self.positives, 100),
+            "cold_recall@100": recall_per_user(retrieved, [p[np.isin(p, cold)] for p in self.positives], 100),
+        }
+        return out
 
     def model(self, mode: str):
         """The trained model for codebook ``mode`` ("joint", "kmeans_after" or "none"), trained once."""
@@ -243,6 +277,32 @@ def _run_pop(run: _SeedRun) -> dict:
     return run.evaluate(ids)
 
 
+def _run_ease(run: _SeedRun) -> dict:
+    from mfli.baselines.ease import Ease, EaseConfig
+
+    t0 = time.perf_counter()
+    ease = Ease(EaseConfig(num_threads=run.cfg.num_threads)).fit(run.split.train, valid=run.validation)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ids, _ = ease.retrieve(run.histories, K_MAX, exclude=run.histories)
+    out = run.evaluate(ids)
+    out.update(train_s=train_s, query_s=time.perf_counter() - t0, l2=ease.l2)
+    return out
+
+
+def _run_itemknn(run: _SeedRun) -> dict:
+    from mfli.baselines.itemknn import ItemKNN
+
+    t0 = time.perf_counter()
+    knn = ItemKNN().fit(run.split.train, valid=run.validation)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ids, _ = knn.retrieve(run.histories, K_MAX, exclude=run.histories)
+    out = run.evaluate(ids)
+    out.update(train_s=train_s, query_s=time.perf_counter() - t0, neighbours=knn.neighbours)
+    return out
+
+
 _RUNNERS = {
     "mfli": lambda r: _run_mfli(r, "user"),
     "mfli_trigger": lambda r: _run_mfli(r, "trigger"),
@@ -253,6 +313,8 @@ _RUNNERS = {
     "ivf": lambda r: _run_ann(r, "ivf", incremental=False),
     "dr": _run_dr,
     "pop": _run_pop,
+    "ease": _run_ease,
+    "itemknn": _run_itemknn,
 }
 
 
@@ -278,22 +340,62 @@ def run_quality(ds: Dataset, cfg: QualityConfig, log=print, on_seed=None) -> dic
             per_method[method].append(res)
             log(f"  {method:<13} recall@100={res['recall@100']:.4f} cold_recall@100={res['cold_recall@100']:.4f} "
                 f"({res['seconds']:.1f}s)")
-        summary = {m: _summary(v) for m, v in per_method.items()}
+        summary = add_ratio_intervals({m: _summary(v) for m, v in per_method.items()})
         if on_seed is not None:
             on_seed(summary)
     return summary
 
 
+def ratio_refs(results: dict, ref: str | None = "exact", also: tuple[str, ...] = ("hnsw",)) -> list[tuple[str, str]]:
+    """``[(column label, reference method)]`` of the ratio columns: ``ref``, ``also``, and the best
+    baseline (:data:`BASELINES`) by mean recall@100, each when present in ``results``."""
+    refs = [(r, r) for r in dict.fromkeys((ref, *also)) if r is not None and r in results]
+    base = [b for b in BASELINES if b in results and not np.isnan(results[b]["recall@100"]["mean"])]
+    if base:
+        best = max(base, key=lambda b: results[b]["recall@100"]["mean"])
+        refs.append((f"best baseline ({best})", best))
+    return refs
+
+
+def add_ratio_intervals(results: dict, ref: str | None = "exact", also: tuple[str, ...] = ("hnsw",),
+                        n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Add ``results[m]["ratios"][f"{metric} / {label}"] = {ratio, lo, hi}`` for recall@100 and cold
+    recall@100 against every :func:`ratio_refs` column: paired bootstrap 95% intervals over (seed, user)
+    units (:mod:`mfli.eval.bootstrap`). Methods without per-user values are skipped. Returns ``results``."""
+    from mfli.eval.bootstrap import PairedBootstrap, pooled_per_user
+
+    refs = ratio_refs(results, ref, also)
+    for metric in PER_USER_KEYS:
+        pooled = pooled_per_user(results, metric)
+        if not pooled:
+            continue
+        boot = PairedBootstrap(pooled, n_resamples=n_resamples, seed=seed)
+        for m in pooled:
+            ratios = results[m].setdefault("ratios", {})
+            for label, r in refs:
+                if r in pooled:
+                    ratios[f"{metric} / {label}"] = boot.ratio(m, r).as_dict()
+    return results
+
+
 def format_table(results: dict, metrics=METRIC_KEYS, ref: str | None = "exact",
                  also: tuple[str, ...] = ("hnsw",)) -> str:
-    """Markdown table of mean ± std per method, plus each method's recall@100 ratio to ``ref`` and to
-    each method of ``also`` present in ``results``, and the mean training seconds per seed."""
-    refs = [r for r in (ref, *also) if r is not None and r in results]
-    head = ["method", *metrics] + [f"recall@100 / {r}" for r in refs] + ["train s"]
+    """Markdown table of mean ± std per method, plus each method's recall@100 ratio to ``ref``, to each
+    method of ``also`` and to the best baseline, with paired bootstrap 95% intervals over users when
+    the results hold per-user values, and the mean training seconds per seed."""
+    from mfli.eval.bootstrap import PairedBootstrap, pooled_per_user
+
+    refs = ratio_refs(results, ref, also)
+    pooled = pooled_per_user(results, "recall@100")
+    boot = PairedBootstrap(pooled) if pooled else None
+    head = ["method", *metrics] + [f"recall@100 / {label}" for label, _ in refs] + ["train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, r in results.items():
         cells = [m] + [f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}" if k in r else "-" for k in metrics]
-        for name in refs:
+        for _, name in refs:
+            if boot is not None and m in pooled and name in pooled:
+                cells.append(boot.ratio(m, name).text())
+                continue
             base = results[name]["recall@100"]["mean"]
             cells.append(f"{r['recall@100']['mean'] / base:.3f}" if base > 0 else "-")
         cells.append(f"{r['train_s']['mean']:.0f}" if "train_s" in r else "-")

@@ -49,18 +49,23 @@ def _check_users(retrieved: np.ndarray, positives: Sequence) -> None:
         raise ValueError(f"{np.asarray(retrieved).shape[0]} retrieved rows but {len(positives)} positive lists")
 
 
-def recall_at_k(retrieved: np.ndarray, positives: Sequence[Iterable[int]], k: int) -> float:
-    """Mean over users with >= 1 positive of ``|top-K ∩ positives| / |positives|`` (nan if no such user)."""
+def recall_per_user(retrieved: np.ndarray, positives: Sequence[Iterable[int]], k: int) -> np.ndarray:
+    """``(U,)`` float64 ``|top-K ∩ positives| / |positives|`` per user, nan for users without positives."""
     _check_users(retrieved, positives)
     top = _topk(retrieved, k)
-    vals = []
-    for row, pos in zip(top, positives):
+    out = np.full(len(positives), math.nan)
+    for u, (row, pos) in enumerate(zip(top, positives)):
         p = np.unique(np.asarray(list(pos) if not isinstance(pos, np.ndarray) else pos, dtype=np.int64))
-        if p.size == 0:
-            continue
-        hit = np.isin(np.unique(row[row >= 0]), p).sum()
-        vals.append(hit / p.size)
-    return float(np.mean(vals)) if vals else math.nan
+        if p.size:
+            out[u] = np.isin(np.unique(row[row >= 0]), p).sum() / p.size
+    return out
+
+
+def recall_at_k(retrieved: np.ndarray, positives: Sequence[Iterable[int]], k: int) -> float:
+    """Mean over users with >= 1 positive of ``|top-K ∩ positives| / |positives|`` (nan if no such user)."""
+    vals = recall_per_user(retrieved, positives, k)
+    vals = vals[~np.isnan(vals)]
+    return float(vals.mean()) if vals.size else math.nan
 
 
 def cold_recall_at_k(retrieved: np.ndarray, positives: Sequence[Iterable[int]], cold_items: Iterable[int],

@@ -223,3 +223,21 @@ def test_sparse_item_tables_train_with_lazy_adam(fitted):
     assert np.mean([(grp[ids[u][ids[u] >= 0]] == u % GROUPS).mean() for u in range(GROUPS)]) > 0.8
     # small catalogues keep dense Adam unless asked (the quality tables were measured with it)
     assert not fitted[0].net.encoder.item_emb.sparse and not fitted[0].net.reranker.item_emb.sparse
+
+
+def test_reranker_placement_puts_untrained_items_where_their_users_beams_go():
+    """placement="reranker": untrained items move to paths the beam reaches for the users whose
+    re-ranker top-k they enter, so a narrow beam finds them at least as often as neighbour placement."""
+    df, grp, content = _group_data(cold=6)
+    cold = np.arange(N_ITEMS - 6, N_ITEMS)
+    found = {}
+    for placement in ("neighbours", "reranker"):
+        dr = DeepRetrieval(_cfg(placement=placement, placement_topk=10))
+        dr.fit(df, item_ids=N_ITEMS, item_content=content)
+        assert (dr.codes[cold] >= 0).all() and (dr.codes[cold] < dr.n_total_paths).all()
+        assert all(len(set(r)) == len(r) for r in dr.codes[cold].tolist())  # J distinct paths
+        users = [[int(i) for i in np.flatnonzero(grp == g)[:5]] for g in range(GROUPS)]
+        ids, _ = dr.retrieve(users, k=N_ITEMS, beam=2, exclude=None)
+        found[placement] = sum(int(v in ids[grp[v]]) for v in cold)
+    # measured: neighbours 1 of 6 at beam 2 (0 at beam 1), reranker 6 of 6 at beams 1, 2 and 4
+    assert found["reranker"] == 6 and found["neighbours"] < 6, found

@@ -46,7 +46,7 @@ def _assert_partition(ds, split: Split) -> None:
     assert not np.isin(split.cold_items, split.train["item_id"].to_numpy()).any()
 
 
-@pytest.mark.parametrize("kind", ["time", "last", "cold"])
+@pytest.mark.parametrize("kind", ["time", "last", "user_time", "cold"])
 def test_every_kind_partitions_events_without_cold_leak(any_ds, kind):
     split = make_split(any_ds, kind, seed=1)
     assert split.kind == kind
@@ -142,3 +142,42 @@ def test_train_valid_split_holds_out_recent_events(synthetic):
     pd.testing.assert_frame_equal(valid, valid2)
     _, none = train_valid_split(train, valid_frac=0.0)
     assert none.empty
+
+
+# ---------------------------------------------------------------------- per-user time split
+def test_user_time_split_holds_out_each_users_latest_share(any_ds):
+    from mfli.data.split import user_time_split
+
+    split = user_time_split(any_ds, test_frac=0.2)
+    _assert_partition(any_ds, split)
+    assert split.kind == "user_time"
+    inter = any_ds.interactions
+    sizes = inter.groupby("user_id").size()
+    n_test = split.test.groupby("user_id").size().reindex(sizes.index, fill_value=0)
+    want = np.where(sizes >= 2, np.clip(np.round(0.2 * sizes), 1, sizes - 1), 0)
+    assert (n_test.to_numpy() == want).all()
+    # every test event of a user is at or after all of that user's training events
+    last_train = split.train.groupby("user_id")["event_ts"].max()
+    first_test = split.test.groupby("user_id")["event_ts"].min()
+    assert (first_test >= last_train.reindex(first_test.index)).all()
+    assert not np.isin(split.cold_items, split.train["item_id"]).any()
+    assert np.isin(split.cold_items, split.test["item_id"]).all()
+
+
+def test_user_time_split_by_hand():
+    from mfli.data.dataset import Dataset
+    from mfli.data.split import user_time_split
+
+    t = pd.Timestamp("2024-01-01", tz="UTC")
+    inter = pd.DataFrame({"user_id": [1] * 10 + [2] * 2 + [3],
+                          "item_id": list(range(10)) + [3, 20] + [5],
+                          "event_ts": [t + pd.Timedelta(hours=h) for h in [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 0]],
+                          "weight": 1.0})
+    items = pd.DataFrame({"item_id": list(range(10)) + [20], "created_at": t, "categories": [[]] * 11,
+                          "title": "", "text": "", "brand": None})
+    split = make_split(Dataset("hand", "test", inter, items, pd.DataFrame({"user_id": [1, 2, 3]})), "user_time",
+                       test_frac=0.25)
+    test = split.test.sort_values(["user_id", "item_id"])
+    # user 1: round(2.5) = 2 latest events (items 0 and 1); user 2: 1 of 2 (item 20); user 3: none
+    assert test["item_id"].tolist() == [0, 1, 20]
+    assert split.cold_items.tolist() == [0, 1, 20]  # none of them occurs in train

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from mfli.eval.harness import ALL_METHODS, QualityConfig, content_matrix, format_table, run_quality
@@ -75,3 +76,25 @@ def test_cli_writes_json_keyed_by_method(small_catalogue, tmp_path):
     got = json.loads(out.read_text())
     assert list(got) == ["pop"] and set(METRIC_KEYS) <= set(got["pop"])
     assert len(got["pop"]["recall@100"]["values"]) == 2 and not (tmp_path / "q.json.tmp").exists()
+
+
+def test_item_item_baselines_share_users_and_get_paired_intervals(small_catalogue):
+    """ease and itemknn run through the same users/exclusions as pop; every ratio gets a bootstrap CI."""
+    cfg = QualityConfig(methods=("pop", "ease", "itemknn"), split="user_time", seeds=2)
+    res = run_quality(small_catalogue, cfg, log=lambda s: None)
+    n_users = [len(s) for s in res["pop"]["per_user"]["recall@100"]]
+    for m in ("ease", "itemknn"):
+        assert [len(s) for s in res[m]["per_user"]["recall@100"]] == n_users
+        # per-user values average back to the reported recall
+        for seed, vals in enumerate(res[m]["per_user"]["recall@100"]):
+            assert abs(np.nanmean(vals) - res[m]["recall@100"]["values"][seed]) < 1e-4
+    assert set(res["ease"]["l2"]["values"]) <= {10.0, 50.0, 200.0, 1000.0, 5000.0}
+    # on topic-structured data item-item models beat popularity
+    assert res["ease"]["recall@100"]["mean"] > res["pop"]["recall@100"]["mean"]
+    assert res["itemknn"]["recall@100"]["mean"] > res["pop"]["recall@100"]["mean"]
+    best = max(("pop", "ease", "itemknn"), key=lambda m: res[m]["recall@100"]["mean"])
+    ci = res["pop"]["ratios"][f"recall@100 / best baseline ({best})"]
+    assert ci["lo"] <= ci["ratio"] <= ci["hi"] < 1.0
+    assert res[best]["ratios"][f"recall@100 / best baseline ({best})"] == {"ratio": 1.0, "lo": 1.0, "hi": 1.0}
+    table = format_table(res)
+    assert f"recall@100 / best baseline ({best})" in table and "1.000 [1.000, 1.000]" in table
