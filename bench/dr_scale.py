@@ -33,13 +33,22 @@ def prepare(n_items: int, n_events: int, n_users: int, n_queries: int, seed: int
 
 
 def run(data, prep_s: float, beams: tuple[int, ...], placement: str, nodes: int | None, seed: int = 0,
-        log=print) -> dict:
+        holdout: bool = False, log=print) -> dict:
     import faiss
     import torch
 
     from mfli.baselines.deep_retrieval import DeepRetrieval, DRConfig
     from mfli.eval.serving_bench import _concat
     inter = data.interactions
+    if holdout:
+        # the query users' events are left out of DR's fit (EM and placement never see them): their
+        # histories are then new users' histories, and the placement E-step cannot fit their queries
+        from mfli.eval.serving_bench import user_histories
+
+        hist_keys = {tuple(h) for h in data.histories}
+        held = [u for u, h in user_histories(inter).items() if tuple(h) in hist_keys]
+        log(f"  holding {len(held):,} query users ({inter['user_id'].isin(held).sum():,} events) out of the fit")
+        inter = inter[~inter["user_id"].isin(held)]
     trained_ids = np.unique(inter["item_id"].to_numpy(np.int64))
     N = len(data.item_ids)
     J, D = 3, 2
@@ -67,7 +76,7 @@ def run(data, prep_s: float, beams: tuple[int, ...], placement: str, nodes: int 
     occ_tr = np.bincount(dr.codes[dr.trained][dr.codes[dr.trained] >= 0], minlength=len(occ))
     used = occ > 0
     out = {"n_items": N, "n_trained": int(len(trained_ids)), "n_events": len(inter), "K": K, "D": D, "J": J,
-           "placement": placement, "fit_s": fit_s, "prepare_s": prep_s,
+           "placement": placement, "queries_held_out_of_fit": holdout, "fit_s": fit_s, "prepare_s": prep_s,
            "ref_share_placed": float(1 - ref_trained.mean()),
            "paths_used": int(used.sum()), "paths_total": K**D,
            "items_per_path_mean": float(occ[used].mean()), "items_per_path_max": int(occ.max()),
@@ -96,13 +105,14 @@ def main() -> None:
     ap.add_argument("--beams", type=int, nargs="+", default=[10, 25, 100])
     ap.add_argument("--placement", nargs="+", default=["neighbours"])
     ap.add_argument("--nodes", type=int, default=None)
+    ap.add_argument("--holdout", action="store_true", help="leave the query users' events out of DR's fit")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     res = []
     for ev in a.events:
         data, prep_s = prepare(a.items, ev, a.users, a.queries)
         for pl in a.placement:
-            res.append(run(data, prep_s, tuple(a.beams), pl, a.nodes))
+            res.append(run(data, prep_s, tuple(a.beams), pl, a.nodes, holdout=a.holdout))
             if a.out:
                 with open(a.out, "w") as f:
                     json.dump(res, f, indent=2)
