@@ -58,8 +58,10 @@ class TrainConfig:
     item_item_batch: int | None = None  # trigger -> co-engaged pairs per step; None -> batch_size
     semantic_batch: int | None = None  # semantic pairs per step; None -> batch_size // 2
     # items drawn uniformly from the training items per step as extra negatives of every engagement
-    # softmax (mixed negative sampling; the logQ correction becomes the mixture's, see mfli.model.losses)
-    uniform_negatives: int = 0
+    # softmax (mixed negative sampling; the logQ correction becomes the mixture's, see mfli.model.losses):
+    # in-batch negatives are popularity-sampled and almost never show the tail, so without these the
+    # model cannot learn that popular items are more likely. None -> batch_size; 0: in-batch only
+    uniform_negatives: int | None = None
     co_window: int = 5  # events at most this far apart in a history count as co-engaged
     semantic_max_df: float = 0.01  # text tokens shared by more than 1% of items are not topics
     lr: float = 3e-3  # Adam; embeddings tables dominate the parameters and like a high rate
@@ -407,8 +409,8 @@ class _Trainer:
         ii = s.co_engaged(rng, cfg.item_item_batch or cfg.batch_size, cfg.co_window)
         sem = s.semantic(rng, cfg.semantic_batch or cfg.batch_size // 2)
         # uniform negatives are shared by every shard (each shard's softmax sees all of them)
-        neg = s.train_rows[rng.integers(0, len(s.train_rows), cfg.uniform_negatives)] \
-            if cfg.uniform_negatives > 0 else None
+        n_neg = cfg.batch_size if cfg.uniform_negatives is None else cfg.uniform_negatives
+        neg = s.train_rows[rng.integers(0, len(s.train_rows), n_neg)] if n_neg > 0 else None
         out = []
         for k in shards:
             ui_k, ii_k, sem_k = (_slice_pairs(p, *distributed.shard_bounds(len(p.target_rows), k, n_shards))
