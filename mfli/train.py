@@ -139,14 +139,19 @@ class _Trainer:
         ui = s.user_item(events)
         ii = s.co_engaged(rng, cfg.item_item_batch or cfg.batch_size, cfg.co_window)
         sem = s.semantic(rng, cfg.semantic_batch or cfg.batch_size // 2)
+        # uniform negatives are shared by every shard (each shard's softmax sees all of them)
+        n_neg = cfg.batch_size if cfg.uniform_negatives is None else cfg.uniform_negatives
+        neg = s.train_rows[rng.integers(0, len(s.train_rows), n_neg)] if n_neg > 0 else None
         out = []
         for k in shards:
             ui_k, ii_k, sem_k = (_slice_pairs(p, *distributed.shard_bounds(len(p.target_rows), k, n_shards))
                                  for p in (ui, ii, sem))  # fmt: skip
-            out.append(self._to_batch(ui_k, ii_k, sem_k))
+            out.append(self._to_batch(ui_k, ii_k, sem_k, neg))
         return out
 
-    def _to_batch(self, ui: UserItemBatch, ii: ItemPairBatch, sem: ItemPairBatch) -> Batch:
+    def _to_batch(self, ui: UserItemBatch, ii: ItemPairBatch, sem: ItemPairBatch,
+                  neg: np.ndarray | None = None) -> Batch:
+        """Pair batches (+ optional ``(U,)`` uniform negative rows) -> model tensors."""
         dev, cat = self.dev, self.catalogue
         uniq, inv = np.unique(np.maximum(ui.history, 0), return_inverse=True)
 
@@ -167,6 +172,9 @@ class _Trainer:
             ii_logq=self.log_q[torch.as_tensor(ii.target_rows, device=dev)],
             sem_a=rows(sem.anchor_rows),
             sem_b=rows(sem.target_rows),
+            neg_items=rows(neg) if neg is not None else None,
+            neg_logq=self.log_q[torch.as_tensor(neg, device=dev)] if neg is not None else None,
+            neg_pool=len(self.sampler.train_rows),
         )
 
     @torch.no_grad()

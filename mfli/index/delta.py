@@ -4,11 +4,22 @@
   m > 1), packs their paths and routes each path through the facet's
   :class:`~mfli.index.rebalance_map.RebalanceMap`: a kept path -> its cluster, a merged path -> its
   target, a split path -> the nearest child centroid (recursively), and a path the full build never
-  saw -> the cluster with the nearest centroid (where the build's merge step would have put a
-  one-item cluster).
+  saw -> first to the *occupied path whose reconstruction has the largest inner product with the
+  item* (the path a user-mode beam search for a query equal to the item would reach first), then
+  through the map like any known path (``unseen="path"``, the default); ``unseen="centroid"`` keeps
+  the older rule, the cluster with the nearest centroid (where the build's merge step would have put
+  a one-item cluster).
 
-  *Equality with a rebuild*, precisely: for every item x, ``assign(x)`` equals the cluster that the
-  full build + rebalance with the same codebooks and the same map gives an item with x's embedding.
+  Why not the nearest centroid: user-mode beam search only ever proposes occupied paths, ranked by
+  ``q . reconstruction``, and a path the build never saw is not among them. A new item sent to the
+  cluster with the nearest (squared-L2) member-mean centroid lands wherever member means are short
+  (diffuse clusters), often under a path that no query close to the item reaches, so exact search
+  over the same embeddings finds new items that beam search misses. Choosing the occupied path by the
+  beam's own score puts the item where a query that scores it highly looks.
+
+  *Equality with a rebuild*, precisely: for every item x on a path the build saw, ``assign(x)``
+  equals the cluster that the full build + rebalance with the same codebooks and the same map gives
+  an item with x's embedding.
   In particular an item already in the index is re-assigned to its own cluster(s); this holds because
   the build assigns members with the same row-wise nearest-centroid rule the map replays.
 
@@ -36,29 +47,62 @@ from mfli.index.lookup import lookup_sorted
 from mfli.index.rebalance_map import RebalanceMap
 
 
-def assign_paths(embeddings, codebooks, maps: Sequence[RebalanceMap]) -> np.ndarray:
+def nearest_occupied_paths(emb: np.ndarray, codebook: np.ndarray, path_ids: np.ndarray,
+                           block: int = 4096) -> np.ndarray:
+    """For each row, the occupied path whose reconstruction has the largest inner product with it.
+
+    Args:
+        emb: ``(n, d)`` one facet's embeddings.
+        codebook: ``(L, M, d)`` that facet's codebooks.
+        path_ids: ``(P,)`` packed occupied paths (``RebalanceMap.path_ids``), P >= 1.
+
+    Returns:
+        ``(n,)`` packed path ids (ties: the lower path id).
+    """
+    L, M, _ = codebook.shape
+    codes = (path_ids[:, None] // (M ** np.arange(L - 1, -1, -1))[None, :]) % M  # (P, L)
+    recon = codebook[np.arange(L)[None, :], codes].sum(1).astype(np.float32)  # (P, d)
+    out = np.empty(emb.shape[0], np.int64)
+    for s in range(0, emb.shape[0], block):
+        out[s:s + block] = path_ids[np.argmax(emb[s:s + block] @ recon.T, axis=1)]
+    return out
+
+
+def assign_paths(embeddings, codebooks, maps: Sequence[RebalanceMap], unseen: str = "path") -> np.ndarray:
     """Clusters of new items in every facet and path slot.
 
     Args:
         embeddings: ``(n, F, d)`` float32 facet embeddings (from content features for cold items).
         codebooks: ``(L, F, M, d)``, the ones the full build used.
         maps: the index's per-facet :class:`RebalanceMap` (``index.maps``).
+        unseen: where a path the build never saw goes: ``"path"`` (default) the occupied path with
+            the best ``item . reconstruction``, then routed like a known path; ``"centroid"`` the
+            cluster with the nearest centroid (see the module docstring).
 
     Returns:
         ``(n, F, m)`` int64 cluster ids, ``m`` = the index's paths per item.
     """
+    if unseen not in ("path", "centroid"):
+        raise ValueError(f"unseen must be 'path' or 'centroid', got {unseen!r}")
     emb = _as_numpy(embeddings).astype(np.float32)
     if emb.ndim != 3 or emb.shape[1] != len(maps):
         raise ValueError(f"embeddings must be (n, F={len(maps)}, d), got {emb.shape}")
     m = maps[0].paths_per_item
     M = maps[0].M
-    codes = encode_paths(emb, codebooks, m=m)  # (n, F, m, L)
+    cb = _as_numpy(codebooks).astype(np.float32)
+    codes = encode_paths(emb, cb, m=m)  # (n, F, m, L)
     paths = pack_paths(codes, M)  # (n, F, m)
     n, F = emb.shape[:2]
     out = np.empty((n, F, m), dtype=np.int64)
     for f, mp in enumerate(maps):
         rows = np.repeat(np.arange(n), m)
-        out[:, f, :] = mp.route(paths[:, f, :].reshape(-1), emb[rows, f, :]).reshape(n, m)
+        p = paths[:, f, :].reshape(-1)
+        if unseen == "path" and mp.path_ids.size:
+            new = np.flatnonzero(~np.isin(p, mp.path_ids))
+            if new.size:
+                p = p.copy()
+                p[new] = nearest_occupied_paths(emb[rows[new], f, :], cb[:, f], mp.path_ids)
+        out[:, f, :] = mp.route(p, emb[rows, f, :]).reshape(n, m)
     return out
 
 

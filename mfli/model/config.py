@@ -86,8 +86,12 @@ class CodebookConfig:
     commit_weight: float = 0.0  # beta of ||e - sg(e_hat)||^2; 0 keeps the towers driven by retrieval only
     anchor_weight: float = 1.0  # ||sg(e) - e_hat||^2: keeps codewords on their items (error falls per layer)
     straight_through: bool = True  # L_QMF gradients also reach the towers (identity through argmin)
-    qmf_query_scale: float = 1.0  # gradient share the query towers (user, trigger) get from L_QMF
-    straight_through_scale: float = 1.0  # L_QMF gradient share the towers get (ablation in docs/benchmarks.md)
+    # L_QMF gradient shares of the query towers (user, trigger) and, through the straight-through
+    # estimator, of the item tower. 0 (default): co-training costs the towers nothing, they train exactly
+    # as a plain two-tower model while L_QMF, the anchor and the penalty train the codewords; with 1.0
+    # the codebook pulled the towers toward its codewords and cost them 3-6% recall (docs/benchmarks.md)
+    qmf_query_scale: float = 0.0
+    straight_through_scale: float = 0.0
     normalize: bool = True  # L_QMF scores unit-normalised reconstructions (same scale as the embeddings)
     buffer_size: int = 8192  # recent item embeddings kept for k-means init and dead-code re-seeding
     dead_window: int = 100  # steps; a code unused over a whole window is re-seeded
@@ -102,7 +106,7 @@ class ModelConfig:
     hidden: int = 128  # width of the feature embeddings and the tower trunks
     id_dropout: float = 0.25  # train-time chance an item id embedding is replaced by the "unknown" row
     history_len: int = 50  # most recent history items the user tower pools
-    pooling: Literal["mean", "attention"] = "attention"  # recency-aware pooling beat the mean on ml-latest-small
+    pooling: Literal["mean", "attention", "transformer", "recent"] = "attention"  # recency-aware pooling beat the mean on ml-latest-small
     facets: list[FacetConfig] = field(default_factory=default_facets)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)

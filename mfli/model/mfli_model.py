@@ -13,6 +13,11 @@ commitment term ``||e - sg(e_hat)||^2`` (off by default) would pull the embeddin
 codewords instead. Engagement facets use user -> item and trigger -> co-engaged
 pairs with logQ correction and an optional label filter; semantic facets use shared-key item pairs,
 and fit their user head to the (detached) semantic item space.
+
+L_MF's softmaxes also score the batch's uniformly sampled negatives (``Batch.neg_items``), with the
+mixture's logQ correction (:func:`mfli.model.losses.mixture_log_q`); L_QMF keeps in-batch negatives.
+How much of L_QMF's gradient reaches the towers is ``qmf_query_scale`` / ``straight_through_scale``
+(default 0: the codebook is trained on the towers' output without reshaping it).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch import nn
 
 from mfli.model.config import ModelConfig
 from mfli.model.features import FeatureSpace, ItemFeatures
-from mfli.model.losses import sampled_softmax
+from mfli.model.losses import mixture_log_q, sampled_softmax
 from mfli.model.quantizer import MultiFacetRQ
 from mfli.model.towers import ItemTower, UserTower
 
@@ -46,6 +51,8 @@ class Batch:
         ui_items: B target items.  ui_weight / ui_logq: ``(B,)``.
         ii_a / ii_b: trigger and co-engaged items (B2 rows each); ii_label, ii_logq: ``(B2,)``.
         sem_a / sem_b: semantic anchor and positive items (B3 rows each).
+        neg_items: U items drawn uniformly from the ``neg_pool`` training items (None: in-batch
+            negatives only); neg_logq: ``(U,)`` their log popularity, on the scale of ui_logq.
     """
 
     users: torch.Tensor
@@ -61,6 +68,9 @@ class Batch:
     ii_logq: torch.Tensor
     sem_a: ItemFeatures
     sem_b: ItemFeatures
+    neg_items: ItemFeatures | None = None
+    neg_logq: torch.Tensor | None = None
+    neg_pool: int = 0
 
 
 def _cat(parts: list[ItemFeatures]) -> ItemFeatures:
@@ -141,8 +151,23 @@ class MFLIModel(nn.Module):
         """
         cb = self.cfg.codebook
         sizes = [len(batch.ui_items), len(batch.ii_a), len(batch.ii_b), len(batch.sem_a), len(batch.sem_b)]
-        emb = self.item_embed(_cat([batch.ui_items, batch.ii_a, batch.ii_b, batch.sem_a, batch.sem_b]))
-        e_ui, e_a, e_b, s_a, s_b = torch.split(emb, sizes)
+        parts_in = [batch.ui_items, batch.ii_a, batch.ii_b, batch.sem_a, batch.sem_b]
+        U = len(batch.neg_items) if batch.neg_items is not None else 0
+        if U:
+            sizes.append(U)
+            parts_in.append(batch.neg_items)
+        emb = self.item_embed(_cat(parts_in))
+        e_ui, e_a, e_b, s_a, s_b, *rest = torch.split(emb, sizes)
+        e_neg = rest[0] if U else None
+        neg_ids = batch.neg_items.item_ids if U else None
+        # logQ of the mixed candidate set (in-batch + uniform) for L_MF; L_QMF keeps in-batch negatives
+        ui_lq, ii_lq = batch.ui_logq, batch.ii_logq
+        ui_nlq = ii_nlq = None
+        if U:
+            ui_lq = mixture_log_q(batch.ui_logq, sizes[0], U, batch.neg_pool)
+            ui_nlq = mixture_log_q(batch.neg_logq, sizes[0], U, batch.neg_pool)
+            ii_lq = mixture_log_q(batch.ii_logq, sizes[2], U, batch.neg_pool)
+            ii_nlq = mixture_log_q(batch.neg_logq, sizes[2], U, batch.neg_pool)
         user = self.user_embed(batch.users, batch.hist, batch.hist_index, batch.hist_mask)
 
         use_q = quantise and cb.mode == "joint" and self.rq.n_active > 0
@@ -178,13 +203,15 @@ class MFLIModel(nn.Module):
                 ii_mask = None if fc.min_label is None else batch.ii_label >= fc.min_label
                 if fc.user_item_weight:
                     mf = mf + fc.user_item_weight * sampled_softmax(
-                        user[:, f], e_ui[:, f], ui_ids, tau, batch.ui_logq, fc.logq, ui_mask)
+                        user[:, f], e_ui[:, f], ui_ids, tau, ui_lq, fc.logq, ui_mask,
+                        *((e_neg[:, f], neg_ids, ui_nlq) if U else ()))
                     if use_q:
                         qmf = qmf + fc.user_item_weight * sampled_softmax(
                             user_q[:, f], q_ui[:, f], ui_ids, tau, batch.ui_logq, fc.logq, ui_mask)
                 if fc.item_item_weight and len(e_a):
                     mf = mf + fc.item_item_weight * sampled_softmax(
-                        e_a[:, f], e_b[:, f], b_ids, tau, batch.ii_logq, fc.logq, ii_mask)
+                        e_a[:, f], e_b[:, f], b_ids, tau, ii_lq, fc.logq, ii_mask,
+                        *((e_neg[:, f], neg_ids, ii_nlq) if U else ()))
                     if use_q:
                         qmf = qmf + fc.item_item_weight * sampled_softmax(
                             e_a_q[:, f], q_b[:, f], b_ids, tau, batch.ii_logq, fc.logq, ii_mask)
@@ -192,7 +219,8 @@ class MFLIModel(nn.Module):
                 if fc.user_item_weight:
                     # the user head learns to query the semantic space; items are not moved by users
                     mf = mf + fc.user_item_weight * sampled_softmax(
-                        user[:, f], e_ui[:, f].detach(), ui_ids, tau, batch.ui_logq, fc.logq)
+                        user[:, f], e_ui[:, f].detach(), ui_ids, tau, ui_lq, fc.logq, None,
+                        *((e_neg[:, f].detach(), neg_ids, ui_nlq) if U else ()))
                 if fc.item_item_weight and len(s_a):
                     mf = mf + fc.item_item_weight * sampled_softmax(s_a[:, f], s_b[:, f], sb_ids, tau)
                     if use_q:

@@ -113,7 +113,12 @@ class UserTower(nn.Module):
         item_input_dim: width of ``ItemTower.inputs`` (pooled history representation).
         hidden, n_facets, dim: as in :class:`ItemTower`.
         history_len: H, the most recent items pooled.
-        pooling: ``"mean"`` (masked mean) or ``"attention"`` (learned query + recency positions).
+        pooling: ``"mean"`` (masked mean), ``"attention"`` (learned query + recency positions) or
+            ``"transformer"`` (one pre-norm self-attention layer over the ordered history with
+            recency positions, then attention pooling; the most recent item's output is
+            concatenated, so order and recency shape the query, not only a bag of items) or
+            ``"recent"`` (``"attention"`` plus the most recent item's representation concatenated:
+            the last item, the strongest next-item signal, is not averaged away; no extra cost).
 
     Call args:
         user_values: ``(B, K)`` int64 feature-token ids (0 = missing).
@@ -134,19 +139,25 @@ class UserTower(nn.Module):
         pooling: str = "mean",
     ) -> None:
         super().__init__()
-        if pooling not in ("mean", "attention"):
-            raise ValueError(f"pooling must be 'mean' or 'attention', got {pooling!r}")
+        if pooling not in ("mean", "attention", "transformer", "recent"):
+            raise ValueError(f"pooling must be 'mean', 'attention', 'transformer' or 'recent', got {pooling!r}")
+        self.use_last = pooling in ("transformer", "recent")
         self.pooling = pooling
         self.has_features = n_user_columns > 0
         self.value_bag = (
             nn.EmbeddingBag(max(n_user_values, 2), hidden, mode="mean", padding_idx=0) if self.has_features else None
         )
         self.hist_proj = nn.Linear(item_input_dim, hidden)
-        if pooling == "attention":
+        if pooling in ("attention", "transformer", "recent"):
             self.pos_emb = nn.Embedding(history_len, hidden)
             nn.init.normal_(self.pos_emb.weight, std=0.02)
             self.att_query = nn.Parameter(torch.zeros(hidden))
-        d_in = hidden * (2 if self.has_features else 1)
+        self.encoder = None
+        if pooling == "transformer":
+            # two heads, a 2h feed-forward, no dropout: small enough for CPU steps of B x H = 1024 x 50
+            self.encoder = nn.TransformerEncoderLayer(hidden, nhead=2, dim_feedforward=2 * hidden, dropout=0.0,
+                                                      activation="gelu", batch_first=True, norm_first=True)
+        d_in = hidden * ((2 if self.has_features else 1) + (1 if self.use_last else 0))
         self.trunk = _mlp(d_in, hidden)
         self.heads = FacetHeads(hidden, n_facets, dim)
 
@@ -158,18 +169,32 @@ class UserTower(nn.Module):
     def forward(self, user_values: torch.Tensor, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """See class docstring; returns ``(B, F, d)`` unit vectors."""
         h = history  # (B, H, h)
+        H = h.shape[1]
+        # right-aligned: leading columns empty in every row carry nothing; drop them (short histories)
+        first = int(mask.any(0).to(torch.int8).argmax()) if bool(mask.any()) else H - 1
+        h, mask = h[:, first:], mask[:, first:]
+        H_used = h.shape[1]
+        pos = torch.arange(H_used - 1, -1, -1, device=h.device)  # 0 = most recent (right-aligned)
+        extra = []
+        if self.encoder is not None:
+            has = mask.any(1)  # (B,)
+            # an empty history attends to its (masked-in) last slot instead of to nothing (NaN)
+            attn_mask = mask.clone()
+            attn_mask[:, -1] |= ~has
+            h = self.encoder(h + self.pos_emb(pos), src_key_padding_mask=~attn_mask)
+            h = h * has[:, None, None].to(h.dtype)  # empty history -> zeros, like the other poolings
+        if self.use_last:  # right-aligned: the last slot is the most recent item (zeros when empty)
+            extra.append(h[:, -1] * mask[:, -1:].to(h.dtype))
         if self.pooling == "mean":
             m = mask.to(h.dtype)
             w = m / m.sum(1, keepdim=True).clamp_min(1.0)
         else:
-            H = h.shape[1]
-            pos = torch.arange(H - 1, -1, -1, device=h.device)  # 0 = most recent (right-aligned)
             # (h + pos) . q without materialising the keys: two matrix-vector products
             logits = (torch.einsum("bhd,d->bh", h, self.att_query) + self.pos_emb(pos) @ self.att_query)
             logits = (logits / h.shape[-1] ** 0.5).masked_fill(~mask, float("-inf"))
             w = torch.softmax(logits, dim=1).nan_to_num(0.0)  # empty history -> all-zero weights
         pooled = torch.bmm(w.unsqueeze(1), h).squeeze(1)  # (B, h)
-        parts = [pooled]
+        parts = [pooled, *extra]
         if self.value_bag is not None:
             parts.append(self.value_bag(user_values))
         return self.heads(self.trunk(torch.cat(parts, dim=-1)))

@@ -158,3 +158,30 @@ def test_cli_train(tiny_dataset, tmp_path):
     cfg.write_text(json.dumps({"bach_size": 3}))
     res = CliRunner().invoke(app, ["train", str(data), "--out", str(out), "--config", str(cfg)])
     assert res.exit_code == 2 and "bach_size" in res.output
+
+
+@pytest.mark.parametrize("pooling", ["recent", "transformer"])
+def test_uniform_negatives_and_ordered_history_poolings_learn(tiny_dataset, pooling):
+    ds = tiny_dataset
+    m = train(ds, ds.interactions, _cfg(uniform_negatives=16, model={"pooling": pooling}))
+    E = m.item_embeddings(ds.items)
+    hist = _histories(ds)
+    S = m.user_embeddings(np.arange(40), hist).flatten(1) @ E.flatten(1).T
+    for u in range(40):
+        S[u, hist[u]] = -float("inf")
+    top = S.topk(10).indices.numpy()
+    assert np.mean([np.mean(top[u] % 3 == u % 3) for u in range(40)]) > 0.8
+
+
+def test_early_stopping_stops_and_keeps_the_best_epoch(tiny_dataset, monkeypatch):
+    import mfli.train as tr
+
+    # validation recall rises for two settled epochs, then only falls: patience 2 stops 2 epochs later
+    scores = iter([0.1, 0.2, 0.3, 0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1])
+    monkeypatch.setattr(tr._Trainer, "valid_recall", lambda self: next(scores))
+    m = train(tiny_dataset, tiny_dataset.interactions,
+              _cfg(epochs=12, patience=2, model={"codebook": {"codes": 4, "start_step": 0, "layer_interval": 1}}))
+    epochs = [h for h in m.history if isinstance(h["epoch"], int)]
+    assert len(epochs) == 6  # best at epoch 4, two worse epochs, stop
+    assert [h["epoch"] for h in epochs if h.get("best")][-1] == 4
+    assert m.history[-1]["best_valid_recall"] == 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -130,6 +131,7 @@ def test_retrieve_finds_the_users_group_and_excludes_history(fitted):
 
 def test_unseen_items_take_their_content_neighbours_paths(fitted):
     dr, _, _, grp, _content = fitted
+    dr = copy.deepcopy(dr)  # assign_new_items appends to the model: keep the module's fitted one as it was
     paths = dr.paths
     cold = np.arange(N_ITEMS - 6, N_ITEMS)
     assert not dr.trained[cold].any()

@@ -77,7 +77,31 @@ def test_unseen_path_goes_to_the_nearest_cluster_centroid(setup):
     paths = pack_paths(codes[~seen][:50, 0, 0], 6)
     assert not np.isin(paths, mp.path_ids).any()
     d = ((new[:, None, 0, :].astype(np.float64) - mp.cluster_centroids[None]) ** 2).sum(-1)
-    np.testing.assert_array_equal(assign(new, cb, res.maps)[:, 0], mp.cluster_ids[d.argmin(1)])
+    got = assign_paths(new, cb, res.maps, unseen="centroid")[:, 0, 0]
+    np.testing.assert_array_equal(got, mp.cluster_ids[d.argmin(1)])
+
+
+def test_unseen_path_goes_to_the_occupied_path_the_beam_would_reach(setup):
+    ids, emb, cb, _ = setup
+    codes = encode_paths(emb, cb)
+    seen = codes[:, 0, 0, 0] < 3
+    res = rebalance(MultiFacetIndex.build(ids[seen], emb[seen], codes[seen], cb), RebalanceConfig(floor=20, cap=80))
+    new = emb[~seen][:50]
+    mp = res.maps[0]
+    # reference: best q . reconstruction over the occupied paths, with plain loops, then the map
+    want = []
+    for e in new[:, 0].astype(np.float64):
+        best = max(mp.path_ids.tolist(), key=lambda p: (float(e @ (cb[0, 0, p // 6] + cb[1, 0, p % 6])), -p))
+        want.append(_reference_route(mp, best, e))
+    np.testing.assert_array_equal(assign(new, cb, res.maps)[:, 0], want)
+    # the default is that rule, and it is not the centroid rule on this data
+    assert (assign_paths(new, cb, res.maps, unseen="centroid")[:, 0, 0] != np.asarray(want)).any()
+    # a beam search for a query equal to the new item reaches the cluster the item was put in
+    view = apply_delta(res.index, np.arange(50) + 10**6, new, assign(new, cb, res.maps))
+    r = Retriever(view, cb, config=RetrieverConfig(beam=1, merge="quota", quotas=[1.0, 0.0]))
+    got = r.retrieve_users(new.copy(), k=200).item_ids
+    found = [(10**6 + j) in got[j] for j in range(50)]
+    assert np.mean(found) >= 0.9
 
 
 def test_top_m_assignment_matches_build(synth):

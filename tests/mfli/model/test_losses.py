@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mfli.model.losses import sampled_softmax
+from mfli.model.losses import mixture_log_q, sampled_softmax
 
 
 def test_matches_hand_computed_cross_entropy():
@@ -48,3 +48,26 @@ def test_duplicate_positives_are_not_negatives_and_empty_mask_is_zero():
     assert zero.item() == 0.0
     zero.backward()  # keeps the graph
     assert x.grad.abs().sum() == 0
+
+
+def test_mixture_log_q_is_log_expected_count():
+    log_p = torch.log(torch.tensor([0.5, 0.25, 0.25]))
+    got = mixture_log_q(log_p, n_batch=8, n_uniform=4, n_items=3)
+    want = torch.log(8 * torch.tensor([0.5, 0.25, 0.25]) + 4 / 3)
+    assert torch.allclose(got, want)
+    # without uniform negatives: log_p shifted by a constant (the plain in-batch correction)
+    assert torch.allclose(mixture_log_q(log_p, 8, 0, 3), log_p + math.log(8))
+
+
+def test_uniform_negatives_match_a_hand_computed_softmax():
+    torch.manual_seed(0)
+    q, t, n = torch.randn(3, 4), torch.randn(3, 4), torch.randn(2, 4)
+    ids, nids = torch.tensor([1, 2, 3]), torch.tensor([7, 2])  # negative 2 is row 1's positive
+    lq, nlq = torch.tensor([0.1, -0.2, 0.3]), torch.tensor([-1.0, 0.5])
+    got = sampled_softmax(q, t, ids, 0.5, lq, 1.0, None, n, nids, nlq)
+    logits = torch.cat([q @ t.T / 0.5 - lq[None], q @ n.T / 0.5 - nlq[None]], 1)
+    logits[1, 4] = float("-inf")  # never a negative of itself
+    want = torch.nn.functional.cross_entropy(logits, torch.arange(3))
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    # more uniform negatives can only raise the loss of each row (more mass in the denominator)
+    assert got.item() > sampled_softmax(q, t, ids, 0.5, lq, 1.0).item()

@@ -42,7 +42,7 @@ def test_id_dropout_replaces_ids_by_the_unknown_row(tiny_dataset):
     assert 0.1 < share < 0.5  # about 30% of known ids dropped
 
 
-@pytest.mark.parametrize("pooling", ["mean", "attention"])
+@pytest.mark.parametrize("pooling", ["mean", "attention", "transformer", "recent"])
 def test_user_tower_pools_history_and_ignores_padding(tiny_dataset, pooling):
     fs, tower, feats = _setup(tiny_dataset)
     user = UserTower(fs.n_user_values, len(fs.user_columns), tower.input_dim, 16, 3, 8, history_len=5, pooling=pooling)

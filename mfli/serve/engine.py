@@ -1,0 +1,425 @@
+"""Scan engine: compiled, learned-code scoring over MFLI's post-rebalance clusters.
+
+One :class:`ScanEngine` serves a :class:`~mfli.index.inverted.MultiFacetIndex` in both modes. Layout
+(built once from the index and its codebooks):
+
+- every facet's clusters become *columns* ``0..C-1`` of one inverted file (facet f owns
+  ``facet_start[f]:facet_start[f + 1]``); column c owns the contiguous entries
+  ``offsets[c]:offsets[c + 1]`` (an item sits in F clusters, so it has F entries);
+- an entry holds the item row (int32) and its *code row* (``S`` bytes): the item's learned code path
+  in every facet (``F * L`` codes of the model's residual codebooks) followed by ``pq`` codes of a
+  product quantiser fitted on the residual the learned codes leave (``e - sum_l C[l, f, k_l]``,
+  concatenated over facets, 8 bits per sub-vector);
+- the exact vectors are the index's own ``(N, F * d)`` embeddings (a view, not a copy), read only
+  to rescore short lists.
+
+**Scoring.** For a query ``q (F, d)`` (user mode: weighted by ``facet_weights``) a table ``lut (S, W)``
+holds ``q_f . C[l, f, k]`` for every codeword (the numbers the beam search computes) and
+``q_s . P[s, j]`` for every residual sub-codeword, so an item's approximate score
+``q . (reconstruction + PQ(residual))`` is a sum of ``S`` look-ups. A compiled kernel
+(:mod:`mfli.serve.engine_kernels`) scans the chosen clusters' code rows, keeps the ``shortlist`` best
+by the codes with each item at most once across facets (a seen-bitset; excluded items are set
+first), rescores those exactly on the float vectors and returns the best ``k``. No Python loop runs
+per request or per cluster.
+
+**Routing** (user mode): a cluster's routing score is the query against the mean of its members'
+full (all-facet) vectors, so clusters of different facets compare on one scale. ``routing="joint"``
+reads the ``n_clusters`` best clusters over all facets (one budget); ``"per_facet"`` reads the
+``n_clusters`` best of each facet.
+
+**Trigger mode** (item to item): each trigger item's own clusters (its cluster in every facet, no
+routing) plus optionally its ``extra_clusters`` nearest clusters by centroid are scanned with the
+trigger's tables into a short list of ``shortlist`` per trigger; each short-listed copy is rescored
+exactly against the trigger that reached it and an item keeps its best copy.
+
+Every result is explained by the (facet, cluster) that first reached it and the routing rank of that
+cluster (user mode) or the trigger item (trigger mode).
+
+Not thread-safe: one engine serves one call at a time (its seen-bitsets are reused across calls).
+The engine serves a full snapshot; a delta (new items, tombstones) is not folded in yet.
+
+Example::
+
+    engine = ScanEngine(index, codebooks, EngineConfig(n_clusters=32, shortlist=300))
+    res = engine.search(user_emb, k=100, exclude=histories)          # user_emb (B, F, d)
+    res = engine.search_triggers([[12, 40, 7], [3]], k=100)
+    res.item_ids, res.scores, res.explanations()[0][:3]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mfli.index.inverted import MultiFacetIndex, _as_numpy, encode_paths
+
+
+@dataclass
+class EngineConfig:
+    """Build and query settings of :class:`ScanEngine` (query settings can be overridden per call)."""
+
+    n_clusters: int = 32  # clusters read per query: over all facets ("joint") or per facet ("per_facet")
+    routing: str = "joint"  # "joint": one budget over all facets' clusters; "per_facet": n_clusters each
+    shortlist: int = 300  # R: best approximate (code) scores rescored exactly; >= k
+    # residual product-quantiser sub-vectors (8 bits each); None: one per 4 dims of F * d. In a 200k-item
+    # trial (F * d = 128) 16 sub-vectors of 8 dims needed a short list of 800 for the recall 32 reached
+    # with 300; 0 = learned codes only
+    pq_subquantizers: int | None = None
+    pq_train_size: int = 65_536  # residuals sampled to fit the product quantiser
+    extra_clusters: int = 0  # trigger mode: nearest clusters by centroid scanned per trigger, beyond its own
+    threads: int = 1  # compiled-kernel threads (requests split into this many chunks)
+    seed: int = 0  # product-quantiser sample and k-means seed
+
+    def validated(self) -> EngineConfig:
+        if self.routing not in ("joint", "per_facet"):
+            raise ValueError(f"routing must be 'joint' or 'per_facet', got {self.routing!r}")
+        if self.n_clusters < 1 or self.shortlist < 1 or self.threads < 1:
+            raise ValueError("n_clusters, shortlist and threads must be >= 1")
+        if (self.pq_subquantizers is not None and self.pq_subquantizers < 0) or self.extra_clusters < 0:
+            raise ValueError("pq_subquantizers and extra_clusters must be >= 0")
+        return self
+
+
+@dataclass
+class EngineResult:
+    """Results for B requests, k slots each (padding: id -1, score -inf); same fields as the Retriever's.
+
+    Attributes:
+        item_ids: ``(B, k)`` int64.
+        scores: ``(B, k)`` float32 exact ``sum_f w_f q_f . e_f`` (user) or best trigger similarity (trigger).
+        facet: ``(B, k)`` int16 facet of the cluster that first reached the item.
+        cluster: ``(B, k)`` int64 that cluster's id in its facet.
+        source: ``(B, k)`` int64 routing rank of the cluster, 0 = best (user) or the trigger item id (trigger).
+        entries: ``(B,)`` int64 code rows scanned (an item in several chosen clusters counts once per cluster).
+        rescored: ``(B,)`` int64 distinct items rescored exactly (the short list).
+        mode: "user" or "trigger".  facet_names: for :meth:`explanations`.
+    """
+
+    item_ids: np.ndarray
+    scores: np.ndarray
+    facet: np.ndarray
+    cluster: np.ndarray
+    source: np.ndarray
+    entries: np.ndarray
+    rescored: np.ndarray
+    mode: str
+    facet_names: list[str]
+
+    def explanations(self) -> list[list[dict]]:
+        """Per request, per result: ``{"item_id", "facet", "cluster", "trigger" | "path_rank"}``."""
+        key = "trigger" if self.mode == "trigger" else "path_rank"
+        out = []
+        for b in range(self.item_ids.shape[0]):
+            out.append([{"item_id": int(self.item_ids[b, j]), "facet": self.facet_names[self.facet[b, j]],
+                         "cluster": int(self.cluster[b, j]), key: int(self.source[b, j])}
+                        for j in np.flatnonzero(self.item_ids[b] >= 0)])
+        return out
+
+
+class ScanEngine:
+    """Compiled scan over an index's clusters with learned-code pre-ranking (see the module docstring).
+
+    Args:
+        index: a (rebalanced) :class:`MultiFacetIndex`; its embeddings are used in place.
+        codebooks: ``(L, F, M, d)`` the index was built with.
+        config: :class:`EngineConfig`.
+        codes: ``(N, F, L)`` or ``(N, F, 1, L)`` items' learned code paths if already computed (the
+            build's ``encode_paths``); default: encoded here.
+        facet_weights: ``(F,)`` w_f of the user-mode score ``sum_f w_f q_f . e_f``; default 1.
+    """
+
+    def __init__(self, index: MultiFacetIndex, codebooks, config: EngineConfig | None = None,
+                 codes=None, facet_weights: Sequence[float] | None = None) -> None:
+        import faiss
+
+        from mfli.serve import engine_kernels as K
+
+        if not isinstance(index, MultiFacetIndex):
+            raise TypeError(f"ScanEngine serves a MultiFacetIndex snapshot, got {type(index).__name__}")
+        self.config = (config or EngineConfig()).validated()
+        self.index = index
+        self._K = K
+        N, F, d = index.embeddings.shape
+        cb = np.ascontiguousarray(_as_numpy(codebooks), dtype=np.float32)
+        if cb.ndim != 4 or cb.shape[1:] != (F, index.M, d) or cb.shape[0] != index.L:
+            raise ValueError(f"codebooks {cb.shape} do not match the index (L={index.L}, F={F}, M={index.M}, d={d})")
+        L, _, M, _ = cb.shape
+        self.N, self.F, self.d, self.L, self.M, self.D = N, F, d, L, M, F * d
+        self.facet_names = list(index.facet_names)
+        w = np.ones(F, np.float32) if facet_weights is None else np.asarray(facet_weights, np.float32)
+        if w.shape != (F,):
+            raise ValueError(f"facet_weights must have F={F} entries")
+        self._w = w
+        self._emb = index.embeddings.reshape(N, F * d)  # a view: the one copy of the vectors
+        self._cb = cb
+        # (F, d, L * M): facet f's tables for all layers in one matmul
+        self._cbT = np.ascontiguousarray(cb.transpose(1, 3, 0, 2).reshape(F, d, L * M))
+
+        # learned code paths, then the residual they leave
+        if codes is None:
+            codes = encode_paths(index.embeddings, cb)[:, :, 0, :]
+        codes = _as_numpy(codes).astype(np.int64)
+        if codes.ndim == 4:
+            codes = codes[:, :, 0, :]
+        if codes.shape != (N, F, L):
+            raise ValueError(f"codes must be (N={N}, F={F}, L={L}), got {codes.shape}")
+        n_pq = self.config.pq_subquantizers
+        if n_pq is None:  # one sub-vector per ~4 dims, the largest count <= F * d / 4 that divides F * d
+            n_pq = max(1, (F * d) // 4)
+            while (F * d) % n_pq:
+                n_pq -= 1
+        if n_pq and (F * d) % n_pq:
+            raise ValueError(f"pq_subquantizers={n_pq} must divide F * d = {F * d}")
+        self._n_pq = n_pq
+        wide = M > 256
+        cdt = np.uint16 if wide else np.uint8
+        S = F * L + n_pq
+        item_codes = np.empty((N, S), cdt)
+        item_codes[:, : F * L] = codes.reshape(N, F * L)
+        self._pq = None
+        if n_pq:
+            rng = np.random.default_rng(self.config.seed)
+            sample = np.sort(rng.choice(N, min(N, self.config.pq_train_size), replace=False))
+            pq = faiss.ProductQuantizer(F * d, n_pq, 8)
+            pq.cp.seed = self.config.seed
+            pq.cp.niter = 20
+            pq.train(self._residual(sample, codes[sample]))
+            for s in range(0, N, 65_536):
+                rows = np.arange(s, min(N, s + 65_536))
+                item_codes[rows, F * L :] = pq.compute_codes(self._residual(rows, codes[rows]))
+            self._pq = pq
+            # (n_pq, dsub, 256): sub-vector s of the query times every sub-codeword, one batched matmul
+            cent = faiss.vector_to_array(pq.centroids).reshape(n_pq, 256, (F * d) // n_pq)
+            self._pqT = np.ascontiguousarray(cent.transpose(0, 2, 1))
+        self._S, self._W = S, max(M, 256 if n_pq else M)
+
+        # the inverted file: every facet's clusters as columns, entries contiguous per column
+        starts, offs, rows_l, fac_l, cid_l = [0], [np.zeros(1, np.int64)], [], [], []
+        for f, csr in enumerate(index.facets):
+            offs.append(csr.offsets[1:] + offs[-1][-1])
+            rows_l.append(csr.rows)
+            fac_l.append(np.full(csr.n_clusters, f, np.int16))
+            cid_l.append(csr.cluster_ids)
+            starts.append(starts[-1] + csr.n_clusters)
+        self.facet_start = np.asarray(starts, np.int64)
+        self.offsets = np.concatenate(offs).astype(np.int64)
+        self.entry_rows = np.concatenate(rows_l).astype(np.int32)
+        self.entry_codes = np.ascontiguousarray(item_codes[self.entry_rows])
+        del item_codes
+        self.col_facet = np.concatenate(fac_l)
+        self.col_cluster = np.concatenate(cid_l).astype(np.int64)
+        # routing: mean full vector of every column's members (C, D), transposed for one GEMM
+        cent = K.segment_means(self._emb, self.entry_rows, self.offsets)
+        self._centT = np.ascontiguousarray(cent.T)
+        # each item's own clusters (trigger mode): (N, F * m) columns
+        m = index.paths_per_item
+        own = np.empty((N, F, m), np.int64)
+        for f, csr in enumerate(index.facets):
+            own[:, f, :] = csr.positions(index.assignments[:, f, :]) + self.facet_start[f]
+        self._own = own.reshape(N, F * m).astype(np.int32)
+        self._bits = np.zeros((self.config.threads, N // 8 + 1), np.uint8)
+        self._first_entry: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _residual(self, rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """``(n, F * d)`` float32 embeddings of ``rows`` minus their learned reconstruction."""
+        x = self.index.embeddings[rows].copy()
+        for f in range(self.F):
+            for layer in range(self.L):
+                x[:, f] -= self._cb[layer, f][codes[:, f, layer]]
+        return x.reshape(len(rows), self.D)
+
+    def _luts(self, q: np.ndarray) -> np.ndarray:
+        """``(B, S, W)`` float32 tables of weighted queries ``q (B, F, d)``."""
+        B = q.shape[0]
+        F, L, M = self.F, self.L, self.M
+        lut = np.empty((B, self._S, self._W), np.float32)
+        if M < self._W:  # padding columns are never indexed; zero them anyway so tables are well defined
+            lut[:, : F * L, M:] = 0
+        for f in range(F):
+            lut[:, f * L : (f + 1) * L, :M] = (q[:, f] @ self._cbT[f]).reshape(B, L, M)
+        if self._n_pq:
+            qs = q.reshape(B, self._n_pq, -1).transpose(1, 0, 2)  # (n_pq, B, dsub)
+            lut[:, F * L :, :256] = np.matmul(qs, self._pqT).transpose(1, 0, 2)
+        return lut
+
+    def _chunks(self, B: int) -> int:
+        return max(1, min(self.config.threads, B))
+
+    def _exclusions(self, B: int, exclude, extra: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(B + 1,)`` pointers and int64 rows never to return per request (ids unknown to the index dropped).
+
+        ``extra``: more rows as ``(ptr (B + 1,), rows)`` (the triggers themselves).
+        """
+        lens = np.zeros(B, np.int64)
+        rows = np.zeros(0, np.int64)
+        if exclude is not None:
+            if len(exclude) != B:
+                raise ValueError(f"exclude must hold one list per request ({B}), got {len(exclude)}")
+            rows, lens = self._rows_ragged(exclude)
+        if extra is not None:
+            eptr, erows = extra
+            req = np.concatenate([np.repeat(np.arange(B), lens), np.repeat(np.arange(B), np.diff(eptr))])
+            o = np.argsort(req, kind="stable")
+            rows = np.concatenate([rows, erows])[o]
+            lens = lens + np.diff(eptr)
+        return np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), rows.astype(np.int64)
+
+    def _rows_ragged(self, lists) -> tuple[np.ndarray, np.ndarray]:
+        """B lists of item ids -> ``(rows, lens (B,))`` with ids unknown to the index dropped."""
+        B = len(lists)
+        lens = np.fromiter((len(x) for x in lists), np.int64, count=B)
+        if not lens.sum():
+            return np.zeros(0, np.int64), np.zeros(B, np.int64)
+        ids = np.concatenate([np.asarray(x, np.int64).reshape(-1) for x in lists if len(x)])
+        rows = self.index.rows_of(ids)
+        ok = rows >= 0
+        req = np.repeat(np.arange(B), lens)
+        return rows[ok], np.bincount(req[ok], minlength=B).astype(np.int64)
+
+    def _run(self, luts, req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, ex_ptr, ex_rows, shortlist: int, k: int,
+             dedup_scan: bool = True):
+        import numba
+
+        B = req_q_ptr.size - 1
+        T = self._chunks(B)
+        numba.set_num_threads(T)
+        return self._K.scan_rescore(luts, req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, self.offsets,
+                                    self.entry_rows, self.entry_codes, self._emb, ex_ptr, ex_rows,
+                                    self._bits[:T], max(shortlist, k), k, dedup_scan)
+
+    def _result(self, out, pair_gid, source_of_pair, mode: str) -> EngineResult:
+        rows, scores, pair, entries, rescored = out
+        ok = rows >= 0
+        gid = np.where(ok, pair_gid[np.maximum(pair, 0)], 0)
+        return EngineResult(
+            item_ids=np.where(ok, self.index.item_ids[np.maximum(rows, 0)], -1),
+            scores=scores,
+            facet=np.where(ok, self.col_facet[gid], -1).astype(np.int16),
+            cluster=np.where(ok, self.col_cluster[gid], -1),
+            source=np.where(ok, source_of_pair[np.maximum(pair, 0)], -1),
+            entries=entries, rescored=rescored, mode=mode, facet_names=self.facet_names)
+
+    def route(self, q: np.ndarray, n: int, routing: str) -> tuple[np.ndarray, np.ndarray]:
+        """Cluster columns to read for weighted queries ``q (B, F, d)``: ``(gid (B, w), rank (B, w))``, best first."""
+        B = q.shape[0]
+        scores = q.reshape(B, self.D) @ self._centT  # (B, C)
+        joint = routing == "joint"
+        n = min(n, scores.shape[1]) if joint else min(n, int(np.diff(self.facet_start).min()))
+        import numba
+
+        numba.set_num_threads(self._chunks(B))
+        gid, _, rank = self._K.select_clusters(scores, self.facet_start, max(n, 1), joint, self._chunks(B))
+        return gid, rank
+
+    # ------------------------------------------------------------------ serving
+    def search(self, queries, k: int, n_clusters: int | None = None, shortlist: int | None = None,
+               exclude=None, routing: str | None = None) -> EngineResult:
+        """User-to-item retrieval.
+
+        Args:
+            queries: ``(B, F, d)`` user-tower query embeddings.
+            k: results per request.
+            n_clusters, shortlist, routing: override the config for this call.
+            exclude: B lists of item ids never to return (seen items).
+
+        Returns:
+            :class:`EngineResult` ranked by the exact ``sum_f w_f q_f . e_f``; ``source`` = routing rank.
+        """
+        cfg = self.config
+        q = np.ascontiguousarray(_as_numpy(queries), dtype=np.float32)
+        if q.ndim != 3 or q.shape[1:] != (self.F, self.d):
+            raise ValueError(f"queries must be (B, F={self.F}, d={self.d}), got {q.shape}")
+        routing = routing or cfg.routing
+        if routing not in ("joint", "per_facet"):
+            raise ValueError(f"routing must be 'joint' or 'per_facet', got {routing!r}")
+        B = q.shape[0]
+        q = q * self._w[None, :, None]
+        gid, rank = self.route(q, n_clusters or cfg.n_clusters, routing)
+        w = gid.shape[1]
+        pair_ptr = np.arange(B + 1, dtype=np.int64) * w
+        pair_q = np.repeat(np.arange(B, dtype=np.int64), w)
+        pair_gid = gid.reshape(-1)
+        ex_ptr, ex_rows = self._exclusions(B, exclude)
+        out = self._run(self._luts(q), np.arange(B + 1, dtype=np.int64), q.reshape(B, -1),
+                        pair_ptr, pair_q, pair_gid, ex_ptr, ex_rows, shortlist or cfg.shortlist, k)
+        return self._result(out, pair_gid, rank.reshape(-1), "user")
+
+    def search_triggers(self, triggers: Sequence[Sequence[int]], k: int, extra_clusters: int | None = None,
+                        shortlist: int | None = None, exclude=None, exclude_triggers: bool = True) -> EngineResult:
+        """Item-to-item retrieval from B requests' trigger items.
+
+        Args:
+            triggers: B lists of trigger item ids (ids unknown to the index are ignored).
+            k: results per request.
+            extra_clusters: nearest clusters by centroid scanned per trigger beyond its own (config default).
+            exclude: B lists of item ids never to return; ``exclude_triggers`` also drops the triggers.
+
+        Returns:
+            :class:`EngineResult` ranked by ``max_t sum_f e_t,f . e_i,f`` over the triggers whose scanned
+            clusters hold the item; ``source`` = the trigger item id. ``shortlist`` is per trigger.
+        """
+        cfg = self.config
+        B = len(triggers)
+        rows_all, counts = self._rows_ragged(triggers)
+        req_q_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        Qn = rows_all.size
+        qv = self._emb[rows_all].reshape(Qn, self.F, self.d)
+        own = self._own[rows_all].astype(np.int64)  # (Qn, F * m)
+        extra = cfg.extra_clusters if extra_clusters is None else extra_clusters
+        if extra and Qn:
+            gid, _ = self.route(qv, extra, "joint")
+            own = np.concatenate([own, gid], 1)
+        w = own.shape[1]
+        pair_ptr = req_q_ptr * w
+        pair_q = np.repeat(np.arange(Qn, dtype=np.int64), w)
+        pair_gid = own.reshape(-1)
+        ex_ptr, ex_rows = self._exclusions(B, exclude, (req_q_ptr, rows_all) if exclude_triggers else None)
+        luts = self._luts(qv) if Qn else np.zeros((0, self._S, self._W), np.float32)
+        # an item's best trigger may reach it after another one: keep copies until the exact rescoring.
+        # The short list is per trigger: near-duplicate items on the manifold have tiny score gaps, so
+        # one shared list of R would shrink each trigger's share as T grows
+        R = (shortlist or cfg.shortlist) * max(1, int(counts.max()) if B else 1)
+        out = self._run(luts, req_q_ptr, self._emb[rows_all], pair_ptr, pair_q, pair_gid,
+                        ex_ptr, ex_rows, R, k, dedup_scan=False)
+        source = self.index.item_ids[rows_all][pair_q] if Qn else np.zeros(0, np.int64)
+        return self._result(out, pair_gid, source, "trigger")
+
+    # ------------------------------------------------------------------ diagnostics
+    def code_scores(self, query, rows) -> np.ndarray:
+        """``(n,)`` approximate scores of item ``rows`` for one query ``(F, d)`` (weighted) from their codes."""
+        q = np.asarray(query, np.float32).reshape(1, self.F, self.d) * self._w[None, :, None]
+        if self._first_entry is None:
+            first = np.full(self.N, -1, np.int64)
+            first[self.entry_rows[::-1]] = np.arange(self.entry_rows.size - 1, -1, -1)
+            self._first_entry = first
+        e = self._first_entry[np.asarray(rows, np.int64)]
+        return self._K.approx_scores(self._luts(q)[0], self.entry_codes[e])
+
+    def reconstruct(self, rows) -> np.ndarray:
+        """``(n, F * d)`` float32: learned-code reconstruction plus the decoded residual of item ``rows``."""
+        if self._first_entry is None:
+            self.code_scores(np.zeros((self.F, self.d), np.float32), [])
+        codes = self.entry_codes[self._first_entry[np.asarray(rows, np.int64)]]
+        n = codes.shape[0]
+        F, L = self.F, self.L
+        out = np.zeros((n, F, self.d), np.float32)
+        for f in range(F):
+            for layer in range(L):
+                out[:, f] += self._cb[layer, f][codes[:, f * L + layer].astype(np.int64)]
+        out = out.reshape(n, self.D)
+        if self._n_pq:
+            out += self._pq.decode(np.ascontiguousarray(codes[:, F * L :].astype(np.uint8)))
+        return out
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes the engine holds: its own arrays, and the index embeddings it reads in place."""
+        own = (self.offsets.nbytes + self.entry_rows.nbytes + self.entry_codes.nbytes + self.col_facet.nbytes
+               + self.col_cluster.nbytes + self._centT.nbytes + self._own.nbytes + self._bits.nbytes
+               + self._cbT.nbytes + self.facet_start.nbytes)
+        if self._n_pq:
+            own += self._pqT.nbytes * 2  # faiss keeps the centroids too
+        return {"engine": int(own), "embeddings": int(self._emb.nbytes), "total": int(own + self._emb.nbytes)}

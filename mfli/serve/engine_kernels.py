@@ -1,0 +1,297 @@
+"""Compiled (numba) kernels of the scan engine (:mod:`mfli.serve.engine`).
+
+Three kernels, each one call per batch (no Python loop per request or cluster):
+
+- :func:`select_clusters`: per query, the ``n`` best clusters by a routing score, jointly over all
+  facets or ``n // F`` per facet (a bounded min-heap, O(C log n) per query);
+- :func:`scan_rescore`: per request, scan the chosen clusters' code rows (sum of look-ups in the
+  query's tables), keep a short list of the best ``R`` approximate scores, each item at most once
+  across facets (a per-thread seen-bitset; excluded items are set first), rescore the short list
+  exactly on the float vectors and return the best ``k``;
+- :func:`segment_means`: per cluster, the mean of its members' full vectors (build time).
+
+Requests are split into one contiguous chunk per thread (``prange`` over chunks) so a chunk owns its
+seen-bitset without a thread-id lookup.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+# reassociation lets LLVM vectorise the sums; no "ninf"/"nnan": -inf marks padding and empty heaps
+_OPTS = {"nogil": True, "cache": True, "fastmath": {"reassoc", "contract", "arcp", "nsz"}}
+
+
+@nb.njit(**_OPTS)
+def _order_desc(score: np.ndarray, ids: np.ndarray, size: int) -> np.ndarray:
+    """Indices of ``score[:size]`` best first, ties by lower ``ids`` (two stable sorts: deterministic)."""
+    by_id = np.argsort(ids[:size], kind="mergesort")
+    key = np.empty(size, np.float64)
+    for j in range(size):
+        key[j] = -np.float64(score[by_id[j]])
+    return by_id[np.argsort(key, kind="mergesort")]
+
+
+@nb.njit(**_OPTS)
+def _sift_down(hs: np.ndarray, hi: np.ndarray, hp: np.ndarray, size: int, pos: int) -> None:
+    """Restore the min-heap (``hs`` scores, ``hi``/``hp`` payloads) below ``pos``."""
+    s, i, p = hs[pos], hi[pos], hp[pos]
+    while True:
+        c = 2 * pos + 1
+        if c >= size:
+            break
+        if c + 1 < size and hs[c + 1] < hs[c]:
+            c += 1
+        if hs[c] >= s:
+            break
+        hs[pos], hi[pos], hp[pos] = hs[c], hi[c], hp[c]
+        pos = c
+    hs[pos], hi[pos], hp[pos] = s, i, p
+
+
+@nb.njit(**_OPTS)
+def _sift_up(hs: np.ndarray, hi: np.ndarray, hp: np.ndarray, pos: int) -> None:
+    s, i, p = hs[pos], hi[pos], hp[pos]
+    while pos > 0:
+        par = (pos - 1) // 2
+        if hs[par] <= s:
+            break
+        hs[pos], hi[pos], hp[pos] = hs[par], hi[par], hp[par]
+        pos = par
+    hs[pos], hi[pos], hp[pos] = s, i, p
+
+
+@nb.njit(**_OPTS)
+def _push(hs: np.ndarray, hi: np.ndarray, hp: np.ndarray, size: int, cap: int, s: float, i: int, p: int) -> int:
+    """Offer ``(s, i, p)`` to a bounded min-heap holding ``size`` of ``cap``; returns the new size."""
+    if size < cap:
+        hs[size], hi[size], hp[size] = s, i, p
+        _sift_up(hs, hi, hp, size)
+        return size + 1
+    if s > hs[0]:
+        hs[0], hi[0], hp[0] = s, i, p
+        _sift_down(hs, hi, hp, size, 0)
+    return size
+
+
+@nb.njit(parallel=True, **_OPTS)
+def select_clusters(route: np.ndarray, facet_start: np.ndarray, n: int, joint: bool,
+                    n_chunks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best clusters per query.
+
+    Args:
+        route: ``(B, C)`` float32 routing scores over all facets' clusters (facet f owns columns
+            ``facet_start[f]:facet_start[f + 1]``).
+        n: clusters per query (joint) or per facet (``joint=False``).
+
+    Returns:
+        ``gid (B, w)`` int64 cluster columns, best first (``-1`` padding), ``score (B, w)`` float32 and
+        ``rank (B, w)`` int64 (0 = best), with ``w = n`` (joint) or ``n * F``.
+    """
+    B, C = route.shape
+    F = facet_start.size - 1
+    w = n if joint else n * F
+    gid = np.full((B, w), -1, np.int64)
+    score = np.full((B, w), -np.inf, np.float32)
+    rank = np.full((B, w), -1, np.int64)
+    step = (B + n_chunks - 1) // n_chunks
+    for t in nb.prange(n_chunks):
+        hs = np.empty(w, np.float32)
+        hi = np.empty(w, np.int64)
+        hp = np.empty(w, np.int64)
+        for b in range(t * step, min(B, (t + 1) * step)):
+            size = 0
+            groups = 1 if joint else F
+            for g in range(groups):
+                lo = 0 if joint else facet_start[g]
+                hi_c = C if joint else facet_start[g + 1]
+                base = size
+                cap = size + n
+                for c in range(lo, hi_c):
+                    s = route[b, c]
+                    # each facet group is its own heap in hs[base:cap]
+                    m = size - base
+                    if m < n:
+                        hs[size], hi[size], hp[size] = s, c, 0
+                        _sift_up(hs[base:cap], hi[base:cap], hp[base:cap], m)
+                        size += 1
+                    elif s > hs[base]:
+                        hs[base], hi[base], hp[base] = s, c, 0
+                        _sift_down(hs[base:cap], hi[base:cap], hp[base:cap], m, 0)
+            order = _order_desc(hs, hi, size)  # best first; ties by lower column
+            for j in range(size):
+                o = order[j]
+                gid[b, j] = hi[o]
+                score[b, j] = hs[o]
+                rank[b, j] = j
+    return gid, score, rank
+
+
+@nb.njit(parallel=True, **_OPTS)
+def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
+                 pair_ptr: np.ndarray, pair_q: np.ndarray, pair_gid: np.ndarray,
+                 offsets: np.ndarray, entry_rows: np.ndarray, entry_codes: np.ndarray,
+                 emb: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray,
+                 bits: np.ndarray, shortlist: int, k: int, dedup_scan: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scan, pre-rank by codes, de-duplicate, rescore exactly.
+
+    Args:
+        luts: ``(Qn, S, W)`` float32 look-up tables, one per query vector: sub-code ``s`` of an entry
+            with value ``c`` adds ``luts[q, s, c]``.
+        req_q_ptr: ``(B + 1,)`` request b owns query vectors ``req_q_ptr[b]:req_q_ptr[b + 1]``.
+        qfull: ``(Qn, D)`` float32 query vectors for exact rescoring (a request's exact score of an
+            item is the max over its query vectors; one vector in user mode).
+        pair_ptr: ``(B + 1,)`` request b scans pairs ``pair_ptr[b]:pair_ptr[b + 1]`` in order.
+        pair_q, pair_gid: ``(P,)`` the query vector scoring the pair's cluster, the cluster column.
+        offsets: ``(C + 1,)`` cluster column c owns entries ``offsets[c]:offsets[c + 1]``.
+        entry_rows: ``(E,)`` int32 item row of each entry.  entry_codes: ``(E, S)`` uint8/uint16.
+        emb: ``(N, D)`` float32 exact item vectors.
+        ex_ptr, ex_rows: request b never returns rows ``ex_rows[ex_ptr[b]:ex_ptr[b + 1]]``.
+        bits: ``(T, N // 8 + 1)`` uint8 all-zero seen-bitsets, one per thread chunk (left all-zero).
+        shortlist: R, candidates kept for exact rescoring.  k: results per request.
+        dedup_scan: de-duplicate while scanning (right when every pair of a request scores with the same
+            table, user mode); False keeps copies scored by different tables (trigger mode: an item's
+            best trigger may reach it second) and de-duplicates after the exact rescoring instead; each
+            copy is then rescored against the query vector of the pair that reached it (cost R * D, not
+            R * T * D), so an item's exact score is the best over the triggers whose clusters hold it.
+
+    An entry's code score is computed from its code row; the item is checked against the request's
+    seen-bitset only when that score would enter the short list (an item's entries in other facets
+    carry the same code row, so in user mode a later copy scores the same and never displaces it).
+    Each item therefore enters the short list, and is rescored exactly, at most once (with
+    ``dedup_scan``). The bitset is
+    N / 8 bytes (cache-resident where an int32 stamp per item is not) and is cleared from the list
+    of rows set, so a request costs nothing proportional to N.
+
+    Returns:
+        ``rows (B, k)`` int64 (-1 padding), ``exact (B, k)`` float32 (-inf padding), ``pair (B, k)``
+        int64 index of the pair that first reached the row (-1 padding), ``entries (B,)`` int64 code
+        rows scanned, ``rescored (B,)`` int64 distinct items rescored exactly.
+    """
+    B = req_q_ptr.size - 1
+    S = entry_codes.shape[1]
+    D = emb.shape[1]
+    T = bits.shape[0]
+    out_rows = np.full((B, k), -1, np.int64)
+    out_score = np.full((B, k), -np.inf, np.float32)
+    out_pair = np.full((B, k), -1, np.int64)
+    n_entries = np.zeros(B, np.int64)
+    n_rescored = np.zeros(B, np.int64)
+    step = (B + T - 1) // T
+    for t in nb.prange(T):
+        bt = bits[t]
+        hs = np.empty(shortlist, np.float32)
+        hi = np.empty(shortlist, np.int64)
+        hp = np.empty(shortlist, np.int64)
+        ex_score = np.empty(shortlist, np.float32)
+        touched = np.empty(1024, np.int64)
+        for b in range(t * step, min(B, (t + 1) * step)):
+            n_t = 0
+            for j in range(ex_ptr[b], ex_ptr[b + 1]):
+                r = ex_rows[j]
+                if n_t == touched.size:
+                    touched = np.concatenate((touched, np.empty(touched.size, np.int64)))
+                touched[n_t] = r
+                n_t += 1
+                bt[r >> 3] |= np.uint8(1 << (r & 7))
+            size = 0
+            n_e = 0
+            for p in range(pair_ptr[b], pair_ptr[b + 1]):
+                c = pair_gid[p]
+                if c < 0:
+                    continue
+                lut = luts[pair_q[p]]
+                n_e += offsets[c + 1] - offsets[c]
+                for e in range(offsets[c], offsets[c + 1]):
+                    s = np.float32(0.0)
+                    for u in range(S):
+                        s += lut[u, entry_codes[e, u]]
+                    if size == shortlist and s <= hs[0]:
+                        continue
+                    r = entry_rows[e]
+                    m = np.uint8(1 << (r & 7))
+                    if bt[r >> 3] & m:
+                        continue
+                    if not dedup_scan:
+                        size = _push(hs, hi, hp, size, shortlist, s, r, p)
+                        continue
+                    bt[r >> 3] |= m
+                    if n_t == touched.size:
+                        touched = np.concatenate((touched, np.empty(touched.size, np.int64)))
+                    touched[n_t] = r
+                    n_t += 1
+                    size = _push(hs, hi, hp, size, shortlist, s, r, p)
+            for j in range(n_t):
+                bt[touched[j] >> 3] = 0
+            n_entries[b] = n_e
+            # exact rescoring of the short list: max over the request's query vectors
+            q0, q1 = req_q_ptr[b], req_q_ptr[b + 1]
+            for j in range(size):
+                r = hi[j]
+                if not dedup_scan:
+                    q0, q1 = pair_q[hp[j]], pair_q[hp[j]] + 1
+                best = -np.inf
+                for q in range(q0, q1):
+                    acc = np.float32(0.0)
+                    for x in range(D):
+                        acc += qfull[q, x] * emb[r, x]
+                    best = max(best, acc)
+                ex_score[j] = best
+            order = _order_desc(ex_score, hi, size)  # best exact score first; ties by lower row
+            keep = np.ones(size, np.bool_)
+            if not dedup_scan:  # keep each row's best copy: group by row (stable, so best copy first)
+                by_row = order[np.argsort(hi[order], kind="mergesort")]
+                prev = -1
+                for jj in range(size):
+                    o = by_row[jj]
+                    keep[o] = hi[o] != prev
+                    prev = hi[o]
+            j = 0
+            distinct = 0
+            for jj in range(size):
+                o = order[jj]
+                if not keep[o]:
+                    continue
+                distinct += 1
+                if j < k:
+                    out_rows[b, j] = hi[o]
+                    out_score[b, j] = ex_score[o]
+                    out_pair[b, j] = hp[o]
+                    j += 1
+            n_rescored[b] = distinct
+    return out_rows, out_score, out_pair, n_entries, n_rescored
+
+
+@nb.njit(**_OPTS)
+def approx_scores(lut: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``(n,)`` float32 sum of look-ups of ``codes (n, S)`` in one query's ``lut (S, W)`` (tests, diagnostics)."""
+    n, S = codes.shape
+    out = np.zeros(n, np.float32)
+    for i in range(n):
+        s = np.float32(0.0)
+        for u in range(S):
+            s += lut[u, codes[i, u]]
+        out[i] = s
+    return out
+
+
+@nb.njit(**_OPTS)
+def segment_means(x: np.ndarray, rows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``(C, D)`` float32 mean of ``x[rows[offsets[c]:offsets[c + 1]]]`` per segment (0 when empty)."""
+    C = offsets.size - 1
+    D = x.shape[1]
+    out = np.zeros((C, D), np.float32)
+    acc = np.zeros(D, np.float64)
+    for c in range(C):
+        acc[:] = 0.0
+        n = offsets[c + 1] - offsets[c]
+        for e in range(offsets[c], offsets[c + 1]):
+            r = rows[e]
+            for j in range(D):
+                acc[j] += x[r, j]
+        if n > 0:
+            for j in range(D):
+                out[c, j] = acc[j] / n
+    return out

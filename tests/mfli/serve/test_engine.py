@@ -1,0 +1,166 @@
+"""Scan engine: exactness over its candidate clusters, code-lookup scores, de-duplication, explanations."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from mfli.index.inverted import MultiFacetIndex, encode_paths
+from mfli.index.split_merge import RebalanceConfig, rebalance
+from mfli.serve.engine import EngineConfig, ScanEngine
+
+F, D, L, M = 2, 8, 2, 16
+
+
+def _data(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, F, D), np.float32)
+    for f in range(F):
+        c = rng.standard_normal((6, D)).astype(np.float32)
+        x = c[rng.integers(0, 6, n)] + 0.6 * rng.standard_normal((n, D)).astype(np.float32)
+        out[:, f] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def _codebooks(emb: np.ndarray) -> np.ndarray:
+    cb = np.zeros((L, F, M, D), np.float32)
+    for f in range(F):
+        r = emb[:, f].copy()
+        for layer in range(L):
+            km = faiss.Kmeans(D, M, niter=10, seed=layer, verbose=False, min_points_per_centroid=1)
+            km.train(r)
+            cb[layer, f] = km.centroids
+            r = r - km.centroids[km.index.search(r, 1)[1][:, 0]]
+    return cb
+
+
+@pytest.fixture(scope="module")
+def world():
+    emb = _data(1500, 0)
+    cb = _codebooks(emb)
+    ids = np.arange(1500, dtype=np.int64) * 7 + 3
+    codes = encode_paths(emb, cb)
+    index = rebalance(MultiFacetIndex.build(ids, emb, codes, cb), RebalanceConfig(floor=10, cap=60)).index
+    engine = ScanEngine(index, cb, EngineConfig(n_clusters=6, shortlist=50, pq_subquantizers=4,
+                                                pq_train_size=1500), codes=codes)
+    queries = _data(40, 1)
+    return ids, emb, cb, index, engine, queries
+
+
+def _candidates(engine: ScanEngine, gid_row: np.ndarray) -> np.ndarray:
+    """Distinct item rows of the chosen cluster columns."""
+    cols = gid_row[gid_row >= 0]
+    return np.unique(np.concatenate([engine.entry_rows[engine.offsets[c]:engine.offsets[c + 1]] for c in cols]))
+
+
+@pytest.mark.parametrize("routing", ["joint", "per_facet"])
+def test_equals_brute_force_over_candidate_clusters(world, routing):
+    ids, emb, _, _, engine, Q = world
+    k = 20
+    res = engine.search(Q, k, n_clusters=5, shortlist=10_000, routing=routing)
+    gid, _ = engine.route(Q, 5, routing)
+    x = emb.reshape(len(emb), -1)
+    for b in range(len(Q)):
+        rows = _candidates(engine, gid[b])
+        s = x[rows] @ Q[b].reshape(-1)
+        order = np.lexsort((rows, -s))[:k]
+        np.testing.assert_array_equal(res.item_ids[b, : order.size], ids[rows[order]])
+        np.testing.assert_allclose(res.scores[b, : order.size], s[order], rtol=1e-5, atol=1e-5)
+        assert res.rescored[b] == rows.size  # every distinct candidate rescored exactly once
+        assert res.entries[b] >= rows.size
+
+
+def test_code_scores_equal_query_dot_reconstruction(world):
+    _, emb, cb, _, engine, Q = world
+    rows = np.arange(0, 1500, 7)
+    rec = engine.reconstruct(rows)
+    for b in range(5):
+        np.testing.assert_allclose(engine.code_scores(Q[b], rows), rec @ Q[b].reshape(-1), rtol=1e-4, atol=1e-4)
+    # the learned part is the model's residual reconstruction: recon error shrinks with the residual code
+    codes = encode_paths(emb[rows], cb)[:, :, 0, :]
+    learned = sum(cb[layer, f][codes[:, f, layer]] for layer in range(L) for f in [0]).astype(np.float32)
+    err_learned = np.linalg.norm(emb[rows, 0] - learned, axis=1).mean()
+    err_full = np.linalg.norm(emb[rows].reshape(len(rows), -1)[:, :D] - rec[:, :D], axis=1).mean()
+    assert err_full < err_learned
+
+
+def test_each_item_once_with_explanations(world):
+    _, _, _, index, engine, Q = world
+    res = engine.search(Q, 30)
+    for b in range(len(Q)):
+        got = res.item_ids[b][res.item_ids[b] >= 0]
+        assert got.size == np.unique(got).size
+        assert np.all(np.diff(res.scores[b][: got.size]) <= 1e-6)
+    expl = res.explanations()
+    for b, row in enumerate(expl):
+        assert len(row) == (res.item_ids[b] >= 0).sum() > 0
+        for e in row:
+            f = index.facet_names.index(e["facet"])
+            # the explaining cluster holds the item in that facet
+            r = index.rows_of(np.array([e["item_id"]]))[0]
+            assert e["cluster"] in index.assignments[r, f]
+            assert 0 <= e["path_rank"] < engine.config.n_clusters
+
+
+def test_exclusion_and_determinism(world):
+    _, _, _, _, engine, Q = world
+    a = engine.search(Q, 25)
+    seen = [list(a.item_ids[b, :5]) for b in range(len(Q))]
+    b_ = engine.search(Q, 25, exclude=seen)
+    for b in range(len(Q)):
+        assert not np.isin(seen[b], b_.item_ids[b]).any()
+        np.testing.assert_array_equal(b_.item_ids[b, :20], a.item_ids[b, 5:25])
+    again = engine.search(Q, 25)
+    np.testing.assert_array_equal(again.item_ids, a.item_ids)
+    np.testing.assert_array_equal(again.scores, a.scores)
+    one = np.concatenate([engine.search(Q[i : i + 1], 25).item_ids for i in range(len(Q))])
+    np.testing.assert_array_equal(one, a.item_ids)  # batch size does not change results
+
+
+def test_two_threads_equal_one(world):
+    _, _, cb, index, engine, Q = world
+    two = ScanEngine(index, cb, EngineConfig(n_clusters=6, shortlist=50, pq_subquantizers=4, pq_train_size=1500,
+                                             threads=2))
+    np.testing.assert_array_equal(two.search(Q, 25).item_ids, engine.search(Q, 25).item_ids)
+
+
+def test_trigger_mode_equals_brute_force_over_own_clusters(world):
+    ids, emb, _, index, engine, _ = world
+    rng = np.random.default_rng(3)
+    trig = [list(ids[rng.choice(1500, t, replace=False)]) for t in (1, 3, 5)] + [[], [999_999]]
+    res = engine.search_triggers(trig, 15, shortlist=10_000)
+    x = emb.reshape(len(emb), -1)
+    for b, t in enumerate(trig):
+        rows_t = index.rows_of(np.asarray(t, np.int64))
+        rows_t = rows_t[rows_t >= 0]
+        if not rows_t.size:
+            assert (res.item_ids[b] == -1).all()
+            continue
+        # an item's score: its best similarity over the triggers whose own clusters hold it
+        best: dict[int, float] = {}
+        for t_row in rows_t:
+            for r in np.setdiff1d(_candidates(engine, engine._own[t_row]), rows_t):
+                best[r] = max(best.get(r, -np.inf), float(x[r] @ x[t_row]))
+        cand = np.array(sorted(best), np.int64)
+        s = np.array([best[r] for r in cand], np.float32)
+        order = np.lexsort((cand, -s))[:15]
+        np.testing.assert_array_equal(res.item_ids[b, : order.size], ids[cand[order]])
+        assert np.isin(res.source[b][res.item_ids[b] >= 0], t).all()
+    ex = res.explanations()
+    assert all("trigger" in e for e in ex[1])
+
+
+def test_config_and_input_errors(world):
+    _, _, cb, index, engine, Q = world
+    with pytest.raises(ValueError, match="routing"):
+        EngineConfig(routing="beam").validated()
+    with pytest.raises(ValueError, match="queries must be"):
+        engine.search(Q[:, :1], 5)
+    with pytest.raises(ValueError, match="exclude"):
+        engine.search(Q[:2], 5, exclude=[[1]])
+    with pytest.raises(ValueError, match="codebooks"):
+        ScanEngine(index, cb[:1])
+    with pytest.raises(ValueError, match="divide"):
+        ScanEngine(index, cb, EngineConfig(pq_subquantizers=5))
+    assert ScanEngine(index, cb)._n_pq == F * D // 4  # default: one residual sub-vector per 4 dims
