@@ -87,11 +87,12 @@ class CodebookConfig:
     anchor_weight: float = 1.0  # ||sg(e) - e_hat||^2: keeps codewords on their items (error falls per layer)
     straight_through: bool = True  # L_QMF gradients also reach the towers (identity through argmin)
     # L_QMF gradient shares of the query towers (user, trigger) and, through the straight-through
-    # estimator, of the item tower. 0 (default): co-training costs the towers nothing, they train exactly
-    # as a plain two-tower model while L_QMF, the anchor and the penalty train the codewords; with 1.0
-    # the codebook pulled the towers toward its codewords and cost them 3-6% recall (docs/benchmarks.md)
-    qmf_query_scale: float = 0.0
-    straight_through_scale: float = 0.0
+    # estimator, of the item tower. 0 makes co-training cost the towers nothing (+2.9% recall@100 on
+    # amazon-scientific / last, one seed) but lets new items drift off the codewords: the daily DAG's demo
+    # catalogue fell from 0.281 to 0.036 cold recall@100 and amazon-scientific / cold lost 7.8%. So the
+    # default stays 1.0 until a validation-split tuner can choose per dataset (docs/benchmarks.md)
+    qmf_query_scale: float = 1.0
+    straight_through_scale: float = 1.0
     normalize: bool = True  # L_QMF scores unit-normalised reconstructions (same scale as the embeddings)
     buffer_size: int = 8192  # recent item embeddings kept for k-means init and dead-code re-seeding
     dead_window: int = 100  # steps; a code unused over a whole window is re-seeded

@@ -17,7 +17,7 @@ and fit their user head to the (detached) semantic item space.
 L_MF's softmaxes also score the batch's uniformly sampled negatives (``Batch.neg_items``), with the
 mixture's logQ correction (:func:`mfli.model.losses.mixture_log_q`); L_QMF keeps in-batch negatives.
 How much of L_QMF's gradient reaches the towers is ``qmf_query_scale`` / ``straight_through_scale``
-(default 0: the codebook is trained on the towers' output without reshaping it).
+(default 1.0; 0 trains the codebook on the towers' output without reshaping it).
 """
 
 from __future__ import annotations
