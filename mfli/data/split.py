@@ -135,19 +135,8 @@ def leave_last_out(ds: Dataset, n: int = 1) -> Split:
     if n < 1:
         raise ValueError(f"leave_last_out: n must be >= 1, got {n}")
     inter = _events(ds)
-    users = inter["user_id"].to_numpy(dtype=np.int64)
-    ts = _ts_int(inter)
-    order = np.lexsort((np.arange(len(inter)), ts, users))  # by user, then time, then row
-    su = users[order]
-    new = np.ones(len(su), dtype=bool)
-    new[1:] = su[1:] != su[:-1]
-    starts = np.flatnonzero(new)
-    sizes = np.diff(np.append(starts, len(su)))
-    ends = np.repeat(starts + sizes, sizes)  # exclusive end of each row's user run
-    from_end = ends - 1 - np.arange(len(su))
-    is_test_sorted = (from_end < n) & (np.repeat(sizes, sizes) > n)
-    test_mask = np.zeros(len(inter), dtype=bool)
-    test_mask[order] = is_test_sorted
+    # each user's last n events, for users with more than n (the others keep all theirs in train)
+    test_mask = _latest_per_user(inter, lambda sizes: np.where(sizes > n, n, 0))
     train, test = _parts(inter, test_mask)
     return Split(train, test, _cold_outside(train, test["item_id"].to_numpy()), "last", None)
 

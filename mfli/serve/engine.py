@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mfli.index.inverted import MultiFacetIndex, _as_numpy, encode_paths
+from mfli.serve.retriever import RetrievalResult
 
 
 @dataclass
@@ -83,7 +84,7 @@ class EngineConfig:
 
 
 @dataclass
-class EngineResult:
+class EngineResult(RetrievalResult):
     """Results for B requests, k slots each (padding: id -1, score -inf); same fields as the Retriever's.
 
     Attributes:
@@ -97,25 +98,8 @@ class EngineResult:
         mode: "user" or "trigger".  facet_names: for :meth:`explanations`.
     """
 
-    item_ids: np.ndarray
-    scores: np.ndarray
-    facet: np.ndarray
-    cluster: np.ndarray
-    source: np.ndarray
     entries: np.ndarray
     rescored: np.ndarray
-    mode: str
-    facet_names: list[str]
-
-    def explanations(self) -> list[list[dict]]:
-        """Per request, per result: ``{"item_id", "facet", "cluster", "trigger" | "path_rank"}``."""
-        key = "trigger" if self.mode == "trigger" else "path_rank"
-        out = []
-        for b in range(self.item_ids.shape[0]):
-            out.append([{"item_id": int(self.item_ids[b, j]), "facet": self.facet_names[self.facet[b, j]],
-                         "cluster": int(self.cluster[b, j]), key: int(self.source[b, j])}
-                        for j in np.flatnonzero(self.item_ids[b] >= 0)])
-        return out
 
 
 class ScanEngine:
