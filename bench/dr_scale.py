@@ -34,10 +34,10 @@ def prepare(n_items: int, n_events: int, n_users: int, n_queries: int, seed: int
 
 def run(data, prep_s: float, beams: tuple[int, ...], placement: str, nodes: int | None, seed: int = 0,
         holdout: bool = False, log=print) -> dict:
-    import faiss
     import torch
 
     from mfli.baselines.deep_retrieval import DeepRetrieval, DRConfig
+    from mfli.eval.serving.methods import dr_brute_force
     from mfli.eval.serving_bench import _concat
     inter = data.interactions
     if holdout:
@@ -61,16 +61,8 @@ def run(data, prep_s: float, beams: tuple[int, ...], placement: str, nodes: int 
     fit_s = time.perf_counter() - t0
     log(f"  {N:,} items ({len(trained_ids):,} trained), K={K}, placement={placement}, fit {fit_s:.1f}s")
     torch.set_num_threads(1)
-    rr = dr.net.reranker
-    with torch.no_grad():
-        cached = rr.items()
-    rr.items = lambda idx=None: cached if idx is None else cached[idx]
     H = data.histories
-    with torch.no_grad():
-        u = np.concatenate([rr.user(dr.user_vectors(H[s:s + 1024])).numpy() for s in range(0, len(H), 1024)])
-    flat = faiss.IndexFlatIP(u.shape[1])
-    flat.add(cached.numpy())
-    ref_rows = flat.search(np.ascontiguousarray(u), 100)[1]  # internal rows, best first
+    _, ref_rows = dr_brute_force(dr, H, 100)  # internal rows, best first
     ref_trained = dr.trained[ref_rows]
     occ = np.bincount(dr.codes[dr.codes >= 0])
     occ_tr = np.bincount(dr.codes[dr.trained][dr.codes[dr.trained] >= 0], minlength=len(occ))

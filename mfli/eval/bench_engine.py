@@ -46,7 +46,7 @@ from mfli.eval.serving.data import prepare_data
 from mfli.eval.serving.machine import MemoryMeter, machine_info, set_threads
 from mfli.eval.serving.methods import Deadline
 from mfli.eval.serving.report import qps_at_recall
-from mfli.eval.serving.timing import recall_at_k
+from mfli.eval.serving.timing import recall_at_k, timed_runs
 
 Log = Callable[[str], None]
 
@@ -98,20 +98,10 @@ class EngineBenchConfig:
 def _timed(fn: Callable[[slice], np.ndarray], n: int, b1: int, batch: int) -> tuple[float | None, float, np.ndarray,
                                                                                   float | None]:
     """``(q/s at batch 1, q/s at batch ``batch``, batched ids, p50 ms)`` of ``fn(slice) -> ids``."""
-    fn(slice(0, min(8, n)))
-    lat = []
-    for i in range(min(b1, n)):
-        t0 = time.perf_counter()
-        fn(slice(i, i + 1))
-        lat.append(time.perf_counter() - t0)
-    parts, tot = [], 0.0
-    for s in range(0, n, batch):
-        t0 = time.perf_counter()
-        parts.append(fn(slice(s, min(n, s + batch))))
-        tot += time.perf_counter() - t0
+    lat, tot, ids = timed_runs(fn, n, b1, batch)
     qb1 = len(lat) / sum(lat) if lat else None
     p50 = float(np.median(lat) * 1e3) if lat else None
-    return qb1, n / tot, np.concatenate(parts), p50
+    return qb1, n / tot, ids, p50
 
 
 def _point(fn, ref, cfg: EngineBenchConfig, set_t: Callable[[int], None]) -> dict:

@@ -283,26 +283,25 @@ def _run_pop(run: _SeedRun) -> dict:
 def _run_ease(run: _SeedRun) -> dict:
     from mfli.baselines.ease import Ease, EaseConfig
 
-    t0 = time.perf_counter()
-    ease = Ease(EaseConfig(num_threads=run.cfg.num_threads)).fit(run.split.train, valid=run.validation)
-    train_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ids, _ = ease.retrieve(run.histories, K_MAX, exclude=run.histories)
-    out = run.evaluate(ids)
-    out.update(train_s=train_s, query_s=time.perf_counter() - t0, l2=ease.l2)
-    return out
+    return _run_item_item(run, Ease(EaseConfig(num_threads=run.cfg.num_threads)), "l2")
 
 
 def _run_itemknn(run: _SeedRun) -> dict:
     from mfli.baselines.itemknn import ItemKNN
 
+    return _run_item_item(run, ItemKNN(), "neighbours")
+
+
+def _run_item_item(run: _SeedRun, model, chosen: str) -> dict:
+    """Fit an item-item model (its hyper-parameter ``chosen`` picked on the validation split), retrieve
+    for every test user with their training history excluded, and evaluate."""
     t0 = time.perf_counter()
-    knn = ItemKNN().fit(run.split.train, valid=run.validation)
+    model.fit(run.split.train, valid=run.validation)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ids, _ = knn.retrieve(run.histories, K_MAX, exclude=run.histories)
+    ids, _ = model.retrieve(run.histories, K_MAX, exclude=run.histories)
     out = run.evaluate(ids)
-    out.update(train_s=train_s, query_s=time.perf_counter() - t0, neighbours=knn.neighbours)
+    out.update({"train_s": train_s, "query_s": time.perf_counter() - t0, chosen: getattr(model, chosen)})
     return out
 
 

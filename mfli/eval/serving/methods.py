@@ -188,6 +188,29 @@ def bench_ivf(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadlin
                       "serving_bytes": int(index.memory_bytes()), **mem.report()}, "sweep": sweep}
 
 
+def dr_brute_force(dr, histories: list, k: int):
+    """Freeze a fitted Deep Retrieval model's re-ranker for serving and score every item with it.
+
+    The model does not change while serving, so the re-ranker's item vectors are computed once and
+    ``reranker.items`` returns them from then on. Returns ``(cached item vectors (N', d) tensor,
+    internal rows (U, k) of each history's exact top-k under the re-ranker, best first)``: DR's own
+    brute force, the reference its beam search is measured against.
+    """
+    import faiss
+    import torch
+
+    rr = dr.net.reranker
+    with torch.no_grad():
+        cached = rr.items()
+    rr.items = lambda idx=None: cached if idx is None else cached[idx]
+    with torch.no_grad():
+        u = np.concatenate([rr.user(dr.user_vectors(histories[s : s + 1024])).numpy()
+                            for s in range(0, len(histories), 1024)])
+    flat = faiss.IndexFlatIP(u.shape[1])
+    flat.add(cached.numpy())
+    return cached, flat.search(np.ascontiguousarray(u), k)[1]
+
+
 def bench_dr(data: BenchData, cfg: ServingBenchConfig, deadline: Deadline, log: Log) -> dict:
     """Deep Retrieval on ``dr_items`` items: fit (EM) on the same events, place untrained items from
     content neighbours, beam sweep; recall against the re-ranker's brute force over its catalogue."""
@@ -218,19 +241,9 @@ def bench_dr(data: BenchData, cfg: ServingBenchConfig, deadline: Deadline, log: 
     del content
     log(f"  dr: {n_dr:,} items ({len(trained_ids):,} trained), K={K}, D={D}, fit {fit_s:.1f}s")
     torch.set_num_threads(cfg.threads)
-    # the model is frozen while serving: compute the re-ranker's item vectors once (see the module docstring)
-    rr = dr.net.reranker
-    with torch.no_grad():
-        cached = rr.items()
-    rr.items = lambda idx=None: cached if idx is None else cached[idx]
     H = data.histories
-    with torch.no_grad():
-        u = np.concatenate([rr.user(dr.user_vectors(H[s : s + 1024])).numpy() for s in range(0, len(H), 1024)])
-    import faiss
-
-    flat = faiss.IndexFlatIP(u.shape[1])
-    flat.add(cached.numpy())
-    ref = dr.item_ids[flat.search(np.ascontiguousarray(u), cfg.k)[1]]
+    cached, ref_rows = dr_brute_force(dr, H, cfg.k)
+    ref = dr.item_ids[ref_rows]
     sweep = []
     for beam in cfg.dr_beams:
         if deadline.passed():

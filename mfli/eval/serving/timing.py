@@ -18,12 +18,11 @@ def recall_at_k(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def measure(search: Callable[[slice], np.ndarray], n_queries: int, b1: int, batch: int,
-            ref: np.ndarray | None) -> dict:
-    """Time ``search(slice) -> ids (b, k)``: batch 1 over the first ``b1`` queries, then batches of ``batch``.
-
-    A warm-up call on a few queries precedes the timings (lazy structures, caches).
-    """
+def timed_runs(search: Callable[[slice], np.ndarray], n_queries: int, b1: int,
+               batch: int) -> tuple[list[float], float, np.ndarray]:
+    """Run ``search(slice) -> ids (b, k)`` after a warm-up on a few queries: one at a time over the first
+    ``b1`` queries, then in batches of ``batch`` over all. Returns ``(batch-1 latencies in s, total batched
+    seconds, batched ids (n_queries, k))``."""
     search(slice(0, min(8, n_queries)))
     lat = []
     for i in range(min(b1, n_queries)):
@@ -35,7 +34,16 @@ def measure(search: Callable[[slice], np.ndarray], n_queries: int, b1: int, batc
         t0 = time.perf_counter()
         parts.append(search(slice(s, min(n_queries, s + batch))))
         t_total += time.perf_counter() - t0
-    ids = np.concatenate(parts)
+    return lat, t_total, np.concatenate(parts)
+
+
+def measure(search: Callable[[slice], np.ndarray], n_queries: int, b1: int, batch: int,
+            ref: np.ndarray | None) -> dict:
+    """Time ``search(slice) -> ids (b, k)``: batch 1 over the first ``b1`` queries, then batches of ``batch``.
+
+    A warm-up call on a few queries precedes the timings (lazy structures, caches).
+    """
+    lat, t_total, ids = timed_runs(search, n_queries, b1, batch)
     lat_ms = np.asarray(lat) * 1e3
     out = {
         "qps_b1": float(len(lat) / sum(lat)) if lat else None,
