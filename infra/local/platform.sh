@@ -4,7 +4,7 @@
 #   PostgreSQL 15 (Airflow metadata DB)      Redis (Celery broker, db 0; Feast online store, db 1)
 #   Airflow 3 scheduler, dag-processor, api-server, triggerer, CeleryExecutor with two Celery workers
 #   SeaweedFS S3 with a publisher and a serving identity bound to infra/iam/*.json unchanged
-#   Feast (registry + offline data on S3, Redis online store)    mfli serve following LATEST
+#   Feast (SQL registry in PostgreSQL, offline data on S3, Redis online store)   mfli serve following LATEST
 #
 # Usage: infra/local/platform.sh up|down|status|env
 #   up      install what is missing, start everything, wait for a real answer from each service
@@ -60,12 +60,17 @@ ensure_packages() {
 secret() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 
 write_secrets() {  # once per state folder; 0600; never printed
-  [ -f "$STATE/secrets.env" ] && return
+  if [ -f "$STATE/secrets.env" ]; then  # state from an older version: add what it lacks
+    grep -q '^MFLI_PG_FEAST_READER_PASSWORD=' "$STATE/secrets.env" \
+      || echo "MFLI_PG_FEAST_READER_PASSWORD=$(secret 16)" >> "$STATE/secrets.env"
+    return
+  fi
   umask 077
   "$BIN/python" - > "$STATE/secrets.env" <<PY
 import base64, os
 h = lambda n: os.urandom(n).hex()
 print(f"MFLI_PG_PASSWORD={h(16)}")
+print(f"MFLI_PG_FEAST_READER_PASSWORD={h(16)}")
 print(f"MFLI_REDIS_PASSWORD={h(16)}")
 print(f"AIRFLOW__CORE__FERNET_KEY={base64.urlsafe_b64encode(os.urandom(32)).decode()}")
 print(f"AIRFLOW__API_AUTH__JWT_SECRET={h(32)}")
@@ -90,10 +95,10 @@ load_env() {
   export FEAST_S3_ENDPOINT_URL="$AWS_ENDPOINT_URL" AWS_REGION=us-east-1
   export MFLI_STORE_URI="s3://$BUCKET/$PREFIX"
   export MFLI_FEAST_ENV=prod MFLI_FEAST_DATA="s3://$BUCKET/$PREFIX/features"
-  # Feast 0.67's S3 registry starts every read with HeadBucket, which needs s3:ListBucket without an
-  # s3:prefix condition: infra/iam refuses that (on AWS as here), so the registry is a local file
-  # shared by the workers and the service (one machine). See docs/operations.md.
-  export MFLI_FEAST_REGISTRY="$STATE/feast/registry.db"
+  # Feast's registry is SQL in PostgreSQL (database feast): the publisher (tasks, feast apply) owns it,
+  # the service reads it as feast_reader (SELECT only). Not a file on S3: see feature_store.prod.yaml.
+  export MFLI_FEAST_REGISTRY="postgresql+psycopg2://airflow:$MFLI_PG_PASSWORD@127.0.0.1:$PG_PORT/feast"
+  MFLI_FEAST_REGISTRY_READER="postgresql+psycopg2://feast_reader:$MFLI_PG_FEAST_READER_PASSWORD@127.0.0.1:$PG_PORT/feast"
   export MFLI_REDIS="127.0.0.1:$REDIS_PORT,password=$MFLI_REDIS_PASSWORD,db=1"
   export MFLI_FEAST_REPO="$STATE/feast"
   # Airflow: Postgres metadata, Celery on Redis, API (and the workers' execution API) on loopback
@@ -179,6 +184,14 @@ start_postgres() {
   wait_for postgres "SELECT 1" pg_sql "SELECT 1" postgres
   [ "$(pg_sql "SELECT 1 FROM pg_database WHERE datname='airflow'" postgres)" = 1 ] \
     || pg_sql "CREATE DATABASE airflow" postgres > /dev/null
+  # Feast's SQL registry: its own database; feast_reader may read every table airflow creates there
+  [ "$(pg_sql "SELECT 1 FROM pg_database WHERE datname='feast'" postgres)" = 1 ] \
+    || pg_sql "CREATE DATABASE feast" postgres > /dev/null
+  [ "$(pg_sql "SELECT 1 FROM pg_roles WHERE rolname='feast_reader'" postgres)" = 1 ] \
+    || pg_sql "CREATE ROLE feast_reader LOGIN PASSWORD '$MFLI_PG_FEAST_READER_PASSWORD'" postgres > /dev/null
+  pg_sql "GRANT CONNECT ON DATABASE feast TO feast_reader; GRANT USAGE ON SCHEMA public TO feast_reader;
+    ALTER DEFAULT PRIVILEGES FOR ROLE airflow IN SCHEMA public GRANT SELECT ON TABLES TO feast_reader;
+    GRANT SELECT ON ALL TABLES IN SCHEMA public TO feast_reader" feast > /dev/null
 }
 
 stop_postgres() {
@@ -245,12 +258,13 @@ up() {
   start worker1 "$BIN/airflow" celery worker --skip-serve-logs --concurrency 1 --celery-hostname "worker1@%h"
   start worker2 "$BIN/airflow" celery worker --skip-serve-logs --concurrency 1 --celery-hostname "worker2@%h"
 
-  log "feast apply (offline data on S3, Redis online store)"
+  log "feast apply (SQL registry in PostgreSQL, offline data on S3, Redis online store)"
   nice -n "$NICE" "$BIN/python" "$ROOT/infra/local/platform_setup.py" feast-apply "$STATE/feast" \
     > "$LOGS/feast-apply.log" 2>&1 || die "feast apply failed; see $LOGS/feast-apply.log"
 
   # The service reads as the serving identity: published keys only (infra/iam/serving-policy.json).
   start serve env AWS_ACCESS_KEY_ID="$MFLI_S3_SERVING_KEY" AWS_SECRET_ACCESS_KEY="$MFLI_S3_SERVING_SECRET" \
+    MFLI_FEAST_REGISTRY="$MFLI_FEAST_REGISTRY_READER" \
     "$BIN/mfli" serve --store "$MFLI_STORE_URI" --host 127.0.0.1 --port "$SERVE_PORT" --refresh-seconds 10 \
     --cache-dir "$STATE/serve-cache"
 

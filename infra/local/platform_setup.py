@@ -86,7 +86,7 @@ def s3_check(role: str) -> None:
 
 
 def feast_apply(dst: str) -> None:
-    """The production Feast repo (S3 registry and offline data, Redis online store) under ``dst``."""
+    """The production Feast repo (SQL registry, offline data on S3, Redis online store) under ``dst``."""
     from mfli.features.repo import copy_repo
 
     repo = copy_repo(dst, data_root=os.environ["MFLI_FEAST_DATA"], env="prod")

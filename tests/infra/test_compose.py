@@ -221,7 +221,10 @@ def test_feast_production_settings(services, env) -> None:
         # the prod yaml's ${...} placeholders must all be provided
         for var in set(re.findall(r"\$\{(\w+)\}", prod_yaml.read_text())):
             assert e.get(var), f"{name}: {var} needed by feature_store.prod.yaml is not set"
-        assert e["MFLI_FEAST_REGISTRY"].startswith(f"s3://{bucket}/{prefix}/")
+        # Feast's SQL registry in the postgres service: the publisher side owns it, the service only reads
+        user, pw = ("feast_reader", env["FEAST_READER_PASSWORD"]) if name == "mfli-serving" else (
+            env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
+        assert e["MFLI_FEAST_REGISTRY"] == f"postgresql+psycopg2://{user}:{pw}@postgres:5432/feast"
         assert e["MFLI_FEAST_DATA"].startswith(f"s3://{bucket}/{prefix}/")
         host, *params = e["MFLI_REDIS"].split(",")
         assert host == "redis:6379"
@@ -229,6 +232,19 @@ def test_feast_production_settings(services, env) -> None:
         assert opts["password"] == env["REDIS_PASSWORD"]
         assert opts["db"] != "0", "Feast must not share Redis db 0 with the Celery broker"
     assert "feature_store.prod.yaml" in _command(services["feast-apply"])
+    for name in ("feast-apply", "mfli-serving"):
+        assert "postgres" in services[name]["depends_on"], name
+
+
+def test_postgres_creates_the_feast_registry_database_and_reader(services, env) -> None:
+    pg = services["postgres"]
+    assert "./postgres-init:/docker-entrypoint-initdb.d:ro" in pg["volumes"]
+    assert _environment(pg)["FEAST_READER_PASSWORD"] == env["FEAST_READER_PASSWORD"]
+    script = (REPO / "infra" / "compose" / "postgres-init" / "10-feast.sh").read_text()
+    assert "CREATE DATABASE feast" in script and "CREATE ROLE feast_reader" in script
+    assert "GRANT SELECT ON TABLES TO feast_reader" in script
+    assert not re.search(r"GRANT (ALL|INSERT|UPDATE|DELETE|CREATE)[^;]*feast_reader", script)
+    assert os.access(REPO / "infra" / "compose" / "postgres-init" / "10-feast.sh", os.X_OK)
 
 
 def test_serving_reads_the_store_with_its_own_read_only_user(services, env) -> None:

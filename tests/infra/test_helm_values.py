@@ -103,10 +103,13 @@ def test_store_and_feast_settings(values) -> None:
     env = _env(values)
     assert env["MFLI_STORE_URI"] == STORE_URI
     assert env["MFLI_FEAST_ENV"] == "prod"
-    assert env["MFLI_FEAST_REGISTRY"].startswith(f"{STORE_URI}/")
     assert env["MFLI_FEAST_DATA"].startswith(f"{STORE_URI}/")
     secret_env = {s["envName"]: s for s in values["secret"]}
     assert secret_env["MFLI_REDIS"]["secretName"] and secret_env["MFLI_REDIS"]["secretKey"]
+    # Feast's SQL registry URL (it holds a password) comes from a secret, never a plain value
+    assert "MFLI_FEAST_REGISTRY" not in env
+    assert secret_env["MFLI_FEAST_REGISTRY"] == {"envName": "MFLI_FEAST_REGISTRY",
+                                                 "secretName": "mfli-feast-registry", "secretKey": "url"}
     # everything feature_store.prod.yaml interpolates is provided, from env or a secret
     prod_yaml = (REPO / "feature_repo" / "feature_store.prod.yaml").read_text()
     for var in set(re.findall(r"\$\{(\w+)\}", prod_yaml)):
@@ -188,4 +191,6 @@ def test_serving_service_and_probes(manifests) -> None:
     assert annotations["prometheus.io/path"] == "/metrics" and annotations["prometheus.io/port"] == str(ports["http"])
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MFLI_FEAST_REPO"] == "/opt/airflow/feature_repo"  # else id-only requests never ask Feast
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs["MFLI_FEAST_REGISTRY"] == {"name": "mfli-feast-registry", "key": "read-url"}  # SELECT-only role
     assert deploy["spec"]["replicas"] >= 2

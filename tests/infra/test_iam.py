@@ -172,7 +172,7 @@ def _obj(key: str) -> str:
         # re-ingesting a day rewrites its Feast partitions; runs/ is pruned by retention
         ("publisher", "s3:DeleteObject", "prod/features/interactions/day=2024-06-30/part-0.parquet", True),
         ("publisher", "s3:DeleteObject", "prod/runs/20240101T0000-abc/train/model.safetensors", True),
-        # ... but never the pointer, Feast's registry, or anything outside the prefix
+        # ... but never the pointer, other keys, or anything outside the prefix
         ("publisher", "s3:DeleteObject", "prod/LATEST", False),
         ("publisher", "s3:DeleteObject", "prod/feast/registry.db", False),
         ("publisher", "s3:PutObject", "staging/LATEST", False),
@@ -183,7 +183,8 @@ def _obj(key: str) -> str:
         ("serving", "s3:GetObject", "prod/LATEST", True),
         ("serving", "s3:GetObject", "prod/snapshots/x/manifest.json", True),
         ("serving", "s3:GetObject", "prod/deltas/20240101T0000-abc/w/items.parquet", True),
-        ("serving", "s3:GetObject", "prod/feast/registry.db", True),
+        # Feast's registry is SQL (feature_store.prod.yaml), not an object the service reads
+        ("serving", "s3:GetObject", "prod/feast/registry.db", False),
         ("serving", "s3:GetObject", "prod/runs/20240101T0000-abc/interactions.parquet", False),
         ("serving", "s3:GetObject", "prod/features/interactions/day=2024-06-30/part-0.parquet", False),
         ("serving", "s3:GetObject", "staging/LATEST", False),

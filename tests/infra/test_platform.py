@@ -185,6 +185,7 @@ def test_platform_up_status_down():
         assert '"scheduler":{"status":"healthy"' in st.stdout.replace(" ", "")
         pids = [int(p.read_text()) for p in (tmp_path / "p" / "pids").glob("*.pid")]
         assert len(pids) == 9
+        _check_feast_registry_roles(tmp_path / "p", int(env["MFLI_PLATFORM_PORT_BASE"]) + 432)
     finally:
         down = _run("down", env=env, timeout=300)
     assert down.returncode == 0, down.stderr
@@ -193,3 +194,39 @@ def test_platform_up_status_down():
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _check_feast_registry_roles(state: Path, pg_port: int) -> None:
+    """Feast's SQL registry after `up`: applied by the publisher, readable (only) as feast_reader."""
+    import psycopg2
+
+    secrets = dict(line.split("=", 1) for line in (state / "secrets.env").read_text().split())
+    owner = psycopg2.connect(host="127.0.0.1", port=pg_port, dbname="feast", user="airflow",
+                             password=secrets["MFLI_PG_PASSWORD"])
+    reader = psycopg2.connect(host="127.0.0.1", port=pg_port, dbname="feast", user="feast_reader",
+                              password=secrets["MFLI_PG_FEAST_READER_PASSWORD"])
+    try:
+        with owner.cursor() as cur:
+            cur.execute("SELECT count(*) FROM feature_views")
+            n_views = cur.fetchone()[0]
+        assert n_views >= 1, "feast apply registered no feature view"
+        with reader.cursor() as cur:
+            cur.execute("SELECT count(*) FROM feature_views")
+            assert cur.fetchone()[0] == n_views
+        for sql in ("DELETE FROM feature_views", "CREATE TABLE intruder (i int)"):
+            with reader.cursor() as cur, pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute(sql)
+            reader.rollback()
+    finally:
+        owner.close()
+        reader.close()
+    # what the service does: open the production feature store through the read-only role
+    reader_url = (f"postgresql+psycopg2://feast_reader:{secrets['MFLI_PG_FEAST_READER_PASSWORD']}"
+                  f"@127.0.0.1:{pg_port}/feast")
+    code = ("from mfli.features.repo import FeatureRepo; import os; "
+            "r = FeatureRepo(os.environ['MFLI_FEAST_REPO'], os.environ['MFLI_FEAST_DATA'], env='prod'); "
+            "print(sorted(v.name for v in r.store().list_feature_views()))")
+    out = subprocess.run(["bash", "-c", f"source '{state}/env.sh' && MFLI_FEAST_REGISTRY='{reader_url}' "
+                          f"'{sys.executable}' -c \"{code}\""], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 0 and "user_history" in out.stdout, out.stderr[-3000:]

@@ -137,8 +137,8 @@ def test_reingesting_the_same_window_rewrites_instead_of_appending(feast_store, 
     assert not tf.duplicated(["user_id", "item_id", "event_ts"]).any()
 
 
-def test_prod_config_selects_s3_sources_and_redis(tmp_path, monkeypatch):
-    """The production yaml names S3 registry + Redis, and the definitions point at S3 with the endpoint.
+def test_prod_config_selects_sql_registry_s3_sources_and_redis(tmp_path, monkeypatch):
+    """The production yaml names a SQL registry + Redis, and the definitions point at S3 with the endpoint.
 
     (Opening it needs the `redis` client, which is not a dependency of the embedded stack.)
     """
@@ -148,20 +148,56 @@ def test_prod_config_selects_s3_sources_and_redis(tmp_path, monkeypatch):
 
     from mfli.features.repo import copy_repo
 
-    monkeypatch.setenv("MFLI_FEAST_REGISTRY", "s3://mfli-feast/registry.db")
+    url = "postgresql+psycopg2://feast:pw@127.0.0.1:5432/feast"
+    monkeypatch.setenv("MFLI_FEAST_REGISTRY", url)
     monkeypatch.setenv("MFLI_REDIS", "redis:6379")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8333")
     repo = copy_repo(tmp_path / "repo", data_root="s3://mfli-feast/offline", env="prod")
     assert repo.yaml_path.name == "feature_store.prod.yaml"
     cfg = yaml.safe_load(os.path.expandvars(repo.yaml_path.read_text()))  # what Feast itself does
     assert cfg["online_store"] == {"type": "redis", "connection_string": "redis:6379"}
-    assert cfg["registry"]["path"] == "s3://mfli-feast/registry.db"
+    # never a registry file on S3: its HeadBucket needs a ListBucket the prefix-scoped IAM roles refuse
+    assert cfg["registry"]["registry_type"] == "sql" and cfg["registry"]["path"] == url
     assert cfg["offline_store"]["type"] == "mfli.features.offline_store.PartitionedParquetOfflineStore"
     src = repo.definitions()["item_stats_source"]
     assert src.path == "s3://mfli-feast/offline/item_stats"
     assert src.s3_endpoint_override == "http://127.0.0.1:8333"
     local = copy_repo(tmp_path / "local").definitions()["item_stats_source"]
     assert local.path == str(tmp_path / "local" / "data" / "item_stats") and not local.s3_endpoint_override
+
+
+def test_prod_sql_registry_round_trip(tmp_path, monkeypatch):
+    """Feast's SQL registry, configured by the production yaml, stores and serves our definitions.
+
+    SQLite stands in for PostgreSQL here (same SQLAlchemy code path); the platform test runs PostgreSQL.
+    A second registry object (another process: the service) reads what the first (the publisher) wrote.
+    """
+    from feast import Entity, FeatureService, FeatureView
+    from feast.infra.registry.sql import SqlRegistry
+    from feast.repo_config import load_repo_config
+
+    from mfli.features.repo import copy_repo
+
+    monkeypatch.setenv("MFLI_FEAST_REGISTRY", f"sqlite:///{tmp_path / 'registry.db'}")
+    monkeypatch.setenv("MFLI_REDIS", "redis:6379")
+    repo = copy_repo(tmp_path / "repo", data_root="s3://mfli-feast/offline", env="prod")
+    config = load_repo_config(repo.path, repo.yaml_path)
+    assert config.registry.registry_type == "sql"
+    defs = repo.definitions()
+    writer = SqlRegistry(config.registry, config.project, repo.path)
+    for obj in defs.values():
+        if isinstance(obj, Entity):
+            writer.apply_entity(obj, config.project)
+        elif isinstance(obj, FeatureView):
+            writer.apply_feature_view(obj, config.project)
+        elif isinstance(obj, FeatureService):
+            writer.apply_feature_service(obj, config.project)
+    writer.commit()
+    reader = SqlRegistry(config.registry, config.project, repo.path)
+    views = {v.name for v in reader.list_feature_views(config.project, allow_cache=False)}
+    assert views and views == {o.name for o in defs.values() if isinstance(o, FeatureView)}
+    entities = {e.name for e in reader.list_entities(config.project, allow_cache=False)}
+    assert {o.name for o in defs.values() if isinstance(o, Entity)} <= entities
 
 
 def test_bad_env_is_rejected(tmp_path):
