@@ -2,7 +2,8 @@
 
 The daily evaluation and both gates score a snapshot with ``Snapshot.retriever()``, which builds
 its retriever from this config; the config is saved in the snapshot (``serving.json``) and the
-service builds its retriever the same way, so what is gated is what is served.
+service builds its retriever the same way, so what is gated is what is served. ``engine`` picks the
+user-mode scorer (the reference retriever or the compiled scan engine) and is stored with the rest.
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from mfli.serve.engine import EngineConfig
 from mfli.serve.retriever import RetrieverConfig
+
+ENGINES = ("reference", "scan")
+#: the engine of a snapshot whose serving.json predates the ``engine`` field: what its gates measured
+LEGACY_ENGINE = "reference"
 
 
 def default_retriever_config() -> RetrieverConfig:
@@ -30,14 +36,31 @@ class ServingConfig:
     retriever: RetrieverConfig = field(default_factory=default_retriever_config)  # both modes' search settings
     max_k: int = 1000  # largest k a request may ask for
     quota_views: int = 64  # distinct facet_quotas vectors kept ready (LRU); each is a shallow copy
+    # user-mode scorer: "reference" (beam search + cluster scoring, mfli.serve.retriever) or "scan"
+    # (mfli.serve.engine: centroid routing, learned-code pre-rank, exact short list; needs merge="sum").
+    # Trigger mode and per-request quotas always take the reference path
+    engine: str = "reference"
+    scan: EngineConfig = field(default_factory=EngineConfig)  # the scan engine's settings (engine="scan")
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        if self.engine == "scan" and self.retriever.merge != "sum":
+            raise ValueError("engine 'scan' ranks by the summed facet score: it needs retriever.merge='sum', "
+                             f"got {self.retriever.merge!r}")
+        self.scan.validated()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> ServingConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not silently serve defaults)."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not silently serve defaults).
+
+        A dict without ``engine`` (a snapshot saved before the field existed, or no serving.json at all)
+        gets :data:`LEGACY_ENGINE`, the scorer its gates measured."""
         data = dict(data or {})
+        data.setdefault("engine", LEGACY_ENGINE)
         known = {f.name for f in dataclasses.fields(cls)}
         extra = sorted(set(data) - known)
         if extra:
@@ -50,4 +73,9 @@ class ServingConfig:
         for name in ("quotas", "facet_weights"):  # JSON lists back to the sequences the dataclass holds
             if rdata.get(name) is not None:
                 rdata[name] = list(rdata[name])
-        return cls(retriever=RetrieverConfig(**rdata), **data)
+        sdata = dict(data.pop("scan", None) or {})
+        sknown = {f.name for f in dataclasses.fields(EngineConfig)}
+        sextra = sorted(set(sdata) - sknown)
+        if sextra:
+            raise ValueError(f"unknown scan engine config fields {sextra}; known: {sorted(sknown)}")
+        return cls(retriever=RetrieverConfig(**rdata), scan=EngineConfig(**sdata), **data)
