@@ -18,7 +18,9 @@ from mfli.data.synthetic import SyntheticConfig, generate
 from mfli.eval.holdout import K_MAX, evaluate_holdout
 from mfli.index.build import build_from_encoded, encode_items
 from mfli.serve.config import ServingConfig
-from mfli.serve.retriever import RetrieverConfig
+from mfli.serve.engine import EngineConfig
+from mfli.serve.engine_retriever import EngineRetriever
+from mfli.serve.retriever import Retriever, RetrieverConfig
 from mfli.serve.service import create_app
 from mfli.serve.snapshot_retriever import open_live
 from mfli.snapshot import MANIFEST_FILE, SERVING_FILE, Snapshot, SnapshotLoadError
@@ -59,11 +61,40 @@ def test_default_serving_config_is_what_the_gates_measured():
     assert ServingConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown retriever config fields"):
         ServingConfig.from_dict({"retriever": {"mrege": "sum"}})
+    with pytest.raises(ValueError, match="unknown scan engine config fields"):
+        ServingConfig.from_dict({"engine": "scan", "scan": {"shortlsit": 10}})
+    with pytest.raises(ValueError, match="engine must be one of"):
+        ServingConfig.from_dict({"engine": "faiss"})
+    with pytest.raises(ValueError, match="needs retriever.merge='sum'"):
+        ServingConfig(retriever=RetrieverConfig(merge="quota"), engine="scan")
+    # a serving.json written before the engine field existed keeps the engine its gates measured
+    old = cfg.to_dict()
+    del old["engine"], old["scan"]
+    assert ServingConfig.from_dict(old).engine == "reference"
+    assert ServingConfig.from_dict(None).engine == "reference"
+
+
+def test_serving_json_round_trip_keeps_the_engine_and_its_settings(snapshot, tmp_path):
+    scan = ServingConfig(engine="scan", scan=EngineConfig(n_clusters=5, shortlist=40, routing="per_facet"))
+    folder = Snapshot(snapshot.model, snapshot.index, {}, scan).save(tmp_path / "snap")
+    stored = json.loads((folder / SERVING_FILE).read_text())
+    assert stored["engine"] == "scan" and stored["scan"]["n_clusters"] == 5 and stored["scan"]["routing"] == "per_facet"
+    loaded = Snapshot.load(folder)
+    assert loaded.serving == scan
+    r = loaded.retriever()
+    assert isinstance(r, EngineRetriever) and r.engine.config == scan.scan
+    assert loaded.retriever().engine is r.engine  # built once per snapshot and config
+    legacy = json.loads((folder / SERVING_FILE).read_text())
+    del legacy["engine"], legacy["scan"]
+    (folder / SERVING_FILE).write_text(json.dumps(legacy))
+    (folder / MANIFEST_FILE).unlink()  # a folder from before snapshot manifests: nothing to verify
+    assert isinstance(Snapshot.load(folder).retriever(), Retriever)
 
 
 def test_save_load_round_trip_keeps_the_serving_config(snapshot, tmp_path):
     custom = Snapshot(snapshot.model, snapshot.index, {"recall@100": 0.25},
-                      ServingConfig(retriever=RetrieverConfig(beam=8, merge="quota", quotas=[3, 1]), max_k=50))
+                      ServingConfig(retriever=RetrieverConfig(beam=8, merge="quota", quotas=[3, 1]), max_k=50,
+                                    engine="reference"))
     folder = custom.save(tmp_path / "snap")
     assert json.loads((folder / SERVING_FILE).read_text())["retriever"]["merge"] == "quota"
     manifest = Snapshot.verify(folder)
@@ -99,16 +130,19 @@ def test_model_and_index_that_disagree_are_refused(snapshot, distinct_dataset):
         Snapshot(snapshot.model, other)
 
 
-@pytest.mark.parametrize("merge", ["sum", "quota"])
-def test_service_returns_exactly_the_lists_the_gate_scored(snapshot, distinct_dataset, tmp_path, merge):
+@pytest.mark.parametrize(("engine", "merge"), [("reference", "sum"), ("reference", "quota"), ("scan", "sum")])
+def test_service_returns_exactly_the_lists_the_gate_scored(snapshot, distinct_dataset, tmp_path, engine, merge):
     """The daily evaluation scores the snapshot's serving retriever; published and served, /retrieve
-    answers the same users (history given, mode user) with the same lists, for either stored merge.
+    answers the same users (history given, mode user) with the same lists, for either stored merge and
+    either engine (the service rebuilds the scan engine from the published snapshot).
 
     (The gate embeds all test users in one batch, the service one request at a time: torch's CPU kernels
     may differ by batch shape in the last bit, so items whose scores tie to 1e-7 could trade places;
     the dataset here has none.)
     """
-    snap = Snapshot(snapshot.model, snapshot.index, {}, ServingConfig(retriever=RetrieverConfig(merge=merge)))
+    snap = Snapshot(snapshot.model, snapshot.index, {},
+                    ServingConfig(retriever=RetrieverConfig(merge=merge), engine=engine,
+                                  scan=EngineConfig(n_clusters=12, shortlist=80)))
     gated = Snapshot.load(snap.save(tmp_path / "run"))  # the evaluation reads the run's saved artifacts
     result = evaluate_holdout(gated, distinct_dataset, CUTOFF)
     assert len(result.users) >= 20  # enough test users for the comparison to mean something
@@ -117,13 +151,16 @@ def test_service_returns_exactly_the_lists_the_gate_scored(snapshot, distinct_da
     live = open_live(store, cache_dir=tmp_path / "cache")
     with TestClient(create_app(live, user_features=False)) as client:
         meta = client.get("/metadata").json()
-        assert meta["index"]["retriever"]["merge"] == merge
+        assert meta["index"]["retriever"]["merge"] == merge and meta["index"]["engine"] == engine
         for u, hist, row in zip(result.users.tolist(), result.histories, result.retrieved["mfli"]):
             r = client.post("/retrieve", json={"user_id": u, "user_features": {"history_item_ids": hist.tolist()},
                                                "k": K_MAX, "mode": "user"})
             assert r.status_code == 200, r.text
             served = [it["item_id"] for it in r.json()["items"]]
             assert served == row[row >= 0].tolist() and len(served) >= 50, u
+    if engine == "scan":  # the scan engine read a budget of clusters, not everything: it is not the reference
+        assert isinstance(gated.retriever(), EngineRetriever)
+        assert gated.retriever().engine.config.n_clusters == 12
 
 
 @pytest.mark.timeout(120)
