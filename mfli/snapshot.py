@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mfli.checksums import sha256_file
 from mfli.index.delta import DeltaIndex, apply_delta, delta_from_table
 from mfli.index.inverted import MultiFacetIndex
@@ -141,8 +143,12 @@ class Snapshot:
             key = (json.dumps(dataclasses.asdict(cfg.scan), sort_keys=True),
                    json.dumps(cfg.retriever.facet_weights and list(cfg.retriever.facet_weights)))
             if key not in self._engines:
-                self._engines[key] = ScanEngine(self.index, self.model.codebooks.numpy(), cfg.scan,
-                                                facet_weights=cfg.retriever.facet_weights)
+                engine = ScanEngine(self.index, self.model.codebooks.numpy(), cfg.scan,
+                                    facet_weights=cfg.retriever.facet_weights)
+                # compile (or load from numba's cache) the kernels now: a loading service is not ready
+                # until this returns, so no request pays the compilation
+                engine.search(np.zeros((1, self.index.n_facets, self.index.dim), np.float32), 1)
+                self._engines[key] = engine
             return EngineRetriever(view, self.model.codebooks.numpy(), self.model.facets, cfg.retriever,
                                    engine=self._engines[key])
         return Retriever(view, self.model.codebooks.numpy(), self.model.facets, cfg.retriever)
