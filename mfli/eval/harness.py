@@ -195,7 +195,7 @@ def _mfli_index(run: _SeedRun, model):
 
 def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: str = "reference") -> dict:
     from mfli.eval.metrics import index_health
-    from mfli.serve.engine import EngineConfig
+    from mfli.serve.config import default_scan_config
     from mfli.serve.engine_retriever import EngineRetriever
     from mfli.serve.retriever import Retriever, RetrieverConfig
 
@@ -205,7 +205,7 @@ def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: st
                           sampling="multinomial", seed=run.seed)
     t0 = time.perf_counter()
     if engine == "scan":  # the serving default's engine settings (ServingConfig.scan)
-        retriever = EngineRetriever(view, model.codebooks, model.facets, cfg, EngineConfig())
+        retriever = EngineRetriever(view, model.codebooks, model.facets, cfg, default_scan_config())
         build_s += time.perf_counter() - t0
     else:
         retriever = Retriever(view, model.codebooks, model.facets, cfg)

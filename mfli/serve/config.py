@@ -29,6 +29,16 @@ def default_retriever_config() -> RetrieverConfig:
     return RetrieverConfig(beam=32, merge="sum")
 
 
+def default_scan_config() -> EngineConfig:
+    """The scan engine settings snapshots are gated and served with unless a run chooses others.
+
+    48 clusters (one budget over both facets) and a short list of 400: at 100,000 items (``mfli bench
+    serving``, model embeddings) this reached recall@100 0.969 against exact search where the
+    reference default (beam 32, every reached cluster) reached 0.959; 32 / 300 reached only 0.940.
+    """
+    return EngineConfig(n_clusters=48, shortlist=400)
+
+
 @dataclass
 class ServingConfig:
     """Serving settings of a snapshot (stored in it, used by the gates and the service alike)."""
@@ -40,7 +50,7 @@ class ServingConfig:
     # (mfli.serve.engine: centroid routing, learned-code pre-rank, exact short list; needs merge="sum").
     # Trigger mode and per-request quotas always take the reference path
     engine: str = "reference"
-    scan: EngineConfig = field(default_factory=EngineConfig)  # the scan engine's settings (engine="scan")
+    scan: EngineConfig = field(default_factory=default_scan_config)  # the scan engine's settings (engine="scan")
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -78,4 +88,6 @@ class ServingConfig:
         sextra = sorted(set(sdata) - sknown)
         if sextra:
             raise ValueError(f"unknown scan engine config fields {sextra}; known: {sorted(sknown)}")
-        return cls(retriever=RetrieverConfig(**rdata), scan=EngineConfig(**sdata), **data)
+        # fields left out take the serving defaults (default_scan_config), not EngineConfig's
+        scan = EngineConfig(**{**dataclasses.asdict(default_scan_config()), **sdata})
+        return cls(retriever=RetrieverConfig(**rdata), scan=scan, **data)
