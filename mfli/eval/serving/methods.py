@@ -345,7 +345,7 @@ def bench_ivfpq_fs(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, de
     import faiss
 
     from mfli.baselines.ann import ivf_nlist
-    from mfli.eval.bench_engine import build_ivfpq_fs
+    from mfli.eval.serving.ann_libs import build_ivfpq_fs
 
     x, q = _concat(data.items), _concat(data.queries)
     nlist = ivf_nlist(len(x))
@@ -384,7 +384,7 @@ def bench_scann(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadl
         log(f"  scann: skipped ({exc})")
         return {"n_items": len(data.item_ids), "skipped": f"scann not installed ({exc}); pip install scann==1.4.2",
                 "sweep": []}
-    from mfli.eval.bench_engine import _scann_search, build_scann
+    from mfli.eval.serving.ann_libs import build_scann, scann_search
 
     x, q = _concat(data.items), _concat(data.queries)
     leaves = cfg.scann_leaves or max(1, int(2 * math.sqrt(len(x))))
@@ -402,7 +402,7 @@ def bench_scann(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadl
         if deadline.passed():
             sweep.append({"leaves": n_leaves, "reorder": reorder, "skipped": "over budget"})
             continue
-        point = measure(lambda sl, a=n_leaves, b=reorder: _ids(data, _scann_search(searcher, q[sl], cfg.k, a, b)[0]),
+        point = measure(lambda sl, a=n_leaves, b=reorder: _ids(data, scann_search(searcher, q[sl], cfg.k, a, b)[0]),
                         len(q), cfg.b1_queries, cfg.batch_size, ref)
         sweep.append({"leaves": n_leaves, "reorder": reorder, **point})
         log(f"  scann leaves={n_leaves} reorder={reorder}: recall {point['recall']:.3f}, {point['qps_b1']:.0f} q/s b1, "
