@@ -173,7 +173,14 @@ class ScanEngine:
             pq = faiss.ProductQuantizer(F * d, n_pq, 8)
             pq.cp.seed = self.config.seed
             pq.cp.niter = 20
-            pq.train(self._residual(sample, codes[sample]))
+            # one OpenMP thread: k-means sums reduce in a fixed order, so a gate and a service with
+            # other thread counts fit the same quantiser (same machine type assumed)
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                pq.train(self._residual(sample, codes[sample]))
+            finally:
+                faiss.omp_set_num_threads(threads)
             for s in range(0, N, 65_536):
                 rows = np.arange(s, min(N, s + 65_536))
                 item_codes[rows, F * L :] = pq.compute_codes(self._residual(rows, codes[rows]))

@@ -158,7 +158,13 @@ def test_an_engine_rebuilt_from_the_same_snapshot_ranks_identically(world):
     at load): the fit is seeded, so both serve the same codes and lists."""
     _, _, cb, _, view, Q = world
     cfg = EngineConfig(n_clusters=12, shortlist=60, pq_subquantizers=4)
-    a = EngineRetriever(view, cb, config=SUM, engine_config=cfg)
-    b = EngineRetriever(view, cb, config=SUM, engine_config=cfg)
+    before = faiss.omp_get_max_threads()
+    try:  # a gate and a service may run with other OpenMP thread counts
+        faiss.omp_set_num_threads(2)
+        a = EngineRetriever(view, cb, config=SUM, engine_config=cfg)
+        faiss.omp_set_num_threads(1)
+        b = EngineRetriever(view, cb, config=SUM, engine_config=cfg)
+    finally:
+        faiss.omp_set_num_threads(before)
     np.testing.assert_array_equal(a.engine.entry_codes, b.engine.entry_codes)
     np.testing.assert_array_equal(a.retrieve_users(Q, 20).item_ids, b.retrieve_users(Q, 20).item_ids)
