@@ -49,7 +49,7 @@ class ServingConfig:
     # user-mode scorer: "reference" (beam search + cluster scoring, mfli.serve.retriever) or "scan"
     # (mfli.serve.engine: centroid routing, learned-code pre-rank, exact short list; needs merge="sum").
     # "scan" for new snapshots: recall@100 within 0.5% of the reference (ml-latest-small leave-last-out
-    # 0.4008 vs 0.3967, synthetic 50k 0.3086 vs 0.3073) at several times its queries/s
+    # 0.4000 vs 0.3967, synthetic 50k 0.3086 vs 0.3073) at 2-8x its queries/s at 100k items
     # (docs/benchmarks_serving.md). Trigger mode and per-request quotas always take the reference path
     engine: str = "scan"
     scan: EngineConfig = field(default_factory=default_scan_config)  # the scan engine's settings (engine="scan")
