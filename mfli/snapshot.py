@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,11 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mfli.checksums import sha256_file
 from mfli.index.delta import DeltaIndex, apply_delta, delta_from_table
 from mfli.index.inverted import MultiFacetIndex
 from mfli.model.trained import TrainedModel
 from mfli.serve.config import ServingConfig
+from mfli.serve.engine import ScanEngine
+from mfli.serve.engine_retriever import EngineRetriever
 from mfli.serve.retriever import Retriever
 from mfli.store.snapshots import ANY, load_snapshot, publish_snapshot
 
@@ -96,6 +101,8 @@ class Snapshot:
     metrics: dict[str, Any] = field(default_factory=dict)
     serving: ServingConfig = field(default_factory=ServingConfig)
     path: Path | None = None
+    # scan engines built for this snapshot, by their config (building one fits a residual quantiser)
+    _engines: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.check()
@@ -119,16 +126,32 @@ class Snapshot:
         return self.path.name if self.path is not None else None
 
     # ------------------------------------------------------------------------------ serving
-    def retriever(self, index: MultiFacetIndex | DeltaIndex | None = None) -> Retriever:
+    def retriever(self, index: MultiFacetIndex | DeltaIndex | None = None) -> Retriever | EngineRetriever:
         """The serving retriever: the index (or a delta view of it) searched with the stored config.
 
-        The only way a gate or the service builds one, so both rank with the same settings.
+        The only way a gate or the service builds one, so both rank with the same settings:
+        ``serving.engine="scan"`` gives an :class:`~mfli.serve.engine_retriever.EngineRetriever` (its
+        :class:`~mfli.serve.engine.ScanEngine` is built once per snapshot and config, and shared by every
+        later call and delta view), ``"reference"`` a :class:`Retriever`.
         """
         view = self.index if index is None else index
         base = view.base if isinstance(view, DeltaIndex) else view
         if base is not self.index:
             raise ValueError("Snapshot.retriever: the delta view must be built on this snapshot's index")
-        return Retriever(view, self.model.codebooks.numpy(), self.model.facets, self.serving.retriever)
+        cfg = self.serving
+        if cfg.engine == "scan":
+            key = (json.dumps(dataclasses.asdict(cfg.scan), sort_keys=True),
+                   json.dumps(cfg.retriever.facet_weights and list(cfg.retriever.facet_weights)))
+            if key not in self._engines:
+                engine = ScanEngine(self.index, self.model.codebooks.numpy(), cfg.scan,
+                                    facet_weights=cfg.retriever.facet_weights)
+                # compile (or load from numba's cache) the kernels now: a loading service is not ready
+                # until this returns, so no request pays the compilation
+                engine.search(np.zeros((1, self.index.n_facets, self.index.dim), np.float32), 1)
+                self._engines[key] = engine
+            return EngineRetriever(view, self.model.codebooks.numpy(), self.model.facets, cfg.retriever,
+                                   engine=self._engines[key])
+        return Retriever(view, self.model.codebooks.numpy(), self.model.facets, cfg.retriever)
 
     # ------------------------------------------------------------------------------ persistence
     def save(self, folder: str | Path, report_dir: str | Path | None = None) -> Path:

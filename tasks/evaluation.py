@@ -43,7 +43,9 @@ def run_snapshot(run: dict, trained: dict, index: dict, tmp: Path, metrics: dict
     s = run["store_uri"]
     model = TrainedModel.load(get_dir(s, trained["model_uri"], tmp / "model"))
     idx = MultiFacetIndex.load(get_dir(s, index["index_uri"], tmp / "index"))
-    return Snapshot(model, idx, dict(metrics or {}), ServingConfig.from_dict(serving))
+    # None: a new snapshot gets today's defaults (from_dict gives a dict without "engine" the legacy one)
+    cfg = ServingConfig() if serving is None else ServingConfig.from_dict(serving)
+    return Snapshot(model, idx, dict(metrics or {}), cfg)
 
 
 def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict) -> dict:

@@ -24,7 +24,7 @@ def quality(
     data: Path = typer.Option(..., "--data", help="Dataset folder (auto-detected format)."),
     split: str = typer.Option("time", "--split", help="time | last | user_time | cold"),
     methods: str = typer.Option("mfli,exact", "--methods",
-                                help="Comma list: mfli,mfli_trigger,exact,mfli_kmeans,hnsw,hnsw_add,ivf,dr,pop,ease,itemknn"),
+                                help="Comma list: mfli,mfli_trigger,mfli_scan,exact,mfli_kmeans,hnsw,hnsw_add,ivf,dr,pop,ease,itemknn"),
     seeds: int = typer.Option(3, "--seeds", min=1),
     epochs: int = typer.Option(None, "--epochs", help="Override the training epochs."),
     beam: int = typer.Option(32, "--beam", help="MFLI user-mode beam per facet."),

@@ -54,7 +54,7 @@ def serving(
         str, typer.Option("--embeddings", help="model (trained towers) | synthetic (clusters).")
     ] = _S.embeddings,
     methods: Annotated[
-        str, typer.Option("--methods", help="Comma list of exact,mfli,hnsw,ivf,dr.")
+        str, typer.Option("--methods", help="Comma list of exact,mfli,mfli_scan,hnsw,ivf,ivfpq_fs,scann,dr.")
     ] = ",".join(_S.methods),
     b1_queries: Annotated[
         int, typer.Option("--b1-queries", min=0, help="Queries timed one at a time.")
@@ -78,6 +78,9 @@ def serving(
             "--mfli-sweep", help="beam:clusters_per_query points ('all' or nothing: every cluster)."
         ),
     ] = ",".join(f"{b}:{c if c is not None else 'all'}" for b, c in _S.mfli_sweep),
+    scan_sweep: Annotated[
+        str, typer.Option("--scan-sweep", help="Scan engine n_clusters:shortlist points.")
+    ] = ",".join(f"{n}:{r}" for n, r in _S.scan_sweep),
     hnsw_ef: Annotated[str, typer.Option("--hnsw-ef", help="efSearch values.")] = ",".join(map(str, _S.hnsw_ef)),
     ivf_nprobe: Annotated[str, typer.Option("--ivf-nprobe", help="nprobe values.")] = ",".join(map(str, _S.ivf_nprobe)),
     dr_beams: Annotated[str, typer.Option("--dr-beams", help="DR beam values.")] = ",".join(map(str, _S.dr_beams)),
@@ -114,6 +117,7 @@ def serving(
         model_dir=str(model_dir) if model_dir else None,
         save_model_dir=str(save_model) if save_model else None,
         mfli_sweep=_mfli_sweep(mfli_sweep),
+        scan_sweep=tuple(tuple(int(v) for v in p.split(":")) for p in scan_sweep.split(",") if p.strip()),
         hnsw_ef=_ints(hnsw_ef),
         ivf_nprobe=_ints(ivf_nprobe),
         dr_beams=_ints(dr_beams),

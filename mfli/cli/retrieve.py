@@ -58,6 +58,8 @@ def retrieve_command(
     split: Annotated[SplitKind, typer.Option("--split", help="Histories come from this split's train part.")] = SplitKind.time,
     seed: Annotated[int, typer.Option("--seed", help="Split seed and trigger-mode sampling seed.")] = 0,
     include_seen: Annotated[bool, typer.Option("--include-seen", help="Do not exclude the user's history.")] = False,
+    engine: Annotated[str | None, typer.Option("--engine", help="User-mode scorer: reference | scan (default: "
+                                               "the serving default, what new snapshots are gated with).")] = None,
 ) -> None:
     """Retrieve top-k items per --user or per --triggers list and print them as JSON lines."""
     from mfli.data.errors import DataError
@@ -81,8 +83,11 @@ def retrieve_command(
         trained = TrainedModel.load(model)
         idx = MultiFacetIndex.load(index)
         # the serving defaults (what the gates measure) with this command's beam, clusters and seed
-        serving = ServingConfig(retriever=replace(default_retriever_config(), beam=beam, n_clusters=clusters,
-                                                  seed=seed))
+        try:
+            serving = ServingConfig(retriever=replace(default_retriever_config(), beam=beam, n_clusters=clusters,
+                                                      seed=seed), engine=engine or ServingConfig().engine)
+        except ValueError as exc:
+            raise DataError("--engine", str(exc)) from None
         try:
             retriever = Snapshot(trained, idx, serving=serving).retriever()
         except SnapshotLoadError as exc:

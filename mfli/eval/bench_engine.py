@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from mfli.eval.serving.ann_libs import build_ivfpq_fs, build_scann, scann_search
 from mfli.eval.serving.config import ServingBenchConfig
 from mfli.eval.serving.data import prepare_data
 from mfli.eval.serving.machine import MemoryMeter, machine_info, set_threads
@@ -179,47 +180,8 @@ def build_ivf(x: np.ndarray, nlist: int, seed: int):
     return index, int(len(x) * (D * 4 + 8) + nlist * D * 4)
 
 
-def build_ivfpq_fs(x: np.ndarray, nlist: int, seed: int):
-    """IVF-PQ fast-scan (4-bit, D/2 sub-quantisers, by residual) + exact reorder (IndexRefineFlat)."""
-    import faiss
-
-    D = x.shape[1]
-    base = faiss.IndexIVFPQFastScan(faiss.IndexFlatIP(D), D, nlist, D // 2, 4, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(seed)
-    base.cp.seed = seed
-    base.train(x[np.sort(rng.choice(len(x), min(len(x), 39 * nlist), replace=False))])
-    base.add(x)
-    index = faiss.IndexRefineFlat(base, faiss.swig_ptr(x))
-    code = base.code_size if hasattr(base, "code_size") else D // 4
-    return index, base, int(len(x) * (code + 8 + D * 4) + nlist * D * 4)
-
-
-def build_scann(x: np.ndarray, k: int, leaves: int, seed: int):
-    """ScaNN: tree (``leaves`` partitions) + AH (2 dims per 4-bit block, threshold 0.2) + reorder."""
-    import scann
-
-    n = len(x)
-    leaves = min(leaves, max(1, n // 100))
-    searcher = (scann.scann_ops_pybind.builder(x, k, "dot_product")
-                .tree(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 50),
-                      training_sample_size=min(n, 250_000))
-                .score_ah(2, anisotropic_quantization_threshold=0.2)
-                .reorder(500).build())
-    return searcher, int(n * (x.shape[1] // 4 + x.shape[1] * 4 + 8) + leaves * x.shape[1] * 4)
-
-
 def _scann_threads(searcher, t: int) -> None:
     searcher.set_num_threads(t)
-
-
-def _scann_search(searcher, q: np.ndarray, k: int, leaves: int, reorder: int) -> tuple[np.ndarray, np.ndarray]:
-    if len(q) == 1:
-        i, d = searcher.search(q[0], final_num_neighbors=k, pre_reorder_num_neighbors=reorder,
-                               leaves_to_search=leaves)
-        return np.asarray(i, np.int64)[None], np.asarray(d)[None]
-    i, d = searcher.search_batched_parallel(q, final_num_neighbors=k, pre_reorder_num_neighbors=reorder,
-                                            leaves_to_search=leaves, batch_size=64)
-    return np.asarray(i, np.int64), np.asarray(d)
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -413,7 +375,7 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
             if deadline.passed():
                 sweep.append({"leaves": leaves, "reorder": R, "skipped": "over budget"})
                 continue
-            p = _point(lambda sl, a=leaves, b=R: _scann_search(sc, Qc[sl], cfg.k, a, b)[0], ref, cfg,
+            p = _point(lambda sl, a=leaves, b=R: scann_search(sc, Qc[sl], cfg.k, a, b)[0], ref, cfg,
                        lambda t: _scann_threads(sc, t))
             sweep.append({"leaves": leaves, "reorder": R, **p})
             log(f"  leaves={leaves} reorder={R}: recall {p['recall']:.3f}, b1 {p['qps_b1_t1']:.0f}, "
@@ -428,7 +390,7 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
 
             def run(r, a=leaves, b=R):
                 T = r.shape[1]
-                i_, d_ = _scann_search(sc, X[r.reshape(-1)], cfg.k + T, a, b)
+                i_, d_ = scann_search(sc, X[r.reshape(-1)], cfg.k + T, a, b)
                 return merge_per_trigger(i_, d_, T, cfg.k, r)
 
             tsweep.append({"leaves": leaves, "reorder": R, "by_T": trig_points("scann", run)})

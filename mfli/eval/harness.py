@@ -9,6 +9,8 @@ split's cold items among them) through the delta path, from content alone. Metho
 - ``mfli_trigger``: the paper's trigger mode, the user's most recent training items as triggers;
 - ``exact``: exact maximum inner product search over the same embeddings (the embeddings' ceiling);
 - ``mfli_kmeans``: ablation, k-means RQ fitted after training instead of co-trained;
+- ``mfli_scan``: user mode through the compiled scan engine (``ServingConfig.engine="scan"``, its
+  default settings) over the same model, index and delta as ``mfli``;
 - ``hnsw``, ``ivf``: the same towers trained without codebooks, FAISS indexes rebuilt only at
   snapshot time (cold items invisible), ``hnsw_add``: HNSW with incremental ``add`` of new items;
 - ``dr``: Deep Retrieval; ``pop``: popularity;
@@ -46,8 +48,8 @@ from mfli.eval.metrics import (
 
 PER_USER_KEYS = ("recall@100", "cold_recall@100")  # kept per user for the bootstrap intervals
 
-ALL_METHODS = ("mfli", "mfli_trigger", "exact", "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop", "ease",
-               "itemknn")
+ALL_METHODS = ("mfli", "mfli_trigger", "mfli_scan", "exact", "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop",
+               "ease", "itemknn")
 BASELINES = ("hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")  # "best baseline" is the best of these
 K_MAX = 200  # the largest K any metric reads
 
@@ -191,15 +193,22 @@ def _mfli_index(run: _SeedRun, model):
     return result, view, build_s
 
 
-def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint") -> dict:
+def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: str = "reference") -> dict:
     from mfli.eval.metrics import index_health
+    from mfli.serve.config import default_scan_config
+    from mfli.serve.engine_retriever import EngineRetriever
     from mfli.serve.retriever import Retriever, RetrieverConfig
 
     model, train_s = run.model(codebook_mode)
     result, view, build_s = _mfli_index(run, model)
     cfg = RetrieverConfig(beam=run.cfg.beam, merge="sum", n_clusters=run.cfg.trigger_clusters,
                           sampling="multinomial", seed=run.seed)
-    retriever = Retriever(view, model.codebooks, model.facets, cfg)
+    t0 = time.perf_counter()
+    if engine == "scan":  # the serving default's engine settings (ServingConfig.scan)
+        retriever = EngineRetriever(view, model.codebooks, model.facets, cfg, default_scan_config())
+        build_s += time.perf_counter() - t0
+    else:
+        retriever = Retriever(view, model.codebooks, model.facets, cfg)
     t0 = time.perf_counter()
     if mode == "trigger":
         triggers = [h[-run.cfg.triggers:] for h in run.histories]
@@ -308,6 +317,7 @@ def _run_item_item(run: _SeedRun, model, chosen: str) -> dict:
 _RUNNERS = {
     "mfli": lambda r: _run_mfli(r, "user"),
     "mfli_trigger": lambda r: _run_mfli(r, "trigger"),
+    "mfli_scan": lambda r: _run_mfli(r, "user", engine="scan"),
     "mfli_kmeans": lambda r: _run_mfli(r, "user", codebook_mode="kmeans_after"),
     "exact": _run_exact,
     "hnsw": lambda r: _run_ann(r, "hnsw", incremental=False),

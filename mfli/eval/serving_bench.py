@@ -1,4 +1,5 @@
-"""Serving benchmark: MFLI beam serving against exact search, FAISS HNSW, FAISS IVF and Deep Retrieval.
+"""Serving benchmark: MFLI (beam serving and the scan engine) against exact search, FAISS HNSW, FAISS IVF,
+FAISS IVF-PQ fast-scan, ScaNN and Deep Retrieval.
 
     mfli bench serving --items 1000000 --dim 64 --queries 2048 --out docs/results/serving_1m.json \
         --plot docs/results/serving_1m.png
@@ -21,7 +22,12 @@ One process, one catalogue, one set of queries (REFERENCE.md section 4, "serving
    :class:`~mfli.serve.retriever.Retriever` in user mode with ``merge="sum"``; sweep over
    ``(beam, clusters_per_query)``), ``hnsw`` (M=32, efConstruction=40; efSearch sweep), ``ivf``
    (nlist = 4 sqrt(N), trained on a sample of 39 * nlist vectors, the rest added; nprobe sweep),
-   ``dr`` (Deep Retrieval trained on the same interactions; beam sweep; see below).
+   ``dr`` (Deep Retrieval trained on the same interactions; beam sweep; see below);
+   ``mfli_scan`` (:class:`~mfli.serve.engine.ScanEngine` over the same rebalanced index, what
+   ``ServingConfig.engine="scan"`` serves; sweep over ``(n_clusters, shortlist)``), ``ivfpq_fs``
+   (``IndexIVFPQFastScan``, 4-bit codes, one sub-quantiser per 2 dims, exact reorder of
+   ``k_factor * k``; sweep over ``(nprobe, k_factor)``), ``scann`` (ScaNN 1.4.2 tree + AH + reorder,
+   optional import: reported as skipped without the package; sweep over ``(leaves, reorder)``).
 4. **Per sweep point**: queries/s at batch 1 (``b1_queries`` queries one at a time; p50/p99 latency
    from them) and at batch ``batch_size`` (all ``n_queries``), and recall@k from the batched run
    (exact search is timed on its first ``exact_queries`` only: it is slow and its recall is 1).
@@ -29,7 +35,8 @@ One process, one catalogue, one set of queries (REFERENCE.md section 4, "serving
    ``/proc/self/clear_refs``; polled ``VmRSS`` where that is not allowed) and the bytes kept for serving.
 5. **Equal recall**: every method's queries/s interpolated (log-linear between Pareto points) at
    target recalls and at every sweep point of HNSW and IVF; ``headline`` is MFLI over HNSW at the
-   highest recall HNSW reaches (the target is >= 1.5).
+   highest recall HNSW reaches (the target is >= 1.5); ``headline_fastest`` is each MFLI path over the
+   fastest baseline (HNSW, IVF, IVF-PQ fast-scan, ScaNN) at recall 0.90 and 0.95, batch 1 and batched.
 
 **Deep Retrieval** scores with its own networks (user encoder over item-id histories, path model,
 re-ranker), not with the two-tower embeddings, so its recall is measured against *its own* exact
@@ -53,11 +60,29 @@ import os
 import time
 from dataclasses import asdict
 
-from mfli.eval.serving.config import Log, ServingBenchConfig
+from mfli.eval.serving.config import METHODS, Log, ServingBenchConfig
 from mfli.eval.serving.data import BenchData, embedding_stats, prepare_data, train_bench_model
 from mfli.eval.serving.machine import MemoryMeter, machine_info, rss_bytes, set_threads
-from mfli.eval.serving.methods import Deadline, bench_dr, bench_exact, bench_hnsw, bench_ivf, bench_mfli
-from mfli.eval.serving.report import equal_recall, format_tables, headline, plot, qps_at_recall, write_json
+from mfli.eval.serving.methods import (
+    Deadline,
+    bench_dr,
+    bench_exact,
+    bench_hnsw,
+    bench_ivf,
+    bench_ivfpq_fs,
+    bench_mfli,
+    bench_mfli_scan,
+    bench_scann,
+)
+from mfli.eval.serving.report import (
+    equal_recall,
+    format_tables,
+    headline,
+    headline_fastest,
+    plot,
+    qps_at_recall,
+    write_json,
+)
 from mfli.eval.serving.timing import measure, recall_at_k
 
 # the benchmark's public API, importable from here as before the split into mfli/eval/serving/
@@ -98,17 +123,26 @@ def run_serving_bench(cfg: ServingBenchConfig, log: Log = print) -> dict:
     exact["wall_seconds"] = time.perf_counter() - t0
     if "exact" in cfg.methods:
         methods["exact"] = exact
-    for name in ("mfli", "hnsw", "ivf", "dr"):
-        if name not in cfg.methods:
+    shared: dict = {}  # the rebalanced index, built by "mfli" and scanned by "mfli_scan"
+    for name in METHODS:
+        if name == "exact" or name not in cfg.methods:
             continue
         log(name)
         t0 = time.perf_counter()
         if name == "mfli":
-            methods[name] = bench_mfli(data, cfg, ref, deadline, log)
+            methods[name] = bench_mfli(data, cfg, ref, deadline, log, keep=shared if "mfli_scan" in cfg.methods
+                                       else None)
+        elif name == "mfli_scan":
+            methods[name] = bench_mfli_scan(data, cfg, ref, deadline, log, prebuilt=shared)
+            shared.clear()
         elif name == "hnsw":
             methods[name] = bench_hnsw(data, cfg, ref, deadline, log)
         elif name == "ivf":
             methods[name] = bench_ivf(data, cfg, ref, deadline, log)
+        elif name == "ivfpq_fs":
+            methods[name] = bench_ivfpq_fs(data, cfg, ref, deadline, log)
+        elif name == "scann":
+            methods[name] = bench_scann(data, cfg, ref, deadline, log)
         else:
             methods[name] = bench_dr(data, cfg, deadline, log)
         methods[name]["wall_seconds"] = time.perf_counter() - t0
@@ -116,6 +150,7 @@ def run_serving_bench(cfg: ServingBenchConfig, log: Log = print) -> dict:
     bkey = f"qps_b{cfg.batch_size}"
     result["equal_recall"] = {key: equal_recall(methods, key) for key in ("qps_b1", bkey)}
     result["headline"] = {key: headline(result, key) for key in ("qps_b1", bkey)}
+    result["headline_fastest"] = {key: headline_fastest(methods, key) for key in ("qps_b1", bkey)}
     machine_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     result["machine"]["load_average_end"] = list(machine_end) if machine_end else None
     result["total_seconds"] = time.perf_counter() - t_start

@@ -2,7 +2,8 @@
 
 The daily evaluation and both gates score a snapshot with ``Snapshot.retriever()``, which builds
 its retriever from this config; the config is saved in the snapshot (``serving.json``) and the
-service builds its retriever the same way, so what is gated is what is served.
+service builds its retriever the same way, so what is gated is what is served. ``engine`` picks the
+user-mode scorer (the reference retriever or the compiled scan engine) and is stored with the rest.
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from mfli.serve.engine import EngineConfig
 from mfli.serve.retriever import RetrieverConfig
+
+ENGINES = ("reference", "scan")
+#: the engine of a snapshot whose serving.json predates the ``engine`` field: what its gates measured
+LEGACY_ENGINE = "reference"
 
 
 def default_retriever_config() -> RetrieverConfig:
@@ -23,6 +29,16 @@ def default_retriever_config() -> RetrieverConfig:
     return RetrieverConfig(beam=32, merge="sum")
 
 
+def default_scan_config() -> EngineConfig:
+    """The scan engine settings snapshots are gated and served with unless a run chooses others.
+
+    48 clusters (one budget over both facets) and a short list of 400: at 100,000 items (``mfli bench
+    serving``, model embeddings) this reached recall@100 0.969 against exact search where the
+    reference default (beam 32, every reached cluster) reached 0.959; 32 / 300 reached only 0.940.
+    """
+    return EngineConfig(n_clusters=48, shortlist=400)
+
+
 @dataclass
 class ServingConfig:
     """Serving settings of a snapshot (stored in it, used by the gates and the service alike)."""
@@ -30,14 +46,33 @@ class ServingConfig:
     retriever: RetrieverConfig = field(default_factory=default_retriever_config)  # both modes' search settings
     max_k: int = 1000  # largest k a request may ask for
     quota_views: int = 64  # distinct facet_quotas vectors kept ready (LRU); each is a shallow copy
+    # user-mode scorer: "reference" (beam search + cluster scoring, mfli.serve.retriever) or "scan"
+    # (mfli.serve.engine: centroid routing, learned-code pre-rank, exact short list; needs merge="sum").
+    # "scan" for new snapshots: recall@100 within 0.5% of the reference (ml-latest-small leave-last-out
+    # 0.4000 vs 0.3967, synthetic 50k 0.3086 vs 0.3073) at 2-8x its queries/s at 100k items
+    # (docs/benchmarks_serving.md). Trigger mode and per-request quotas always take the reference path
+    engine: str = "scan"
+    scan: EngineConfig = field(default_factory=default_scan_config)  # the scan engine's settings (engine="scan")
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        if self.engine == "scan" and self.retriever.merge != "sum":
+            raise ValueError("engine 'scan' ranks by the summed facet score: it needs retriever.merge='sum', "
+                             f"got {self.retriever.merge!r}")
+        self.scan.validated()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> ServingConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not silently serve defaults)."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not silently serve defaults).
+
+        A dict without ``engine`` (a snapshot saved before the field existed, or no serving.json at all)
+        gets :data:`LEGACY_ENGINE`, the scorer its gates measured."""
         data = dict(data or {})
+        data.setdefault("engine", LEGACY_ENGINE)
         known = {f.name for f in dataclasses.fields(cls)}
         extra = sorted(set(data) - known)
         if extra:
@@ -50,4 +85,11 @@ class ServingConfig:
         for name in ("quotas", "facet_weights"):  # JSON lists back to the sequences the dataclass holds
             if rdata.get(name) is not None:
                 rdata[name] = list(rdata[name])
-        return cls(retriever=RetrieverConfig(**rdata), **data)
+        sdata = dict(data.pop("scan", None) or {})
+        sknown = {f.name for f in dataclasses.fields(EngineConfig)}
+        sextra = sorted(set(sdata) - sknown)
+        if sextra:
+            raise ValueError(f"unknown scan engine config fields {sextra}; known: {sorted(sknown)}")
+        # fields left out take the serving defaults (default_scan_config), not EngineConfig's
+        scan = EngineConfig(**{**dataclasses.asdict(default_scan_config()), **sdata})
+        return cls(retriever=RetrieverConfig(**rdata), scan=scan, **data)

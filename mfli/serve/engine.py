@@ -36,7 +36,9 @@ Every result is explained by the (facet, cluster) that first reached it and the 
 cluster (user mode) or the trigger item (trigger mode).
 
 Not thread-safe: one engine serves one call at a time (its seen-bitsets are reused across calls).
-The engine serves a full snapshot; a delta (new items, tombstones) is not folded in yet.
+The engine holds a full snapshot; ``removed`` rows (a delta's tombstones) are skipped by the kernel,
+and :class:`mfli.serve.engine_retriever.EngineRetriever` scores a delta's new items in the routed
+clusters and merges them.
 
 Example::
 
@@ -156,6 +158,8 @@ class ScanEngine:
                 n_pq -= 1
         if n_pq and (F * d) % n_pq:
             raise ValueError(f"pq_subquantizers={n_pq} must divide F * d = {F * d}")
+        if min(N, self.config.pq_train_size) < 256:  # 8-bit sub-quantisers need 256 training points:
+            n_pq = 0  # a catalogue this small is pre-ranked by its learned codes alone
         self._n_pq = n_pq
         wide = M > 256
         cdt = np.uint16 if wide else np.uint8
@@ -169,7 +173,14 @@ class ScanEngine:
             pq = faiss.ProductQuantizer(F * d, n_pq, 8)
             pq.cp.seed = self.config.seed
             pq.cp.niter = 20
-            pq.train(self._residual(sample, codes[sample]))
+            # one OpenMP thread: k-means sums reduce in a fixed order, so a gate and a service with
+            # other thread counts fit the same quantiser (same machine type assumed)
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                pq.train(self._residual(sample, codes[sample]))
+            finally:
+                faiss.omp_set_num_threads(threads)
             for s in range(0, N, 65_536):
                 rows = np.arange(s, min(N, s + 65_536))
                 item_codes[rows, F * L :] = pq.compute_codes(self._residual(rows, codes[rows]))
@@ -204,6 +215,7 @@ class ScanEngine:
             own[:, f, :] = csr.positions(index.assignments[:, f, :]) + self.facet_start[f]
         self._own = own.reshape(N, F * m).astype(np.int32)
         self._bits = np.zeros((self.config.threads, N // 8 + 1), np.uint8)
+        self._none_removed = np.zeros(N // 8 + 1, np.uint8)
         self._first_entry: np.ndarray | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -264,15 +276,28 @@ class ScanEngine:
         req = np.repeat(np.arange(B), lens)
         return rows[ok], np.bincount(req[ok], minlength=B).astype(np.int64)
 
+    def removed_bits(self, removed: np.ndarray | None) -> np.ndarray:
+        """``(N // 8 + 1,)`` uint8 bitset of a ``(N,)`` bool mask of rows never to return (None: none)."""
+        if removed is None:
+            return self._none_removed
+        removed = np.asarray(removed, bool)
+        if removed.shape != (self.N,):
+            raise ValueError(f"removed must be a (N={self.N},) bool mask, got {removed.shape}")
+        out = np.zeros(self.N // 8 + 1, np.uint8)
+        packed = np.packbits(removed, bitorder="little")  # bit r & 7 of byte r >> 3 is row r
+        out[: packed.size] = packed
+        return out
+
     def _run(self, luts, req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, ex_ptr, ex_rows, shortlist: int, k: int,
-             dedup_scan: bool = True):
+             dedup_scan: bool = True, removed: np.ndarray | None = None):
         import numba
 
         B = req_q_ptr.size - 1
         T = self._chunks(B)
         numba.set_num_threads(T)
+        rm = self._none_removed if removed is None else removed
         return self._K.scan_rescore(luts, req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, self.offsets,
-                                    self.entry_rows, self.entry_codes, self._emb, ex_ptr, ex_rows,
+                                    self.entry_rows, self.entry_codes, self._emb, ex_ptr, ex_rows, rm,
                                     self._bits[:T], max(shortlist, k), k, dedup_scan)
 
     def _result(self, out, pair_gid, source_of_pair, mode: str) -> EngineResult:
@@ -300,8 +325,15 @@ class ScanEngine:
         return gid, rank
 
     # ------------------------------------------------------------------ serving
+    def weighted(self, queries) -> np.ndarray:
+        """``(B, F, d)`` float32 queries times the facet weights (what :meth:`route` and :meth:`scan_users` take)."""
+        q = np.ascontiguousarray(_as_numpy(queries), dtype=np.float32)
+        if q.ndim != 3 or q.shape[1:] != (self.F, self.d):
+            raise ValueError(f"queries must be (B, F={self.F}, d={self.d}), got {q.shape}")
+        return q * self._w[None, :, None]
+
     def search(self, queries, k: int, n_clusters: int | None = None, shortlist: int | None = None,
-               exclude=None, routing: str | None = None) -> EngineResult:
+               exclude=None, routing: str | None = None, removed: np.ndarray | None = None) -> EngineResult:
         """User-to-item retrieval.
 
         Args:
@@ -309,28 +341,37 @@ class ScanEngine:
             k: results per request.
             n_clusters, shortlist, routing: override the config for this call.
             exclude: B lists of item ids never to return (seen items).
+            removed: ``(N,)`` bool rows no request may return (a delta's tombstones), or None.
 
         Returns:
             :class:`EngineResult` ranked by the exact ``sum_f w_f q_f . e_f``; ``source`` = routing rank.
         """
         cfg = self.config
-        q = np.ascontiguousarray(_as_numpy(queries), dtype=np.float32)
-        if q.ndim != 3 or q.shape[1:] != (self.F, self.d):
-            raise ValueError(f"queries must be (B, F={self.F}, d={self.d}), got {q.shape}")
         routing = routing or cfg.routing
         if routing not in ("joint", "per_facet"):
             raise ValueError(f"routing must be 'joint' or 'per_facet', got {routing!r}")
-        B = q.shape[0]
-        q = q * self._w[None, :, None]
+        q = self.weighted(queries)
         gid, rank = self.route(q, n_clusters or cfg.n_clusters, routing)
+        return self.scan_users(q, gid, rank, k, shortlist, exclude, self.removed_bits(removed))
+
+    def scan_users(self, q: np.ndarray, gid: np.ndarray, rank: np.ndarray, k: int, shortlist: int | None = None,
+                   exclude=None, removed_bits: np.ndarray | None = None) -> EngineResult:
+        """Scan routed clusters for weighted queries ``q (B, F, d)`` (:meth:`weighted`).
+
+        Args:
+            gid, rank: ``(B, w)`` cluster columns and their routing ranks (:meth:`route`; -1 padding).
+            removed_bits: :meth:`removed_bits` of the rows no request returns, or None.
+        """
+        B = q.shape[0]
         w = gid.shape[1]
         pair_ptr = np.arange(B + 1, dtype=np.int64) * w
         pair_q = np.repeat(np.arange(B, dtype=np.int64), w)
-        pair_gid = gid.reshape(-1)
+        pair_gid = np.ascontiguousarray(gid, dtype=np.int64).reshape(-1)
         ex_ptr, ex_rows = self._exclusions(B, exclude)
-        out = self._run(self._luts(q), np.arange(B + 1, dtype=np.int64), q.reshape(B, -1),
-                        pair_ptr, pair_q, pair_gid, ex_ptr, ex_rows, shortlist or cfg.shortlist, k)
-        return self._result(out, pair_gid, rank.reshape(-1), "user")
+        out = self._run(self._luts(q), np.arange(B + 1, dtype=np.int64), np.ascontiguousarray(q.reshape(B, -1)),
+                        pair_ptr, pair_q, pair_gid, ex_ptr, ex_rows, shortlist or self.config.shortlist, k,
+                        removed=removed_bits)
+        return self._result(out, pair_gid, np.asarray(rank, np.int64).reshape(-1), "user")
 
     def search_triggers(self, triggers: Sequence[Sequence[int]], k: int, extra_clusters: int | None = None,
                         shortlist: int | None = None, exclude=None, exclude_triggers: bool = True) -> EngineResult:

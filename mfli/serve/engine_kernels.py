@@ -132,7 +132,7 @@ def select_clusters(route: np.ndarray, facet_start: np.ndarray, n: int, joint: b
 def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
                  pair_ptr: np.ndarray, pair_q: np.ndarray, pair_gid: np.ndarray,
                  offsets: np.ndarray, entry_rows: np.ndarray, entry_codes: np.ndarray,
-                 emb: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray,
+                 emb: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray, removed: np.ndarray,
                  bits: np.ndarray, shortlist: int, k: int, dedup_scan: bool = True
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Scan, pre-rank by codes, de-duplicate, rescore exactly.
@@ -149,6 +149,8 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
         entry_rows: ``(E,)`` int32 item row of each entry.  entry_codes: ``(E, S)`` uint8/uint16.
         emb: ``(N, D)`` float32 exact item vectors.
         ex_ptr, ex_rows: request b never returns rows ``ex_rows[ex_ptr[b]:ex_ptr[b + 1]]``.
+        removed: ``(N // 8 + 1,)`` uint8 bitset of rows no request returns (tombstoned or replaced by a
+            delta); read only for entries that would enter the short list.
         bits: ``(T, N // 8 + 1)`` uint8 all-zero seen-bitsets, one per thread chunk (left all-zero).
         shortlist: R, candidates kept for exact rescoring.  k: results per request.
         dedup_scan: de-duplicate while scanning (right when every pair of a request scores with the same
@@ -212,7 +214,7 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
                         continue
                     r = entry_rows[e]
                     m = np.uint8(1 << (r & 7))
-                    if bt[r >> 3] & m:
+                    if (bt[r >> 3] | removed[r >> 3]) & m:
                         continue
                     if not dedup_scan:
                         size = _push(hs, hi, hp, size, shortlist, s, r, p)

@@ -217,6 +217,8 @@ class SnapshotRetriever:
             "user_feature_columns": self._user_columns,
             "max_k": self.config.max_k,
             "retriever": dataclasses.asdict(self.config.retriever),
+            "engine": self.config.engine,  # user-mode scorer (ServingConfig.engine)
+            "scan": dataclasses.asdict(self.config.scan) if self.config.engine == "scan" else None,
         }
 
     # ----------------------------------------------------------------------------- answering

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -18,7 +19,9 @@ from mfli.data.synthetic import SyntheticConfig, generate
 from mfli.eval.holdout import K_MAX, evaluate_holdout
 from mfli.index.build import build_from_encoded, encode_items
 from mfli.serve.config import ServingConfig
-from mfli.serve.retriever import RetrieverConfig
+from mfli.serve.engine import EngineConfig
+from mfli.serve.engine_retriever import EngineRetriever
+from mfli.serve.retriever import Retriever, RetrieverConfig
 from mfli.serve.service import create_app
 from mfli.serve.snapshot_retriever import open_live
 from mfli.snapshot import MANIFEST_FILE, SERVING_FILE, Snapshot, SnapshotLoadError
@@ -56,14 +59,44 @@ def snapshot(distinct_dataset) -> Snapshot:
 def test_default_serving_config_is_what_the_gates_measured():
     cfg = ServingConfig()
     assert (cfg.retriever.merge, cfg.retriever.beam) == ("sum", 32)
+    assert (cfg.engine, cfg.scan.n_clusters, cfg.scan.shortlist) == ("scan", 48, 400)  # new snapshots
     assert ServingConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown retriever config fields"):
         ServingConfig.from_dict({"retriever": {"mrege": "sum"}})
+    with pytest.raises(ValueError, match="unknown scan engine config fields"):
+        ServingConfig.from_dict({"engine": "scan", "scan": {"shortlsit": 10}})
+    with pytest.raises(ValueError, match="engine must be one of"):
+        ServingConfig.from_dict({"engine": "faiss"})
+    with pytest.raises(ValueError, match="needs retriever.merge='sum'"):
+        ServingConfig(retriever=RetrieverConfig(merge="quota"), engine="scan")
+    # a serving.json written before the engine field existed keeps the engine its gates measured
+    old = cfg.to_dict()
+    del old["engine"], old["scan"]
+    assert ServingConfig.from_dict(old).engine == "reference"
+    assert ServingConfig.from_dict(None).engine == "reference"
+
+
+def test_serving_json_round_trip_keeps_the_engine_and_its_settings(snapshot, tmp_path):
+    scan = ServingConfig(engine="scan", scan=EngineConfig(n_clusters=5, shortlist=40, routing="per_facet"))
+    folder = Snapshot(snapshot.model, snapshot.index, {}, scan).save(tmp_path / "snap")
+    stored = json.loads((folder / SERVING_FILE).read_text())
+    assert stored["engine"] == "scan" and stored["scan"]["n_clusters"] == 5 and stored["scan"]["routing"] == "per_facet"
+    loaded = Snapshot.load(folder)
+    assert loaded.serving == scan
+    r = loaded.retriever()
+    assert isinstance(r, EngineRetriever) and r.engine.config == scan.scan
+    assert loaded.retriever().engine is r.engine  # built once per snapshot and config
+    legacy = json.loads((folder / SERVING_FILE).read_text())
+    del legacy["engine"], legacy["scan"]
+    (folder / SERVING_FILE).write_text(json.dumps(legacy))
+    (folder / MANIFEST_FILE).unlink()  # a folder from before snapshot manifests: nothing to verify
+    assert isinstance(Snapshot.load(folder).retriever(), Retriever)
 
 
 def test_save_load_round_trip_keeps_the_serving_config(snapshot, tmp_path):
     custom = Snapshot(snapshot.model, snapshot.index, {"recall@100": 0.25},
-                      ServingConfig(retriever=RetrieverConfig(beam=8, merge="quota", quotas=[3, 1]), max_k=50))
+                      ServingConfig(retriever=RetrieverConfig(beam=8, merge="quota", quotas=[3, 1]), max_k=50,
+                                    engine="reference"))
     folder = custom.save(tmp_path / "snap")
     assert json.loads((folder / SERVING_FILE).read_text())["retriever"]["merge"] == "quota"
     manifest = Snapshot.verify(folder)
@@ -99,31 +132,69 @@ def test_model_and_index_that_disagree_are_refused(snapshot, distinct_dataset):
         Snapshot(snapshot.model, other)
 
 
-@pytest.mark.parametrize("merge", ["sum", "quota"])
-def test_service_returns_exactly_the_lists_the_gate_scored(snapshot, distinct_dataset, tmp_path, merge):
+def _gate_and_serve(snap: Snapshot, dataset, tmp_path):
+    """Save, gate (daily evaluation) and publish ``snap``, then ask the service for every test user's list.
+
+    Returns:
+        the gated snapshot, the holdout result and ``{user: served item ids}``.
+    """
+    cfg = snap.serving
+    gated = Snapshot.load(snap.save(tmp_path / "run"))  # the evaluation reads the run's saved artifacts
+    result = evaluate_holdout(gated, dataset, CUTOFF)
+    assert len(result.users) >= 20  # enough test users for the comparison to mean something
+    store = open_store(tmp_path / "store")
+    gated.publish(store, "v1")
+    live = open_live(store, cache_dir=tmp_path / "cache")
+    served = {}
+    with TestClient(create_app(live, user_features=False)) as client:
+        meta = client.get("/metadata").json()
+        assert meta["index"]["retriever"]["merge"] == cfg.retriever.merge and meta["index"]["engine"] == cfg.engine
+        for u, hist in zip(result.users.tolist(), result.histories):
+            r = client.post("/retrieve", json={"user_id": u, "user_features": {"history_item_ids": hist.tolist()},
+                                               "k": K_MAX, "mode": "user"})
+            assert r.status_code == 200, r.text
+            served[u] = [it["item_id"] for it in r.json()["items"]]
+    return gated, result, served
+
+
+@pytest.mark.parametrize(("engine", "merge"), [("reference", "sum"), ("reference", "quota"), ("scan", "sum")])
+def test_service_returns_exactly_the_lists_the_gate_scored(snapshot, distinct_dataset, tmp_path, engine, merge):
     """The daily evaluation scores the snapshot's serving retriever; published and served, /retrieve
-    answers the same users (history given, mode user) with the same lists, for either stored merge.
+    answers the same users (history given, mode user) with the same lists, for either stored merge and
+    either engine (the service rebuilds the scan engine from the published snapshot).
 
     (The gate embeds all test users in one batch, the service one request at a time: torch's CPU kernels
     may differ by batch shape in the last bit, so items whose scores tie to 1e-7 could trade places;
     the dataset here has none.)
     """
-    snap = Snapshot(snapshot.model, snapshot.index, {}, ServingConfig(retriever=RetrieverConfig(merge=merge)))
-    gated = Snapshot.load(snap.save(tmp_path / "run"))  # the evaluation reads the run's saved artifacts
-    result = evaluate_holdout(gated, distinct_dataset, CUTOFF)
-    assert len(result.users) >= 20  # enough test users for the comparison to mean something
-    store = open_store(tmp_path / "store")
-    gated.publish(store, "v1")
-    live = open_live(store, cache_dir=tmp_path / "cache")
-    with TestClient(create_app(live, user_features=False)) as client:
-        meta = client.get("/metadata").json()
-        assert meta["index"]["retriever"]["merge"] == merge
-        for u, hist, row in zip(result.users.tolist(), result.histories, result.retrieved["mfli"]):
-            r = client.post("/retrieve", json={"user_id": u, "user_features": {"history_item_ids": hist.tolist()},
-                                               "k": K_MAX, "mode": "user"})
-            assert r.status_code == 200, r.text
-            served = [it["item_id"] for it in r.json()["items"]]
-            assert served == row[row >= 0].tolist() and len(served) >= 50, u
+    snap = Snapshot(snapshot.model, snapshot.index, {},
+                    ServingConfig(retriever=RetrieverConfig(merge=merge), engine=engine,
+                                  scan=EngineConfig(n_clusters=12, shortlist=80)))
+    _, result, served = _gate_and_serve(snap, distinct_dataset, tmp_path)
+    for u, row in zip(result.users.tolist(), result.retrieved["mfli"]):
+        assert served[u] == row[row >= 0].tolist() and len(served[u]) >= 50, u
+    assert isinstance(snap.retriever(), EngineRetriever if engine == "scan" else Retriever)
+
+
+def test_scan_engine_with_its_residual_quantiser_serves_what_the_gate_scored(tmp_path):
+    """Above 256 items the engine fits a residual product quantiser at load; the gate's snapshot and the
+    service's each fit their own and rank alike: for the same query vector the service's list is the
+    gate retriever's, item for item. The gate embeds its users in one batch and the service one at a
+    time, which moves the query in the last bit (about 1e-7); the approximate pre-rank can then swap an
+    item at the short list's edge, so against the gate's batch lists at most 5% of users may differ."""
+    ds = generate(SyntheticConfig(n_items=400, n_users=120, n_interactions=4000, seed=5))
+    model = train(ds, ds.interactions[ds.interactions["event_ts"] < CUTOFF], TrainConfig.from_dict(TINY))
+    index = build_from_encoded(encode_items(model, ds.items), model.codebooks, model.facets).index
+    snap = Snapshot(model, index, {}, ServingConfig(engine="scan", scan=EngineConfig(n_clusters=16, shortlist=150)))
+    assert snap.retriever().engine._n_pq > 0  # the code rows carry residual PQ codes
+    gated, result, served = _gate_and_serve(snap, ds, tmp_path)
+    same_as_batch = 0
+    for u, hist, row in zip(result.users.tolist(), result.histories, result.retrieved["mfli"]):
+        one = gated.retriever().retrieve_users(model.user_embeddings(np.array([u]), [hist]).numpy(), K_MAX,
+                                               exclude=[hist]).item_ids[0]
+        assert served[u] == one[one >= 0].tolist() and len(served[u]) >= 50, u
+        same_as_batch += served[u] == row[row >= 0].tolist()
+    assert same_as_batch >= 0.95 * len(result.users), (same_as_batch, len(result.users))
 
 
 @pytest.mark.timeout(120)

@@ -6,6 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 Log = Callable[[str], None]  # progress lines (print by default)
+#: every method the benchmark knows, in the order it runs them
+METHODS = ("exact", "mfli", "mfli_scan", "hnsw", "ivf", "ivfpq_fs", "scann", "dr")
+#: MFLI's serving paths (the rest are baselines; "exact" is the reference)
+MFLI_METHODS = ("mfli", "mfli_scan")
 
 
 @dataclass
@@ -26,7 +30,7 @@ class ServingBenchConfig:
     # mostly spins (many small k-means in rebalancing ran 8x slower with 2 threads under load)
     build_threads: int = 1
     embeddings: str = "model"  # "model" (trained towers, content only) or "synthetic" (topic clusters)
-    methods: tuple[str, ...] = ("exact", "mfli", "hnsw", "ivf", "dr")
+    methods: tuple[str, ...] = ("exact", "mfli", "mfli_scan", "hnsw", "ivf", "ivfpq_fs", "scann", "dr")
     seed: int = 0
     # model source: the synthetic catalogue and the brief training
     n_users: int = 10_000  # synthetic users (queries are sampled from them)
@@ -37,6 +41,14 @@ class ServingBenchConfig:
     save_model_dir: str | None = None  # save the trained model here (reuse with model_dir)
     # sweeps
     mfli_sweep: tuple[tuple[int, int | None], ...] = ((16, 4), (32, 8), (64, 16), (128, 32), (128, 64))
+    # scan engine (mfli_scan): (clusters read over both facets, exact short list)
+    scan_sweep: tuple[tuple[int, int], ...] = ((12, 200), (16, 200), (24, 250), (32, 300), (48, 400), (64, 500))
+    scan_pq_subquantizers: int | None = None  # residual PQ sub-vectors (EngineConfig's default: one per 4 dims)
+    # IVF-PQ fast-scan (4-bit, one sub-quantiser per 2 dims) + exact reorder: (nprobe, reorder factor)
+    ivfpq_sweep: tuple[tuple[int, int], ...] = ((16, 4), (24, 4), (32, 6), (48, 6), (64, 8))
+    # ScaNN (tree + AH + reorder): leaves (~2 sqrt(N), capped at N / 100) and (leaves searched, reorder)
+    scann_leaves: int | None = None
+    scann_sweep: tuple[tuple[int, int], ...] = ((40, 250), (60, 300), (80, 400), (120, 500), (160, 600))
     hnsw_ef: tuple[int, ...] = (100, 200, 400, 800, 1600)  # efSearch (AnnIndex raises it to >= k)
     ivf_nprobe: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     dr_beams: tuple[int, ...] = (10, 25, 50, 100)
@@ -52,9 +64,9 @@ class ServingBenchConfig:
     def validated(self) -> ServingBenchConfig:
         if self.embeddings not in ("model", "synthetic"):
             raise ValueError(f"embeddings must be 'model' or 'synthetic', got {self.embeddings!r}")
-        unknown = set(self.methods) - {"exact", "mfli", "hnsw", "ivf", "dr"}
+        unknown = set(self.methods) - set(METHODS)
         if unknown:
-            raise ValueError(f"unknown method(s) {sorted(unknown)}; known: exact, mfli, hnsw, ivf, dr")
+            raise ValueError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(METHODS)}")
         if self.embeddings == "model" and not 1 <= self.facets <= 3:
             raise ValueError("the model source supports 1 to 3 facets")
         if self.n_queries < 1 or self.b1_queries < 0 or self.batch_size < 1 or self.k < 1:

@@ -1,4 +1,5 @@
-"""One function per method measured: exact, MFLI, HNSW, IVF, Deep Retrieval (build, memory, sweep)."""
+"""One function per method measured: exact, MFLI (reference retriever and scan engine), HNSW, IVF,
+IVF-PQ fast-scan, ScaNN, Deep Retrieval (build, memory, sweep)."""
 
 from __future__ import annotations
 
@@ -50,8 +51,11 @@ def bench_exact(data: BenchData, cfg: ServingBenchConfig, log: Log) -> tuple[dic
     return out, ref
 
 
-def bench_mfli(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadline: Deadline, log: Log) -> dict:
-    """Encode code paths, build the CSR index, rebalance, serve by beam search (user mode, merge="sum")."""
+def bench_mfli(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadline: Deadline, log: Log,
+               keep: dict | None = None) -> dict:
+    """Encode code paths, build the CSR index, rebalance, serve by beam search (user mode, merge="sum").
+
+    ``keep``: receives the rebalanced ``index`` and its build ``seconds`` (the scan engine reuses them)."""
     from mfli.index.build import auto_rebalance_config
     from mfli.index.inverted import MultiFacetIndex, encode_paths
     from mfli.index.split_merge import rebalance
@@ -80,6 +84,8 @@ def bench_mfli(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadli
         sec["serving_prep"] = time.perf_counter() - t0
         gc.collect()
     sec["total"] = sum(sec.values())
+    if keep is not None:
+        keep.update(index=index, seconds={k: v for k, v in sec.items() if k != "serving_prep"})
     # what serving holds: the index (embeddings included) plus the retriever's facet-ordered copies,
     # (nnz_f, d) per facet and, for merge="sum", (nnz_f, F * d) per facet (see the Retriever docstring)
     F, d = index.n_facets, index.dim
@@ -265,3 +271,142 @@ def bench_dr(data: BenchData, cfg: ServingBenchConfig, deadline: Deadline, log: 
             "reference": "the re-ranker's brute-force top-k over DR's catalogue (its own exact search)",
             "build": {"seconds": {"fit": fit_s, "total": fit_s}, "index_bytes": dr_bytes, "serving_bytes": dr_bytes,
                       **mem.report()}, "sweep": sweep}
+
+
+def _ids(data: BenchData, rows: np.ndarray) -> np.ndarray:
+    """Item ids of library result rows (``-1`` padding kept): the reference holds item ids."""
+    rows = np.asarray(rows, np.int64)
+    return np.where(rows >= 0, data.item_ids[np.maximum(rows, 0)], -1)
+
+
+def _rebalanced_index(data: BenchData, cfg: ServingBenchConfig) -> tuple:
+    """``(index, seconds)``: code paths, CSR build and rebalance, as :func:`bench_mfli` builds them."""
+    from mfli.index.build import auto_rebalance_config
+    from mfli.index.inverted import MultiFacetIndex, encode_paths
+    from mfli.index.split_merge import rebalance
+
+    set_threads(cfg.build_threads)
+    t0 = time.perf_counter()
+    codes = encode_paths(data.items, data.codebooks)
+    index = MultiFacetIndex.build(data.item_ids, data.items, codes, data.codebooks, facet_names=data.facet_names)
+    index = rebalance(index, auto_rebalance_config(len(data.item_ids), seed=cfg.seed)).index
+    set_threads(cfg.threads)
+    return index, {"index_build": time.perf_counter() - t0}
+
+
+def bench_mfli_scan(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadline: Deadline, log: Log,
+                    prebuilt: dict | None = None) -> dict:
+    """The scan engine (:class:`~mfli.serve.engine.ScanEngine`, what ``ServingConfig.engine="scan"`` serves)
+    over the same rebalanced index as ``mfli`` (``prebuilt`` from :func:`bench_mfli`, else built here);
+    sweep over ``(n_clusters, shortlist)``."""
+    import numba
+
+    from mfli.serve.engine import EngineConfig, ScanEngine
+
+    sec: dict[str, float] = {}
+    with MemoryMeter() as mem:
+        if prebuilt and "index" in prebuilt:
+            index, sec = prebuilt["index"], dict(prebuilt["seconds"])
+        else:
+            index, sec = _rebalanced_index(data, cfg)
+        numba.set_num_threads(cfg.threads)
+        t0 = time.perf_counter()
+        engine = ScanEngine(index, data.codebooks, EngineConfig(pq_subquantizers=cfg.scan_pq_subquantizers,
+                                                                threads=cfg.threads, seed=cfg.seed))
+        engine.search(data.queries[:2], cfg.k)  # compiles the kernels (numba caches them on disk)
+        sec["engine_build"] = time.perf_counter() - t0
+    sec["total"] = sum(sec.values())
+    nb = engine.nbytes()
+    # serving holds the engine, the embeddings it reads in place, item ids and the id -> row lookup
+    serving_bytes = int(nb["total"] + index.item_ids.nbytes * 3)
+    log(f"  mfli_scan: engine built in {sec['engine_build']:.1f}s; serving {serving_bytes / 2**20:,.0f} MB")
+    sweep = []
+    for n, R in cfg.scan_sweep:
+        if deadline.passed():
+            sweep.append({"n_clusters": n, "shortlist": R, "skipped": "over budget"})
+            continue
+        point = measure(lambda sl, n=n, R=R: engine.search(data.queries[sl], cfg.k, n_clusters=n,
+                                                            shortlist=R).item_ids,
+                        len(data.queries), cfg.b1_queries, cfg.batch_size, ref)
+        sweep.append({"n_clusters": n, "shortlist": R, **point})
+        log(f"  mfli_scan n={n} R={R}: recall {point['recall']:.3f}, {point['qps_b1']:.0f} q/s b1, "
+            f"{point[f'qps_b{cfg.batch_size}']:.0f} q/s b{cfg.batch_size}")
+    return {"n_items": len(data.item_ids),
+            "params": {"routing": engine.config.routing, "pq_subquantizers": engine._n_pq,
+                       "clusters": [c.n_clusters for c in index.facets]},
+            "build": {"seconds": sec, "index_bytes": int(index.nbytes()), "serving_bytes": serving_bytes,
+                      "engine_bytes": nb, **mem.report()},
+            "sweep": sweep}
+
+
+def bench_ivfpq_fs(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadline: Deadline, log: Log) -> dict:
+    """FAISS IVF-PQ fast-scan (``IndexIVFPQFastScan``, 4-bit codes, one sub-quantiser per 2 dims, nlist =
+    4 sqrt(N)) with an exact reorder of ``factor * k`` candidates (``IndexRefineFlat``); (nprobe, factor) sweep."""
+    import faiss
+
+    from mfli.baselines.ann import ivf_nlist
+    from mfli.eval.serving.ann_libs import build_ivfpq_fs
+
+    x, q = _concat(data.items), _concat(data.queries)
+    nlist = ivf_nlist(len(x))
+    with MemoryMeter() as mem:
+        faiss.omp_set_num_threads(cfg.build_threads)
+        t0 = time.perf_counter()
+        index, base, nbytes = build_ivfpq_fs(x, nlist, cfg.seed)
+        build = time.perf_counter() - t0
+        faiss.omp_set_num_threads(cfg.threads)
+    log(f"  ivfpq_fs: nlist={nlist}, built in {build:.1f}s")
+    sweep = []
+    for nprobe, factor in cfg.ivfpq_sweep:
+        if nprobe > nlist:
+            continue
+        if deadline.passed():
+            sweep.append({"nprobe": nprobe, "k_factor": factor, "skipped": "over budget"})
+            continue
+        base.nprobe = nprobe
+        index.k_factor = factor
+        point = measure(lambda sl: _ids(data, index.search(q[sl], cfg.k)[1]), len(q), cfg.b1_queries,
+                        cfg.batch_size, ref)
+        sweep.append({"nprobe": nprobe, "k_factor": factor, **point})
+        log(f"  ivfpq_fs nprobe={nprobe} k_factor={factor}: recall {point['recall']:.3f}, {point['qps_b1']:.0f} q/s b1, "
+            f"{point[f'qps_b{cfg.batch_size}']:.0f} q/s b{cfg.batch_size}")
+    return {"n_items": len(x), "params": {"nlist": nlist, "pq": f"{x.shape[1] // 2}x4 fast-scan", "reorder": "flat"},
+            "build": {"seconds": {"total": build}, "index_bytes": nbytes, "serving_bytes": nbytes, **mem.report()},
+            "sweep": sweep}
+
+
+def bench_scann(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadline: Deadline, log: Log) -> dict:
+    """ScaNN 1.4.2 (tree + asymmetric hashing + exact reorder; optional: ``pip install scann==1.4.2``);
+    (leaves searched, reorder) sweep. Without the package the method is reported as skipped."""
+    try:
+        import scann  # noqa: F401
+    except ImportError as exc:
+        log(f"  scann: skipped ({exc})")
+        return {"n_items": len(data.item_ids), "skipped": f"scann not installed ({exc}); pip install scann==1.4.2",
+                "sweep": []}
+    from mfli.eval.serving.ann_libs import build_scann, scann_search
+
+    x, q = _concat(data.items), _concat(data.queries)
+    leaves = cfg.scann_leaves or max(1, int(2 * math.sqrt(len(x))))
+    with MemoryMeter() as mem:
+        t0 = time.perf_counter()
+        searcher, nbytes = build_scann(x, cfg.k, leaves, cfg.seed)
+        build = time.perf_counter() - t0
+    searcher.set_num_threads(cfg.threads)
+    leaves = min(leaves, max(1, len(x) // 100))  # build_scann's cap
+    log(f"  scann: {leaves} leaves, built in {build:.1f}s")
+    sweep = []
+    for n_leaves, reorder in cfg.scann_sweep:
+        if n_leaves > leaves:
+            continue
+        if deadline.passed():
+            sweep.append({"leaves": n_leaves, "reorder": reorder, "skipped": "over budget"})
+            continue
+        point = measure(lambda sl, a=n_leaves, b=reorder: _ids(data, scann_search(searcher, q[sl], cfg.k, a, b)[0]),
+                        len(q), cfg.b1_queries, cfg.batch_size, ref)
+        sweep.append({"leaves": n_leaves, "reorder": reorder, **point})
+        log(f"  scann leaves={n_leaves} reorder={reorder}: recall {point['recall']:.3f}, {point['qps_b1']:.0f} q/s b1, "
+            f"{point[f'qps_b{cfg.batch_size}']:.0f} q/s b{cfg.batch_size}")
+    return {"n_items": len(x), "params": {"leaves": leaves, "ah": "2 dims/block, threshold 0.2"},
+            "build": {"seconds": {"total": build}, "index_bytes": nbytes, "serving_bytes": nbytes, **mem.report()},
+            "sweep": sweep}

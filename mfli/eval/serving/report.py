@@ -83,6 +83,30 @@ def headline(result: dict, key: str) -> dict:
             "ratio_range": [min(r["ratio"] for r in ok), max(r["ratio"] for r in ok)]}
 
 
+BASELINES = ("hnsw", "ivf", "ivfpq_fs", "scann")  # the ANN libraries MFLI is compared with
+MFLI_PATHS = ("mfli", "mfli_scan")
+
+
+def headline_fastest(methods: dict, key: str, targets: Sequence[float] = (0.9, 0.95)) -> list[dict]:
+    """Per target recall: each MFLI path's interpolated ``key`` (queries/s) over the fastest baseline's
+    at that recall (None where a method does not reach it)."""
+    curves = {n: [(p.get("recall"), p.get(key)) for p in m.get("sweep", []) if "skipped" not in p]
+              for n, m in methods.items() if n in BASELINES + MFLI_PATHS}
+    rows = []
+    for t in targets:
+        base = {n: qps_at_recall(curves[n], t) for n in BASELINES if n in curves}
+        reached = {n: q for n, q in base.items() if q}
+        fastest = max(reached, key=reached.get) if reached else None
+        row = {"recall": t, "fastest_baseline": fastest, "fastest_qps": reached.get(fastest) if fastest else None}
+        for n in MFLI_PATHS:
+            if n in curves:
+                q = qps_at_recall(curves[n], t)
+                row[n] = q
+                row[f"{n}_over_fastest"] = (q / row["fastest_qps"]) if q and row["fastest_qps"] else None
+        rows.append(row)
+    return rows
+
+
 def _fmt(x, nd: int = 0) -> str:
     if x is None:
         return "-"
@@ -100,6 +124,12 @@ def _param(name: str, p: dict) -> str:
         return f"nprobe {p['nprobe']}"
     if name == "dr":
         return f"beam {p['beam']}"
+    if name == "mfli_scan":
+        return f"clusters {p['n_clusters']}, short list {p['shortlist']}"
+    if name == "ivfpq_fs":
+        return f"nprobe {p['nprobe']}, reorder {p['k_factor']}k"
+    if name == "scann":
+        return f"leaves {p['leaves']}, reorder {p['reorder']}"
     return "-"
 
 
@@ -112,6 +142,8 @@ def format_tables(result: dict) -> str:
              "|---|---|---|---|---|---|"]
     for name, m in methods.items():
         if "build" not in m:
+            if m.get("skipped"):
+                lines.append(f"| {name} | skipped: {m['skipped']} | | | | |")
             continue
         b = m["build"]
         lines.append(f"| {name} | {m['n_items']:,} | {b['seconds']['total']:.1f} | "
@@ -129,17 +161,29 @@ def format_tables(result: dict) -> str:
                          f"{_fmt(p['p50_ms'], 2)} | {_fmt(p['p99_ms'], 2)} | {_fmt(p[bkey])} |")
     for key in ("qps_b1", bkey):
         er = result["equal_recall"][key]
+        shown = [n for n in (*MFLI_PATHS, *BASELINES) if n in methods and methods[n].get("sweep")]
         others = [n for n in ("hnsw", "ivf") if n in methods]
         lines += ["", f"Equal recall ({'batch 1' if key == 'qps_b1' else f'batch {bs}'}, queries/s):", "",
-                  "| recall@k | mfli | " + " | ".join(others) + " | " +
-                  " | ".join(f"mfli / {o}" for o in others) + " |",
-                  "|---|" + "---|" * (1 + 2 * len(others))]
+                  "| recall@k | " + " | ".join(shown) + " | " + " | ".join(f"mfli / {o}" for o in others) + " |",
+                  "|---|" + "---|" * (len(shown) + len(others))]
         for row in er["by_target"]:
-            if not any(row.get(n) for n in ["mfli", *others]):
+            if not any(row.get(n) for n in shown):
                 continue
-            lines.append(f"| {row['recall']:.2f} | {_fmt(row.get('mfli'))} | "
-                         + " | ".join(_fmt(row.get(o)) for o in others) + " | "
+            lines.append(f"| {row['recall']:.2f} | " + " | ".join(_fmt(row.get(n)) for n in shown) + " | "
                          + " | ".join(_fmt(row.get(f"mfli_over_{o}"), 2) for o in others) + " |")
+    fastest = result.get("headline_fastest") or {}
+    if fastest:
+        paths = [n for n in MFLI_PATHS if n in methods and methods[n].get("sweep")]
+        lines += ["", "MFLI vs the fastest baseline at equal recall (queries/s ratio):", "",
+                  "| recall@k | batch | fastest baseline | its q/s | " + " | ".join(f"{n} q/s | {n} / fastest"
+                                                                            for n in paths) + " |",
+                  "|---|---|---|---|" + "---|---|" * len(paths)]
+        for key, rows in fastest.items():
+            label = "1" if key == "qps_b1" else key.removeprefix("qps_b")
+            for row in rows:
+                lines.append(f"| {row['recall']:.2f} | {label} | {row['fastest_baseline'] or 'none reaches it'} | "
+                             f"{_fmt(row['fastest_qps'])} | " + " | ".join(
+                                 f"{_fmt(row.get(n))} | {_fmt(row.get(f'{n}_over_fastest'), 2)}" for n in paths) + " |")
     return "\n".join(lines)
 
 
@@ -152,7 +196,8 @@ def plot(result: dict, path: str | Path) -> Path:
 
     bs = result["config"]["batch_size"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    styles = {"mfli": ("C0", "o"), "hnsw": ("C1", "s"), "ivf": ("C2", "^"), "dr": ("C3", "D"), "exact": ("k", "*")}
+    styles = {"mfli": ("C0", "o"), "hnsw": ("C1", "s"), "ivf": ("C2", "^"), "dr": ("C3", "D"), "exact": ("k", "*"),
+              "mfli_scan": ("C4", "P"), "ivfpq_fs": ("C6", "v"), "scann": ("C8", "X")}
     for ax, key, title in ((axes[0], "qps_b1", "batch 1"), (axes[1], f"qps_b{bs}", f"batch {bs}")):
         for name, m in result["methods"].items():
             pts = [p for p in m.get("sweep", []) if "skipped" not in p and p.get(key)]

@@ -60,7 +60,8 @@ def test_retrieve_user_and_trigger_modes(trained, tiny_dataset):
     assert CliRunner().invoke(app, ["index", "build", str(data), "--model", str(model), "--out", str(index),
                                     "--split", "last"]).exit_code == 0  # fmt: skip
     res = CliRunner().invoke(app, ["retrieve", str(data), "--model", str(model), "--index", str(index),
-                                   "--user", "3", "--user", "7", "--k", "5", "--split", "last"])  # fmt: skip
+                                   "--user", "3", "--user", "7", "--k", "5", "--split", "last",
+                                   "--engine", "reference"])  # fmt: skip
     assert res.exit_code == 0, res.output
     lines = [json.loads(line) for line in res.stdout.strip().splitlines()]
     assert [line["user_id"] for line in lines] == [3, 7]
@@ -76,6 +77,19 @@ def test_retrieve_user_and_trigger_modes(trained, tiny_dataset):
         assert got == [i for i in want.item_ids[b].tolist() if i >= 0]
         assert not set(got) & set(hist[b].tolist())
         assert all({"facet", "cluster", "path_rank", "score", "title"} <= set(e) for e in line["results"])
+
+    # --engine scan: the scan engine, as a snapshot stored with engine="scan" serves it
+    from mfli.serve.config import ServingConfig
+    from mfli.snapshot import Snapshot
+
+    res = CliRunner().invoke(app, ["retrieve", str(data), "--model", str(model), "--index", str(index),
+                                   "--user", "3", "--user", "7", "--k", "5", "--split", "last",
+                                   "--engine", "scan"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    scan = Snapshot(m, MultiFacetIndex.load(index), serving=ServingConfig(engine="scan")).retriever()
+    want = scan.retrieve_users(m.user_embeddings(np.array([3, 7]), hist).numpy(), 5, exclude=hist)
+    for b, line in enumerate(json.loads(x) for x in res.stdout.strip().splitlines()):
+        assert [e["item_id"] for e in line["results"]] == [i for i in want.item_ids[b].tolist() if i >= 0]
 
     res = CliRunner().invoke(app, ["retrieve", str(data), "--model", str(model), "--index", str(index),
                                    "--triggers", "0,3,6", "--k", "4", "--clusters", "2"])  # fmt: skip
@@ -96,6 +110,8 @@ def test_retrieve_bad_input(trained):
     assert res.exit_code == 2 and "--triggers" in res.output
     res = CliRunner().invoke(app, base)
     assert res.exit_code == 2 and "--user" in res.output
+    res = CliRunner().invoke(app, [*base, "--user", "3", "--engine", "faiss"])
+    assert res.exit_code == 2 and "engine must be one of" in res.output
     npz = index / "index.npz"
     npz.write_bytes(npz.read_bytes()[:-10])  # truncated file: refused by its checksum
     res = CliRunner().invoke(app, [*base, "--user", "3"])

@@ -65,3 +65,16 @@ def test_cold_start_gate_fails_on_rate_and_overflow(live, tiny_dataset):
     assert not report.passed
     assert any("would hold more than" in f for f in report.failures)
     assert report.failures[-1].startswith(f"self-retrieval rate {report.self_retrieval_rate:.3f} < 1.010")
+
+
+def test_cold_start_gate_scores_the_new_items_through_the_scan_engine(live, tiny_dataset):
+    """engine="scan": the gate's self-queries go through the engine, new (delta) items merged in."""
+    from mfli.serve.config import ServingConfig
+    from mfli.serve.engine import EngineConfig
+    from mfli.serve.engine_retriever import EngineRetriever
+
+    scan = Snapshot(live.model, live.index, {}, ServingConfig(engine="scan", scan=EngineConfig(n_clusters=8)))
+    assert isinstance(scan.retriever(), EngineRetriever)
+    ids, emb, clusters = _new_items(live, tiny_dataset.items)
+    report = cold_start_gate(scan, ids, emb, clusters, min_self_retrieval_rate=0.5)
+    assert report.passed and report.items == 6 and report.self_retrieval_rate >= 0.5

@@ -31,6 +31,9 @@ def test_all_methods_run_on_the_same_split(small_catalogue):
             assert math.isnan(v) or 0.0 <= v <= 1.0, (method, k, v)
     # exact search is the ceiling of the embeddings the MFLI index serves from
     assert results["mfli"]["recall@200"]["mean"] <= results["exact"]["recall@200"]["mean"] + 1e-9
+    assert results["mfli_scan"]["recall@200"]["mean"] <= results["exact"]["recall@200"]["mean"] + 1e-9
+    # the scan engine serves the delta's items too: cold items are reachable as through the reference
+    assert results["mfli_scan"]["cold_recall@100"]["mean"] > 0 or math.isnan(results["mfli"]["cold_recall@100"]["mean"])
     # items without training events are invisible to a rebuild-at-snapshot ANN index
     assert results["hnsw"]["cold_recall@100"]["mean"] in (0.0,) or math.isnan(results["hnsw"]["cold_recall@100"]["mean"])
     table = format_table(results)

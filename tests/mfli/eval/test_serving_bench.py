@@ -21,7 +21,8 @@ from mfli.eval.serving_bench import (
 TINY = {"n_items": 3000, "n_users": 300, "n_interactions": 6000, "n_queries": 64, "b1_queries": 8, "batch_size": 32,
         "k": 20, "dim": 16, "hidden": 32, "codes": 8, "layers": 2, "train_steps": 8, "build_threads": 1,
         "mfli_sweep": ((2, None), (8, None)), "hnsw_ef": (20, 80), "ivf_nprobe": (1, 8, 76), "dr_beams": (3,),
-        "dr_items": 0}  # fmt: skip
+        "dr_items": 0, "scan_sweep": ((4, 50), (10_000, 3000)), "ivfpq_sweep": ((2, 2), (76, 8)),
+        "scann_sweep": ((2, 40), (30, 400))}  # fmt: skip
 
 
 def test_qps_at_recall_interpolates_on_the_pareto_front():
@@ -62,7 +63,7 @@ def test_json_has_every_method_with_sane_numbers(tiny_result):
     json.dumps(r)  # plain JSON
     assert r["embedding_source"] == "trained_model_content_only"
     assert "co-trained" in r["codebook_source"]
-    assert set(r["methods"]) == {"exact", "mfli", "hnsw", "ivf", "dr"}
+    assert set(r["methods"]) == {"exact", "mfli", "mfli_scan", "hnsw", "ivf", "ivfpq_fs", "scann", "dr"}
     for name, m in r["methods"].items():
         b = m["build"]
         assert b["seconds"]["total"] >= 0 and b["peak_rss_delta_bytes"] >= 0, name
@@ -72,7 +73,7 @@ def test_json_has_every_method_with_sane_numbers(tiny_result):
             assert p["qps_b1"] > 0 and p["qps_b32"] > 0, (name, p)
             assert 0 < p["p50_ms"] <= p["p99_ms"], (name, p)
     assert r["methods"]["exact"]["sweep"][0]["recall"] == pytest.approx(1.0)
-    for name in ("mfli", "hnsw", "ivf"):
+    for name in ("mfli", "mfli_scan", "hnsw", "ivf", "ivfpq_fs", "scann"):
         assert r["methods"][name]["n_items"] == 3000
         b = r["methods"][name]["build"]
         assert b["serving_bytes"] >= b["index_bytes"] >= 3000 * 2 * 16 * 4  # holds the vectors
@@ -80,6 +81,11 @@ def test_json_has_every_method_with_sane_numbers(tiny_result):
     assert r["methods"]["ivf"]["sweep"][-1]["recall"] > 0.99  # nprobe = nlist scans every list
     assert r["methods"]["hnsw"]["sweep"][-1]["recall"] > 0.9
     assert max(p["recall"] for p in r["methods"]["mfli"]["sweep"]) > 0.9
+    # the scan engine reading every cluster with a short list of the whole catalogue is exact search
+    assert r["methods"]["mfli_scan"]["sweep"][-1]["recall"] == pytest.approx(1.0)
+    assert r["methods"]["mfli_scan"]["sweep"][0]["recall"] < r["methods"]["mfli_scan"]["sweep"][-1]["recall"]
+    assert r["methods"]["ivfpq_fs"]["sweep"][-1]["recall"] > 0.95  # every list, 8k reordered exactly
+    assert r["methods"]["scann"]["sweep"][-1]["recall"] > 0.9  # every leaf, 400 reordered exactly
     # a wider beam reads more clusters: recall does not drop
     mf = r["methods"]["mfli"]["sweep"]
     assert mf[1]["recall"] >= mf[0]["recall"]
@@ -101,6 +107,17 @@ def test_equal_recall_and_headline(tiny_result):
         assert h["ratio"] is None or (h["ratio"] > 0 and h["meets_target"] == (h["ratio"] >= 1.5))
     text = format_tables(r)
     assert "| mfli | beam 8, clusters all |" in text and "Equal recall" in text
+    assert "| mfli_scan | clusters 4, short list 50 |" in text and "fastest baseline" in text
+    for key in ("qps_b1", "qps_b32"):
+        for row in r["headline_fastest"][key]:
+            assert row["recall"] in (0.9, 0.95)
+            if row["fastest_baseline"] is not None:
+                # the fastest baseline is the fastest of the four at that recall
+                er = {x["recall"]: x for x in r["equal_recall"][key]["by_target"]}[row["recall"]]
+                qs = [er.get(n) for n in ("hnsw", "ivf", "ivfpq_fs", "scann") if er.get(n)]
+                assert row["fastest_qps"] == pytest.approx(max(qs))
+                if row.get("mfli_scan"):
+                    assert row["mfli_scan_over_fastest"] == pytest.approx(row["mfli_scan"] / max(qs))
 
 
 def test_cli_writes_json_and_plot(tmp_path):

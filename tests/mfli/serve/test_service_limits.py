@@ -52,7 +52,7 @@ def snapshot_dir(tiny_dataset, tmp_path_factory) -> Path:
         # Deterministic cluster selection ("topk"), stored as the snapshot's serving config: with the default
         # multinomial draws a trigger request's answer is a random sample whatever it is batched with, so
         # "the same answer" could not be tested.
-        serving = ServingConfig(retriever=RetrieverConfig(sampling="topk"))
+        serving = ServingConfig(retriever=RetrieverConfig(sampling="topk"), engine="reference")  # quota merge
         (root / "serving.json").write_text(json.dumps(serving.to_dict()))
         _ART["dir"] = root
     return _ART["dir"]

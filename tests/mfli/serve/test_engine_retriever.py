@@ -1,0 +1,170 @@
+"""The scan engine behind the serving interface: the same lists as the reference retriever and exact search
+when both read every cluster, with and without a delta (new, replaced and tombstoned items); recall close
+to the reference at serving budgets; delta items reachable, excluded and explained; other modes and
+quota views taken by the reference path."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from mfli.index.delta import apply_delta, assign_paths
+from mfli.index.inverted import MultiFacetIndex, encode_paths
+from mfli.index.split_merge import RebalanceConfig, rebalance
+from mfli.serve.engine import EngineConfig
+from mfli.serve.engine_retriever import EngineRetriever
+from mfli.serve.exact import exact_search
+from mfli.serve.retriever import Retriever, RetrieverConfig
+
+N, F, D, L, M = 1500, 2, 8, 2, 16
+
+
+def _data(n: int, seed: int) -> np.ndarray:
+    """``(n, F, D)`` unit vectors around 6 topics per facet."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, F, D), np.float32)
+    for f in range(F):
+        c = rng.standard_normal((6, D)).astype(np.float32)
+        x = c[rng.integers(0, 6, n)] + 0.6 * rng.standard_normal((n, D)).astype(np.float32)
+        out[:, f] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def _codebooks(emb: np.ndarray) -> np.ndarray:
+    """``(L, F, M, D)`` residual k-means codebooks."""
+    cb = np.zeros((L, F, M, D), np.float32)
+    for f in range(F):
+        r = emb[:, f].copy()
+        for layer in range(L):
+            km = faiss.Kmeans(D, M, niter=10, seed=layer, verbose=False, min_points_per_centroid=1)
+            km.train(r)
+            cb[layer, f] = km.centroids
+            r = r - km.centroids[km.index.search(r, 1)[1][:, 0]]
+    return cb
+
+SUM = RetrieverConfig(merge="sum")
+EVERYTHING = EngineConfig(n_clusters=100_000, shortlist=N + 100, pq_subquantizers=4)  # every cluster, all rescored
+
+
+@pytest.fixture(scope="module")
+def world():
+    emb = _data(N, 0)
+    cb = _codebooks(emb)
+    ids = np.arange(N, dtype=np.int64) * 7 + 3
+    built = rebalance(MultiFacetIndex.build(ids, emb, encode_paths(emb, cb), cb), RebalanceConfig(floor=10, cap=60))
+    index = built.index
+    # a delta: 60 new items, one replacing a snapshot item, and 15 snapshot items tombstoned
+    new = _data(60, 5)
+    new_ids = np.arange(60, dtype=np.int64) + 100_000
+    new_ids[0] = ids[3]
+    view = apply_delta(index, new_ids, new, assign_paths(new, cb, built.maps), tombstones=ids[10:25])
+    return ids, emb, cb, index, view, _data(60, 1)
+
+
+def _live(view):
+    """(ids, (n, F, d) embeddings) of the view's live items."""
+    keep = ~view.removed
+    return (np.concatenate([view.base.item_ids[keep], view.item_ids]),
+            np.concatenate([view.base.embeddings[keep], view.embeddings]))
+
+
+def _recall(got: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([np.isin(t, g).mean() for g, t in zip(got, truth)]))
+
+
+@pytest.mark.parametrize("with_delta", [False, True])
+def test_reading_every_cluster_gives_the_reference_and_exact_lists(world, with_delta):
+    _, _, cb, index, view, Q = world
+    space = view if with_delta else index
+    engine = EngineRetriever(space, cb, config=SUM, engine_config=EVERYTHING)
+    reference = Retriever(space, cb, config=RetrieverConfig(merge="sum", beam=16 * 16))  # every path
+    hist = [list(_live(view)[0][b::37][:4]) for b in range(len(Q))]
+    got = engine.retrieve_users(Q, 30, exclude=hist)
+    ref = reference.retrieve_users(Q, 30, exclude=hist)
+    live_ids, live_emb = _live(view) if with_delta else (index.item_ids, index.embeddings)
+    ex_ids, ex_scores = exact_search(Q, live_emb, 30, live_ids, exclude=hist)
+    np.testing.assert_array_equal(got.item_ids, ref.item_ids)
+    np.testing.assert_array_equal(got.item_ids, ex_ids)
+    np.testing.assert_allclose(got.scores, ex_scores, rtol=1e-5, atol=1e-5)
+    for b in range(len(Q)):
+        assert not np.isin(hist[b], got.item_ids[b]).any()
+    if with_delta:
+        assert np.isin(got.item_ids, view.item_ids).sum() >= 20  # delta items do rank
+        assert not np.isin(got.item_ids, index.item_ids[10:25]).any()  # tombstones never
+        # the replaced item is served with its new vector: querying with it finds it at the top
+        top = engine.retrieve_users(view.embeddings[:1], 1)
+        assert top.item_ids[0, 0] == index.item_ids[3]
+        assert top.scores[0, 0] == pytest.approx(float((view.embeddings[0] ** 2).sum()), abs=1e-5)
+
+
+@pytest.mark.parametrize("with_delta", [False, True])
+def test_serving_budget_recall_is_close_to_the_reference(world, with_delta):
+    """At serving budgets both read a fraction of the clusters (different routing: centroids vs beam), so
+    the lists differ; recall@30 against exact search must stay within 0.05 of the reference's."""
+    _, _, cb, index, view, Q = world
+    space = view if with_delta else index
+    engine = EngineRetriever(space, cb, config=SUM, engine_config=EngineConfig(n_clusters=24, shortlist=200,
+                                                                               pq_subquantizers=4))
+    reference = Retriever(space, cb, config=RetrieverConfig(merge="sum", beam=8))
+    live_ids, live_emb = _live(view) if with_delta else (index.item_ids, index.embeddings)
+    truth = exact_search(Q, live_emb, 30, live_ids)[0]
+    r_engine = _recall(engine.retrieve_users(Q, 30).item_ids, truth)
+    r_ref = _recall(reference.retrieve_users(Q, 30).item_ids, truth)
+    assert r_engine >= r_ref - 0.05, (r_engine, r_ref)
+    assert r_engine > 0.8
+
+
+def test_delta_items_reach_themselves_and_are_explained(world):
+    _, _, cb, index, view, _ = world
+    engine = EngineRetriever(index, cb, config=SUM, engine_config=EngineConfig(n_clusters=16, shortlist=100,
+                                                                               pq_subquantizers=4))
+    served = engine.with_index(view)
+    assert engine.retrieve_users(view.embeddings, 5).item_ids.max() < 100_000  # the base object is untouched
+    res = served.retrieve_users(view.embeddings, 10)
+    # the cold-start gate's self-query: each new item's own embedding finds it
+    assert (res.item_ids == view.item_ids[:, None]).any(1).mean() >= 0.9
+    for row in res.explanations():
+        for e in row:
+            r = view.rows_of(np.array([e["item_id"]]))[0]
+            f = view.base.facet_names.index(e["facet"])
+            assignments = view.assignments[r - N, f] if r >= N else view.base.assignments[r, f]
+            assert e["cluster"] in assignments and 0 <= e["path_rank"] < 16
+    # a delta item excluded by id never comes back
+    ex = served.retrieve_users(view.embeddings[:5], 10, exclude=[[i] for i in view.item_ids[:5]])
+    assert not (ex.item_ids == view.item_ids[:5, None]).any()
+
+
+def test_other_modes_take_the_reference_path(world):
+    ids, _, cb, index, view, Q = world
+    engine = EngineRetriever(view, cb, config=SUM, engine_config=EngineConfig(pq_subquantizers=4))
+    reference = Retriever(view, cb, config=SUM)
+    trig = [list(ids[[1, 50, 90]]), [int(view.item_ids[5])]]
+    np.testing.assert_array_equal(engine.retrieve_triggers(trig, 10, rng=np.random.default_rng(1)).item_ids,
+                                  reference.retrieve_triggers(trig, 10, rng=np.random.default_rng(1)).item_ids)
+    quota = RetrieverConfig(merge="quota", quotas=[1.0, 0.0])
+    view_q = engine.with_config(quota)
+    assert isinstance(view_q, Retriever) and engine.with_config(SUM) is engine
+    np.testing.assert_array_equal(view_q.retrieve_users(Q, 10).item_ids,
+                                  reference.with_config(quota).retrieve_users(Q, 10).item_ids)
+    np.testing.assert_array_equal(engine.retrieve_users(Q, 10, beam=8).item_ids,
+                                  reference.retrieve_users(Q, 10, beam=8).item_ids)
+    with pytest.raises(ValueError, match="merge='sum'"):
+        EngineRetriever(index, cb, config=RetrieverConfig(merge="quota"))
+
+
+def test_an_engine_rebuilt_from_the_same_snapshot_ranks_identically(world):
+    """The gate and the service each build the engine from the snapshot (the residual quantiser is fitted
+    at load): the fit is seeded, so both serve the same codes and lists."""
+    _, _, cb, _, view, Q = world
+    cfg = EngineConfig(n_clusters=12, shortlist=60, pq_subquantizers=4)
+    before = faiss.omp_get_max_threads()
+    try:  # a gate and a service may run with other OpenMP thread counts
+        faiss.omp_set_num_threads(2)
+        a = EngineRetriever(view, cb, config=SUM, engine_config=cfg)
+        faiss.omp_set_num_threads(1)
+        b = EngineRetriever(view, cb, config=SUM, engine_config=cfg)
+    finally:
+        faiss.omp_set_num_threads(before)
+    np.testing.assert_array_equal(a.engine.entry_codes, b.engine.entry_codes)
+    np.testing.assert_array_equal(a.retrieve_users(Q, 20).item_ids, b.retrieve_users(Q, 20).item_ids)
