@@ -173,6 +173,7 @@ def publish_task(run: dict, trained: dict, index: dict, evaluation: dict, gate: 
     from mfli.store.errors import SnapshotNotFound
     from mfli.store.snapshots import read_manifest
     from tasks.evaluation import run_snapshot
+    from tasks.runs import ends_later
 
     s = run["store_uri"]
     store = open_run_store(s)
@@ -187,7 +188,7 @@ def publish_task(run: dict, trained: dict, index: dict, evaluation: dict, gate: 
     except SnapshotNotFound:
         pass
     latest = read_latest(store)
-    if latest and latest.snapshot_id > sid and not params.force_publish:
+    if latest and ends_later(latest.snapshot_id, sid) and not params.force_publish:
         log.warning("live snapshot %s is newer than %s: not moving LATEST back", latest.snapshot_id, sid)
         return {"snapshot_id": sid, "published": False, "reason": f"newer snapshot {latest.snapshot_id} is live",
                 "store_uri": s, "live": latest.snapshot_id}

@@ -88,6 +88,28 @@ def snapshot_id_for(end: datetime, fingerprint: str, params: dict) -> str:
     return f"{end:%Y%m%dT%H%M}-{digest}"
 
 
+def snapshot_window_end(snapshot_id: str) -> datetime | None:
+    """The window end a snapshot id starts with (``YYYYmmddTHHMM-...`` from :func:`snapshot_id_for`, or
+    ``YYYYmmddTHHMMSSZ-...`` from ``mfli.store.snapshots``), UTC; None when the id has neither form."""
+    head = str(snapshot_id).split("-", 1)[0]
+    for fmt in ("%Y%m%dT%H%M", "%Y%m%dT%H%M%SZ"):
+        try:
+            return datetime.strptime(head, fmt).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+    return None
+
+
+def ends_later(a: str, b: str) -> bool:
+    """Whether snapshot ``a``'s window ends after snapshot ``b``'s. Ids with the same window end (a
+    re-run of the same day with other code or params) are not ordered: their hashes say nothing about
+    time. Ids without a window end fall back to comparing the ids."""
+    ea, eb = snapshot_window_end(a), snapshot_window_end(b)
+    if ea is None or eb is None:
+        return a > b
+    return ea > eb
+
+
 def resolve_daily_run(params: dict, data_interval_end: Any, run_id: str) -> dict:
     """The daily DAG's run dict: window ``[end - lookback, end)``, holdout cutoff, ids and URIs.
 
