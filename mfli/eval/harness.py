@@ -9,6 +9,7 @@ split's cold items among them) through the delta path, from content alone. Metho
 - ``mfli_trigger``: the paper's trigger mode, the user's most recent training items as triggers;
 - ``exact``: exact maximum inner product search over the same embeddings (the embeddings' ceiling);
 - ``mfli_kmeans``: ablation, k-means RQ fitted after training instead of co-trained;
+- ``mfli_quota``: ablation, ``mfli`` with the per-facet quota merge instead of the summed score;
 - ``mfli_scan``: user mode through the compiled scan engine (``ServingConfig.engine="scan"``, its
   default settings) over the same model, index and delta as ``mfli``;
 - ``hnsw``, ``ivf``: the same towers trained without codebooks, FAISS indexes rebuilt only at
@@ -48,7 +49,7 @@ from mfli.eval.metrics import (
 
 PER_USER_KEYS = ("recall@100", "cold_recall@100")  # kept per user for the bootstrap intervals
 
-ALL_METHODS = ("mfli", "mfli_trigger", "mfli_scan", "exact", "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop",
+ALL_METHODS = ("mfli", "mfli_trigger", "mfli_scan", "mfli_quota", "exact", "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop",
                "ease", "itemknn")
 BASELINES = ("hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")  # "best baseline" is the best of these
 K_MAX = 200  # the largest K any metric reads
@@ -193,7 +194,8 @@ def _mfli_index(run: _SeedRun, model):
     return result, view, build_s
 
 
-def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: str = "reference") -> dict:
+def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: str = "reference",
+              merge: str = "sum") -> dict:
     from mfli.eval.metrics import index_health
     from mfli.serve.config import default_scan_config
     from mfli.serve.engine_retriever import EngineRetriever
@@ -201,7 +203,7 @@ def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: st
 
     model, train_s = run.model(codebook_mode)
     result, view, build_s = _mfli_index(run, model)
-    cfg = RetrieverConfig(beam=run.cfg.beam, merge="sum", n_clusters=run.cfg.trigger_clusters,
+    cfg = RetrieverConfig(beam=run.cfg.beam, merge=merge, n_clusters=run.cfg.trigger_clusters,
                           sampling="multinomial", seed=run.seed)
     t0 = time.perf_counter()
     if engine == "scan":  # the serving default's engine settings (ServingConfig.scan)
@@ -318,6 +320,7 @@ _RUNNERS = {
     "mfli": lambda r: _run_mfli(r, "user"),
     "mfli_trigger": lambda r: _run_mfli(r, "trigger"),
     "mfli_scan": lambda r: _run_mfli(r, "user", engine="scan"),
+    "mfli_quota": lambda r: _run_mfli(r, "user", merge="quota"),
     "mfli_kmeans": lambda r: _run_mfli(r, "user", codebook_mode="kmeans_after"),
     "exact": _run_exact,
     "hnsw": lambda r: _run_ann(r, "hnsw", incremental=False),
