@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
 from common import DEFAULT_ARGS as COMMON_ARGS  # dags/common.py (the DAG folder is on sys.path)
-from common import SCHEDULE_END, SCHEDULE_START, SNAPSHOT_ASSET, data_errors_fail_fast, with_uri_defaults
+from common import DELTA_SCHEDULE, SCHEDULE_END, SCHEDULE_START, SNAPSHOT_ASSET, data_errors_fail_fast, with_uri_defaults
 
 from tasks.params import DeltaParams
 
@@ -47,7 +47,7 @@ PARAMS = {
 @dag(
     dag_id="mfli_hourly_delta",
     schedule=AssetOrTimeSchedule(
-        timetable=CronDataIntervalTimetable("0 * * * *", timezone="UTC"), assets=[SNAPSHOT_ASSET]
+        timetable=CronDataIntervalTimetable(DELTA_SCHEDULE, timezone="UTC"), assets=[SNAPSHOT_ASSET]
     ),
     start_date=SCHEDULE_START,
     end_date=SCHEDULE_END,

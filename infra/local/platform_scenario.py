@@ -60,6 +60,7 @@ class Plan:
     end: datetime
     days: int
     history_days: int
+    delta_hours: int = 1  # width of the delta DAG's scheduled windows (MFLI_DELTA_SCHEDULE)
 
     @property
     def d0(self) -> datetime:
@@ -77,25 +78,31 @@ class Plan:
 
     @property
     def hours(self) -> list[datetime]:
-        """Starts of the hourly windows the scheduler catches up: d0 .. end - 1 h."""
-        return [self.d0 + timedelta(hours=h) for h in range(24 * self.days)]
+        """Starts of the delta windows the scheduler catches up: d0 .. end - delta_hours."""
+        return [self.d0 + timedelta(hours=h) for h in range(0, 24 * self.days, self.delta_hours)]
 
     @property
     def schedule_end(self) -> datetime:
-        """``MFLI_SCHEDULE_END``: the logical date of the last scheduled run (the last hour)."""
-        return self.end - timedelta(hours=1)
+        """``MFLI_SCHEDULE_END``: the logical date of the last scheduled run (the last window)."""
+        return self.end - timedelta(hours=self.delta_hours)
+
+    @property
+    def delta_cron(self) -> str:
+        return "0 * * * *" if self.delta_hours == 1 else f"0 */{self.delta_hours} * * *"
 
     def bad_hour(self) -> datetime:
         """The hour whose items arrive broken: mid-morning of the last day (after its daily run)."""
         return self.end - timedelta(hours=17)
 
 
-def plan_for(now: datetime, days: int, history_days: int = 2) -> Plan:
+def plan_for(now: datetime, days: int, history_days: int = 2, delta_hours: int = 1) -> Plan:
     """The scenario ending at the last UTC midnight before ``now``."""
     if days < 1 or history_days < 1:
         raise ValueError(f"days and history_days must be >= 1, got {days}, {history_days}")
+    if delta_hours not in (1, 2, 3, 4, 6, 8, 12):
+        raise ValueError(f"delta_hours must divide a day (1, 2, 3, 4, 6, 8, 12), got {delta_hours}")
     end = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    return Plan(end, days, history_days)
+    return Plan(end, days, history_days, delta_hours)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,13 +398,14 @@ class ScenarioConfig:
     rps: float = 4.0  # load: requests per second, one at a time
     port_base: int = 28000
     day_timeout_s: float = 1800.0  # a simulated day that takes longer fails the scenario
+    delta_hours: int = 1  # delta DAG window width: 1 = hourly (the production schedule); CI uses 4
     heartbeat_timeout_s: int = 45  # task-instance heartbeat timeout: a killed worker's task is retried soon
 
 
 class Scenario:
     def __init__(self, cfg: ScenarioConfig, home: Path):
         self.cfg, self.home = cfg, home
-        self.plan = plan_for(datetime.now(timezone.utc), cfg.days, cfg.history_days)
+        self.plan = plan_for(datetime.now(timezone.utc), cfg.days, cfg.history_days, cfg.delta_hours)
         self.faults = FaultLog()
         self.day_walls: list[dict] = []
         env = {
@@ -405,7 +413,7 @@ class Scenario:
             "MFLI_SCHEDULE_END": self.plan.schedule_end.isoformat(),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(cfg.heartbeat_timeout_s),
             "MFLI_PLATFORM_NICE": os.environ.get("MFLI_PLATFORM_NICE", "0"),
-            "MFLI_DAILY_DEADLINE_HOURS": "",
+            "MFLI_DELTA_SCHEDULE": self.plan.delta_cron,
         }
         self.stack = Stack(home / "p", cfg.port_base, env)
         self.dataset = home / "p" / "data" / "catalogue"
@@ -497,7 +505,7 @@ class Scenario:
         rows = self.stack.sql(
             "select count(*) filter (where state in ('success','failed')), count(*) from dag_run where dag_id=%s "
             "and run_type='scheduled' and data_interval_end <= %s", (HOURLY, t))
-        need = int((t - self.plan.d0).total_seconds() // 3600)
+        need = int((t - self.plan.d0).total_seconds() // (3600 * self.plan.delta_hours))
         return rows[0][0] >= need
 
     # ---------------------------------------------------------------- faults
@@ -566,7 +574,7 @@ class Scenario:
     def run(self) -> dict:
         p, c = self.plan, self.cfg
         log(f"plan: data {p.data_start:%F %H:%M} .. {p.end:%F %H:%M}, days {p.d0:%F} x{p.days}, "
-            f"{len(p.hours)} hourly runs, faults {'on' if c.faults else 'off'}")
+            f"{len(p.hours)} delta runs of {p.delta_hours} h, faults {'on' if c.faults else 'off'}")
         self.write_data()
         t_up = time.time()
         self.stack.up()
@@ -647,7 +655,7 @@ class Scenario:
 
         def bad_run_failed():
             rows = self.stack.sql("select state from dag_run where dag_id=%s and run_type='scheduled' and "
-                                  "data_interval_start=%s", (HOURLY, bad))
+                                  "data_interval_start<=%s and data_interval_end>%s", (HOURLY, bad, bad))
             return rows and rows[0][0] in ("failed", "success")
 
         self.wait(f"hourly run of {bad:%H:00} ended", bad_run_failed, 1800, 3.0)
@@ -730,7 +738,7 @@ class Scenario:
             "select dag_id, run_id, state from dag_run where state <> 'success' and not "
             "(dag_id=%s and run_type='scheduled' and state='failed' and false)", (HOURLY,))]
         report = {
-            "command": f"infra/local/platform.sh scenario --days {self.cfg.days}"
+            "command": f"infra/local/platform.sh scenario --days {self.cfg.days} --delta-hours {self.cfg.delta_hours}"
                        + ("" if self.cfg.faults else " --no-faults"),
             "days": self.cfg.days,
             "window": {"start": self.plan.d0.isoformat(), "end": self.plan.end.isoformat(),
@@ -874,9 +882,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-state", action="store_true", help="keep the state folder (logs) after the run")
     ap.add_argument("--port-base", type=int, default=int(os.environ.get("MFLI_PLATFORM_PORT_BASE", "28000")))
     ap.add_argument("--rps", type=float, default=ScenarioConfig.rps)
+    ap.add_argument("--delta-hours", type=int, default=1,
+                    help="width of the delta DAG's windows (1 = hourly; a divisor of 24): fewer, wider runs")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    cfg = ScenarioConfig(days=a.days, faults=a.faults, port_base=a.port_base, rps=a.rps)
+    cfg = ScenarioConfig(days=a.days, faults=a.faults, port_base=a.port_base, rps=a.rps, delta_hours=a.delta_hours)
     if a.home:
         home = Path(a.home)
         home.mkdir(parents=True, exist_ok=True)

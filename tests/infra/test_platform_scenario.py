@@ -38,6 +38,11 @@ def test_plan_ends_at_the_last_midnight_and_keeps_the_last_day_out_of_snapshots(
     assert p.d0 <= p.bad_hour() < p.end and p.bad_hour() > max(p.daily_dates)
     with pytest.raises(ValueError):
         sc.plan_for(datetime(2026, 12, 6, tzinfo=UTC), days=0)
+    wide = sc.plan_for(datetime(2026, 12, 6, 1, tzinfo=UTC), days=1, delta_hours=4)
+    assert len(wide.hours) == 6 and wide.schedule_end == datetime(2026, 12, 5, 20, tzinfo=UTC)
+    assert wide.delta_cron == "0 */4 * * *" and p.delta_cron == "0 * * * *"
+    with pytest.raises(ValueError):
+        sc.plan_for(datetime(2026, 12, 6, tzinfo=UTC), days=1, delta_hours=5)
 
 
 def _answer(mode="trigger", sid="S2", n=3):
@@ -140,7 +145,7 @@ def test_scenario_one_day_end_to_end(tmp_path):
     out = tmp_path / "scenario.json"
     port_base = os.environ.get("MFLI_TEST_PLATFORM_PORT_BASE", "29000")
     p = subprocess.run(["bash", str(SCRIPT), "scenario", "--days", "1", "--no-faults", "--out", str(out),
-                        "--port-base", port_base], capture_output=True, text=True, timeout=1450, check=False)
+                        "--port-base", port_base, "--delta-hours", "4"], capture_output=True, text=True, timeout=1450, check=False)
     assert out.exists(), p.stderr[-4000:]
     r = json.loads(out.read_text())
     assert p.returncode == 0, (r.get("targets_missed"), p.stderr[-4000:])
@@ -149,4 +154,4 @@ def test_scenario_one_day_end_to_end(tmp_path):
     assert r["snapshots_published"] == 1 and r["deltas_published"] >= 1
     assert r["failed_tasks"] == [] and r["request_errors"] == 0 and r["requests"] > 50
     assert r["p99_ms"] is not None and r["p99_ms"] < 2000
-    assert r["hourly_runs"]["scheduled:success"]["runs"] == 24
+    assert r["hourly_runs"]["scheduled:success"]["runs"] == 6  # 4-hour windows
