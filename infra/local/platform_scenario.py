@@ -260,10 +260,11 @@ class Stack:
         self._db = None
 
     def sh(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
-        p = subprocess.run(["bash", str(SCRIPT), *args], env=self.base_env, text=True, capture_output=True,
+        """``platform.sh ARGS``; its progress lines go to this process's stderr."""
+        p = subprocess.run(["bash", str(SCRIPT), *args], env=self.base_env, text=True, stdout=sys.stderr,
                            timeout=timeout, check=False)
         if check and p.returncode != 0:
-            raise RuntimeError(f"platform.sh {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+            raise RuntimeError(f"platform.sh {' '.join(args)} failed ({p.returncode}); see {self.home / 'logs'}")
         return p
 
     def up(self) -> None:
@@ -509,13 +510,37 @@ class Scenario:
         return rows[0][0] >= need
 
     # ---------------------------------------------------------------- faults
-    def _task_pgid(self, ti_id: str) -> int | None:
-        """Process group (= the Celery worker's, started with setsid) of the process running task ``ti_id``."""
-        out = subprocess.run(["ps", "-eo", "pid,pgid,args"], capture_output=True, text=True, check=False).stdout
+    @staticmethod
+    def _processes() -> dict[int, tuple[int, str]]:
+        """pid -> (parent pid, command line) of every process."""
+        out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=False).stdout
+        procs = {}
         for line in out.splitlines():
-            if f"airflow worker -- {ti_id}" in line:
-                return int(line.split()[1])
-        return None
+            parts = line.split(None, 2)
+            if len(parts) >= 2:
+                procs[int(parts[0])] = (int(parts[1]), parts[2] if len(parts) > 2 else "")
+        return procs
+
+    def _worker_of(self, ti_id: str) -> tuple[str, list[int]] | None:
+        """The Celery worker (``worker1``/``worker2``) whose process tree runs task ``ti_id``, and that
+        whole tree (the task may run in its own process group: killing the worker's group alone would
+        leave it running, which is not what a lost machine does)."""
+        procs = self._processes()
+        task = next((pid for pid, (_, args) in procs.items() if f"airflow worker -- {ti_id}" in args), None)
+        if task is None:
+            return None
+        workers = {self.stack.pid(n): n for n in ("worker1", "worker2")}
+        pid = task
+        while pid > 1 and pid not in workers:
+            pid = procs.get(pid, (0, ""))[0]
+        if pid not in workers:
+            return None
+        tree, frontier = [pid], [pid]
+        while frontier:
+            kids = [c for c, (pp, _) in procs.items() if pp in frontier]
+            tree += kids
+            frontier = kids
+        return workers[pid], tree
 
     def kill_worker_mid_training(self, run_id: str) -> None:
         def running():
@@ -525,14 +550,13 @@ class Scenario:
 
         ti_id = self.wait("train running", running, 900, 0.5)
         time.sleep(3.0)  # mid-training: the model is being fitted
-        pgid = self.wait("train process", lambda: self._task_pgid(ti_id), 60, 0.5)
-        name = next((n for n in ("worker1", "worker2") if self.stack.pid(n) == pgid), None)
-        if name is None:
-            log(f"train task {ti_id} not under a worker process group ({pgid}); no worker killed")
-            return
-        f = self.faults.inject("worker_kill", f"SIGKILL to {name} (process group {pgid}) while it trains "
-                               f"{DAILY}/{run_id}", dag_id=DAILY, run_id=run_id)
-        os.killpg(pgid, signal.SIGKILL)
+        found = self.wait("train process", lambda: self._worker_of(ti_id), 60, 0.5)
+        name, tree = found
+        f = self.faults.inject("worker_kill", f"SIGKILL to {name} and its {len(tree) - 1} child processes while "
+                               f"it trains {DAILY}/{run_id}", dag_id=DAILY, run_id=run_id)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         time.sleep(2.0)
         self.stack.restart(name)
         self.wait("train retried and done", lambda: (self.ti_state(DAILY, run_id, "train") or ("",))[0]
@@ -580,6 +604,9 @@ class Scenario:
         self.stack.up()
         t_up = time.time() - t_up
         self.stack.airflow("variables", "set", "mfli_dataset_uri", str(self.dataset))
+        # backfill runs of a paused DAG stay queued; with catchup off and the schedule ending before the
+        # scenario, unpausing schedules nothing of its own (next_dagrun stays empty)
+        self.stack.airflow("dags", "unpause", DAILY)
         import pandas as pd
 
         from mfli.data.loaders import load_dataset
@@ -607,9 +634,11 @@ class Scenario:
         self.wait(f"{run0} done", lambda: self.daily_done(run0), c.day_timeout_s)
         self.wait("serve ready", lambda: _get(f"{self.stack.serve_url}/readyz") == 200, 300)
         load.start()
-        if c.faults:
+        if c.faults:  # from now on until repaired, every delta window holding that hour fails validation
             self.break_hour(bad)
-            log(f"bad data: {self._bad_count} items of {bad:%F %H:00} have no categories")
+            self._bad_fault = self.faults.inject(
+                "bad_data", f"{self._bad_count} items created {bad:%F %H:00}-{bad + timedelta(hours=1):%H:00} "
+                "without categories", dag_id=HOURLY)
         self.stack.airflow("dags", "unpause", HOURLY)
         restarted = False
         for k in range(1, p.days + 1):
@@ -647,8 +676,7 @@ class Scenario:
 
     def handle_bad_hour(self, bad: datetime) -> None:
         """Wait for the broken hour's run to fail on validation, repair the data, clear the failed hourly runs."""
-        f = self.faults.inject("bad_data", f"{self._bad_count} items of {bad:%F %H:00} without categories",
-                               dag_id=HOURLY)
+        f = self._bad_fault
 
         def failed_runs():
             return self.stack.sql("select run_id from dag_run where dag_id=%s and state='failed'", (HOURLY,))
@@ -660,12 +688,10 @@ class Scenario:
 
         self.wait(f"hourly run of {bad:%H:00} ended", bad_run_failed, 1800, 3.0)
         failed = [r[0] for r in failed_runs()]
-        f.recovered_at = None
         self.repair_hour()
         log(f"data repaired; clearing failed hourly runs {failed}")
         for run_id in failed:
-            self.stack.airflow("tasks", "clear", HOURLY, "--yes", "--only-failed", "--dag-regex", "--start-date",
-                               "1970-01-01", timeout=300) if False else self._clear(run_id)
+            self._clear(run_id)
         self.wait("cleared runs done", lambda: all(
             self.stack.sql("select state from dag_run where dag_id=%s and run_id=%s", (HOURLY, r))[0][0] == "success"
             for r in failed), 1800, 3.0)
@@ -675,10 +701,25 @@ class Scenario:
             f.hit = False
 
     def _clear(self, run_id: str) -> None:
-        # the REST API's clear needs a token; the CLI clears by run: failed tasks and their downstream
-        self.stack.airflow("tasks", "clear", HOURLY, "--yes", "--only-failed", "--downstream",
-                           "--start-date", run_id.split("__")[-1] if "__" in run_id else "1970-01-01",
-                           "--end-date", run_id.split("__")[-1] if "__" in run_id else "2100-01-01", timeout=300)
+        """Clear the run's failed and upstream-failed tasks (what "Clear failed" in the UI does); the run
+        is queued again. Through Airflow's own ``clear_task_instances`` in a child process with the
+        stack's environment (asset-triggered runs have no logical date for ``airflow tasks clear``)."""
+        code = (
+            "import sys\n"
+            "from airflow.models.taskinstance import TaskInstance as TI, clear_task_instances\n"
+            "from airflow.utils.session import create_session\n"
+            "with create_session() as s:\n"
+            "    tis = s.query(TI).filter(TI.dag_id == sys.argv[1], TI.run_id == sys.argv[2],\n"
+            "                             TI.state.in_(['failed', 'upstream_failed'])).all()\n"
+            "    clear_task_instances(tis, s)\n"
+            "    print(len(tis))\n"
+        )
+        p = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", code, HOURLY, run_id],
+                           env={**self.stack.base_env, **self.stack.env}, text=True, capture_output=True,
+                           timeout=300, check=False)
+        if p.returncode != 0:
+            raise RuntimeError(f"clearing {HOURLY}/{run_id} failed:\n{p.stderr[-2000:]}")
+        log(f"cleared {p.stdout.strip()} tasks of {HOURLY}/{run_id}")
 
     def wait_served(self) -> None:
         """The service has LATEST and every delta published for it (serving refreshes every 10 s)."""
@@ -735,8 +776,7 @@ class Scenario:
         failed = self.faults.attribute(failed_tries, final, now)
         reqs = request_summary(load.samples, self.faults.outages())
         unfinished = [f"{r[0]}:{r[1]}" for r in self.stack.sql(
-            "select dag_id, run_id, state from dag_run where state <> 'success' and not "
-            "(dag_id=%s and run_type='scheduled' and state='failed' and false)", (HOURLY,))]
+            "select dag_id, run_id, state from dag_run where state <> 'success'")]
         report = {
             "command": f"infra/local/platform.sh scenario --days {self.cfg.days} --delta-hours {self.cfg.delta_hours}"
                        + ("" if self.cfg.faults else " --no-faults"),
