@@ -25,7 +25,14 @@ from datetime import timedelta
 from airflow.sdk import DeadlineAlert, DeadlineReference, Param, SyncCallback, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 from common import DEFAULT_ARGS as COMMON_ARGS  # dags/common.py (the DAG folder is on sys.path)
-from common import SCHEDULE_END, SCHEDULE_START, SNAPSHOT_ASSET, data_errors_fail_fast, on_failure, with_uri_defaults
+from common import (
+    SCHEDULE_END,
+    SCHEDULE_START,
+    SNAPSHOT_ASSET,
+    data_errors_fail_fast,
+    on_failure,
+    with_uri_defaults,
+)
 
 from tasks.params import DailyParams
 

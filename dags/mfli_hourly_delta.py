@@ -21,7 +21,14 @@ from datetime import timedelta
 
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
 from common import DEFAULT_ARGS as COMMON_ARGS  # dags/common.py (the DAG folder is on sys.path)
-from common import DELTA_SCHEDULE, SCHEDULE_END, SCHEDULE_START, SNAPSHOT_ASSET, data_errors_fail_fast, with_uri_defaults
+from common import (
+    DELTA_SCHEDULE,
+    SCHEDULE_END,
+    SCHEDULE_START,
+    SNAPSHOT_ASSET,
+    data_errors_fail_fast,
+    with_uri_defaults,
+)
 
 from tasks.params import DeltaParams
 

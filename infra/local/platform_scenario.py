@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import shlex
@@ -40,7 +41,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,7 @@ def plan_for(now: datetime, days: int, history_days: int = 2, delta_hours: int =
         raise ValueError(f"days and history_days must be >= 1, got {days}, {history_days}")
     if delta_hours not in (1, 2, 3, 4, 6, 8, 12):
         raise ValueError(f"delta_hours must divide a day (1, 2, 3, 4, 6, 8, 12), got {delta_hours}")
-    end = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    end = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return Plan(end, days, history_days, delta_hours)
 
 
@@ -124,7 +125,7 @@ def latest_monotonic(history: list[str]) -> bool:
     """LATEST as observed over time never moved back: snapshot ids start with their window end
     (``YYYYmmddTHHMM-``), so each observed id's prefix is >= the previous one's."""
     ends = [h.split("-")[0] for h in history if h]
-    return all(a <= b for a, b in zip(ends, ends[1:]))
+    return all(a <= b for a, b in itertools.pairwise(ends))
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -245,7 +246,7 @@ T0 = time.time()
 
 
 def log(msg: str) -> None:
-    print(f"{datetime.now(timezone.utc):%H:%M:%S} scenario +{time.time() - T0:6.0f}s: {msg}", file=sys.stderr, flush=True)
+    print(f"{datetime.now(UTC):%H:%M:%S} scenario +{time.time() - T0:6.0f}s: {msg}", file=sys.stderr, flush=True)
 
 
 class Stack:
@@ -406,7 +407,7 @@ class ScenarioConfig:
 class Scenario:
     def __init__(self, cfg: ScenarioConfig, home: Path):
         self.cfg, self.home = cfg, home
-        self.plan = plan_for(datetime.now(timezone.utc), cfg.days, cfg.history_days, cfg.delta_hours)
+        self.plan = plan_for(datetime.now(UTC), cfg.days, cfg.history_days, cfg.delta_hours)
         self.faults = FaultLog()
         self.day_walls: list[dict] = []
         env = {
@@ -644,7 +645,7 @@ class Scenario:
         for k in range(1, p.days + 1):
             day_end = p.d0 + timedelta(days=k)
             if k < p.days:  # the next daily run once the hours reached its data end (+6 h)
-                self.wait(f"hourly runs up to {day_end:%F %H:%M}", lambda: self.hourly_reached(day_end), c.day_timeout_s, 3.0)
+                self.wait(f"hourly runs up to {day_end:%F %H:%M}", lambda t=day_end: self.hourly_reached(t), c.day_timeout_s, 3.0)
                 run = self.backfill(p.daily_dates[k])
                 daily_runs.append(run)
                 if c.faults and k == 1:
@@ -653,12 +654,12 @@ class Scenario:
                     self.kill_s3_mid_publish(run)
             if c.faults and not restarted and k == p.days:
                 mid = p.d0 + timedelta(days=k - 1, hours=12)
-                self.wait(f"hourly runs up to {mid:%F %H:%M}", lambda: self.hourly_reached(mid), c.day_timeout_s, 3.0)
+                self.wait(f"hourly runs up to {mid:%F %H:%M}", lambda t=mid: self.hourly_reached(t), c.day_timeout_s, 3.0)
                 self.scheduler_restart()
                 restarted = True
             if c.faults and k == p.days:
                 self.handle_bad_hour(bad)
-            self.wait(f"hourly runs up to {day_end:%F %H:%M}", lambda: self.hourly_reached(day_end), c.day_timeout_s, 3.0)
+            self.wait(f"hourly runs up to {day_end:%F %H:%M}", lambda t=day_end: self.hourly_reached(t), c.day_timeout_s, 3.0)
             self.day_walls.append({"day": f"{day_end - timedelta(days=1):%F}", "wall_s": round(time.time() - day_t0, 1)})
             day_t0 = time.time()
         for r in daily_runs:

@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,6 @@ sc = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = sc  # dataclasses resolve annotations through the module
 _spec.loader.exec_module(sc)
 
-UTC = timezone.utc
 
 
 def test_plan_ends_at_the_last_midnight_and_keeps_the_last_day_out_of_snapshots():
