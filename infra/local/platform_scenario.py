@@ -690,7 +690,7 @@ class Scenario:
         self.wait(f"hourly run of {bad:%H:00} ended", bad_run_failed, 1800, 3.0)
         failed = [r[0] for r in failed_runs()]
         self.repair_hour()
-        log(f"data repaired; clearing failed hourly runs {failed}")
+        log(f"data repaired; clearing the failed hourly runs {failed}")
         for run_id in failed:
             self._clear(run_id)
         self.wait("cleared runs done", lambda: all(
@@ -702,16 +702,15 @@ class Scenario:
             f.hit = False
 
     def _clear(self, run_id: str) -> None:
-        """Clear the run's failed and upstream-failed tasks (what "Clear failed" in the UI does); the run
-        is queued again. Through Airflow's own ``clear_task_instances`` in a child process with the
+        """Clear every task of the run (what "Clear" on a run does): the repaired data must be ingested
+        again, not only the failed extraction re-run; the run is queued again. Through Airflow's own ``clear_task_instances`` in a child process with the
         stack's environment (asset-triggered runs have no logical date for ``airflow tasks clear``)."""
         code = (
             "import sys\n"
             "from airflow.models.taskinstance import TaskInstance as TI, clear_task_instances\n"
             "from airflow.utils.session import create_session\n"
             "with create_session() as s:\n"
-            "    tis = s.query(TI).filter(TI.dag_id == sys.argv[1], TI.run_id == sys.argv[2],\n"
-            "                             TI.state.in_(['failed', 'upstream_failed'])).all()\n"
+            "    tis = s.query(TI).filter(TI.dag_id == sys.argv[1], TI.run_id == sys.argv[2]).all()\n"
             "    clear_task_instances(tis, s)\n"
             "    print(len(tis))\n"
         )
