@@ -143,7 +143,7 @@ def percentile(values: list[float], q: float) -> float | None:
 @dataclass
 class Fault:
     """One injected fault. Failed task tries are attributed to it when they match its DAG (None = any)
-    and end inside ``[injected_at, (recovered_at or now) + grace_s]``."""
+    and end inside ``[injected_at, (recovered_at or now) + grace_s]``; the most recent such fault wins."""
 
     kind: str  # worker_kill | s3_outage | bad_data | scheduler_restart
     detail: str
@@ -188,7 +188,9 @@ class FaultLog:
         (the task instance ended in success)."""
         out = []
         for t in failed:
-            fault = next((f for f in self.faults if f.hit and f.covers(t["dag_id"], t["end_ts"], now)), None)
+            # the most recent fault that covers the try (a retry window may overlap an older fault's grace)
+            fault = max((f for f in self.faults if f.hit and f.covers(t["dag_id"], t["end_ts"], now)),
+                        key=lambda f: f.injected_at, default=None)
             key = (t["dag_id"], t["run_id"], t["task_id"], t.get("map_index", -1))
             out.append({**t, "injected": fault.kind if fault else None,
                         "final_state": final_state.get(key), "recovered": final_state.get(key) == "success"})
