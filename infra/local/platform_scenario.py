@@ -142,22 +142,26 @@ def percentile(values: list[float], q: float) -> float | None:
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class Fault:
-    """One injected fault. Failed task tries are attributed to it when they match its DAG (None = any)
-    and end inside ``[injected_at, (recovered_at or now) + grace_s]``; the most recent such fault wins."""
+    """One injected fault. Failed task tries are attributed to it when they match its DAG, run and task
+    (None = any) and end inside ``[injected_at, (recovered_at or now) + grace_s]``; among several such
+    faults the most specific (task, run, DAG named), then not a scheduler restart, then the most recent wins."""
 
     kind: str  # worker_kill | s3_outage | bad_data | scheduler_restart
     detail: str
     injected_at: float  # unix seconds
     dag_id: str | None = None
     run_id: str | None = None
+    task_id: str | None = None  # a fault that breaks one task (the killed worker's training)
     recovered_at: float | None = None
     recovery: str = ""
     grace_s: float = 180.0
     hit: bool = True  # False: the fault found nothing to break (e.g. the task ended first)
 
-    def covers(self, dag_id: str, end_ts: float, now: float) -> bool:
-        if self.dag_id is not None and dag_id != self.dag_id:
-            return False
+    def covers(self, dag_id: str, end_ts: float, now: float, run_id: str | None = None,
+               task_id: str | None = None) -> bool:
+        for mine, theirs in ((self.dag_id, dag_id), (self.run_id, run_id), (self.task_id, task_id)):
+            if mine is not None and theirs is not None and mine != theirs:
+                return False
         until = (self.recovered_at if self.recovered_at is not None else now) + self.grace_s
         return self.injected_at - 1.0 <= end_ts <= until
 
@@ -188,9 +192,13 @@ class FaultLog:
         (the task instance ended in success)."""
         out = []
         for t in failed:
-            # the most recent fault that covers the try (a retry window may overlap an older fault's grace)
-            fault = max((f for f in self.faults if f.hit and f.covers(t["dag_id"], t["end_ts"], now)),
-                        key=lambda f: f.injected_at, default=None)
+            # fault windows overlap (a retry delay outlasts the next fault): the most specific, then one
+            # that breaks tasks (a scheduler restart only delays them), then the most recent is the cause
+            fault = max((f for f in self.faults if f.hit and f.covers(t["dag_id"], t["end_ts"], now, t["run_id"],
+                                                                         t["task_id"])),
+                        key=lambda f: (sum(x is not None for x in (f.task_id, f.run_id, f.dag_id)),
+                                       f.kind != "scheduler_restart", f.injected_at),
+                        default=None)
             key = (t["dag_id"], t["run_id"], t["task_id"], t.get("map_index", -1))
             out.append({**t, "injected": fault.kind if fault else None,
                         "final_state": final_state.get(key), "recovered": final_state.get(key) == "success"})
@@ -556,7 +564,8 @@ class Scenario:
         found = self.wait("train process", lambda: self._worker_of(ti_id), 60, 0.5)
         name, tree = found
         f = self.faults.inject("worker_kill", f"SIGKILL to {name} and its {len(tree) - 1} child processes while "
-                               f"it trains {DAILY}/{run_id}", dag_id=DAILY, run_id=run_id)
+                               f"it trains {DAILY}/{run_id}", dag_id=DAILY, run_id=run_id,
+                               task_id="train")
         for pid in tree:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
