@@ -152,6 +152,7 @@ class Fault:
     dag_id: str | None = None
     run_id: str | None = None
     task_id: str | None = None  # a fault that breaks one task (the killed worker's training)
+    run_ids: list[str] | None = None  # the runs it broke, when known (the bad data's windows)
     recovered_at: float | None = None
     recovery: str = ""
     grace_s: float = 180.0
@@ -162,6 +163,8 @@ class Fault:
         for mine, theirs in ((self.dag_id, dag_id), (self.run_id, run_id), (self.task_id, task_id)):
             if mine is not None and theirs is not None and mine != theirs:
                 return False
+        if self.run_ids is not None and run_id is not None and run_id not in self.run_ids:
+            return False
         until = (self.recovered_at if self.recovered_at is not None else now) + self.grace_s
         return self.injected_at - 1.0 <= end_ts <= until
 
@@ -196,7 +199,7 @@ class FaultLog:
             # that breaks tasks (a scheduler restart only delays them), then the most recent is the cause
             fault = max((f for f in self.faults if f.hit and f.covers(t["dag_id"], t["end_ts"], now, t["run_id"],
                                                                          t["task_id"])),
-                        key=lambda f: (sum(x is not None for x in (f.task_id, f.run_id, f.dag_id)),
+                        key=lambda f: (sum(x is not None for x in (f.task_id, f.run_id or f.run_ids, f.dag_id)),
                                        f.kind != "scheduler_restart", f.injected_at),
                         default=None)
             key = (t["dag_id"], t["run_id"], t["task_id"], t.get("map_index", -1))
@@ -700,6 +703,7 @@ class Scenario:
 
         self.wait(f"hourly run of {bad:%H:00} ended", bad_run_failed, 1800, 3.0)
         failed = [r[0] for r in failed_runs()]
+        f.run_ids = failed  # data errors fail at once (no retry): these runs are the ones it broke
         self.repair_hour()
         log(f"data repaired; clearing the failed hourly runs {failed}")
         for run_id in failed:

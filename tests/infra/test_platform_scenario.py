@@ -81,7 +81,7 @@ def test_fault_attribution_by_dag_and_time():
     kill.grace_s = 1200.0  # overlaps the S3 outage, but only for the killed task
     restart = sc.Fault("scheduler_restart", "r", injected_at=2010.0, recovered_at=2012.0, grace_s=60.0)
     bad = sc.Fault("bad_data", "b", injected_at=1900.0, dag_id="mfli_hourly_delta", recovered_at=2001.0,
-                   grace_s=60.0)
+                   grace_s=60.0, run_ids=["h2", "h3"])  # the runs it broke
     s3 = sc.Fault("s3_outage", "s3", injected_at=2000.0, recovered_at=2005.0, grace_s=60.0)
     missed = sc.Fault("s3_outage", "nothing hit", injected_at=5000.0, hit=False)
     log.faults += [kill, s3, missed, restart, bad]
@@ -93,13 +93,16 @@ def test_fault_attribution_by_dag_and_time():
         {"dag_id": "mfli_daily_retrain", "run_id": "b3", "task_id": "publish", "map_index": -1, "try_number": 1, "end_ts": 5001.0},
         {"dag_id": "mfli_daily_retrain", "run_id": "b1", "task_id": "publish", "map_index": -1, "try_number": 1, "end_ts": 2030.0},
         {"dag_id": "mfli_hourly_delta", "run_id": "h3", "task_id": "extract_new_items", "map_index": -1, "try_number": 1, "end_ts": 2040.0},
+        {"dag_id": "mfli_hourly_delta", "run_id": "h4", "task_id": "ingest", "map_index": -1, "try_number": 1, "end_ts": 2040.0},
     ]
     final = {("mfli_daily_retrain", "b1", "train", -1): "success", ("mfli_hourly_delta", "h1", "ingest", -1): "success",
              ("mfli_hourly_delta", "h2", "publish_delta", -1): "failed"}
     out = log.attribute(failed, final, now=9999.0)
-    # h2: the bad-data window (hourly DAG) is more specific than the S3 outage and the restart (any DAG)
-    assert [t["injected"] for t in out] == ["worker_kill", None, "bad_data", None, None, "s3_outage", "bad_data"]
-    assert [t["recovered"] for t in out] == [True, True, False, False, False, False, False]
+    # h2, h3: runs the bad data broke (more specific than the S3 outage and the restart, any DAG);
+    # h4 failed in the same minutes but is not one of them: the S3 outage
+    assert [t["injected"] for t in out] == ["worker_kill", None, "bad_data", None, None, "s3_outage", "bad_data",
+                                            "s3_outage"]
+    assert [t["recovered"] for t in out] == [True, True, False, False, False, False, False, False]
     report = {"lost_items": 0, "latest_monotonic": True, "served_equals_gated": True, "every_snapshot_verifies": True,
               "snapshots_published": 2, "requests": 10, "request_errors_outside_outage": 0, "failed_tasks": out[:1]}
     assert sc.targets_missed(report) == []
