@@ -690,7 +690,8 @@ class Scenario:
         return self.report(window_items, old_items, users, load, watch, t_up, scenario_s, daily_runs)
 
     def handle_bad_hour(self, bad: datetime) -> None:
-        """Wait for the broken hour's run to fail on validation, repair the data, clear the failed hourly runs."""
+        """Wait for the run whose window holds the broken hour to end (failed on validation), repair the
+        data, clear the failed delta runs and wait for them to succeed."""
         f = self._bad_fault
 
         def failed_runs():
@@ -718,8 +719,9 @@ class Scenario:
 
     def _clear(self, run_id: str) -> None:
         """Clear every task of the run (what "Clear" on a run does): the repaired data must be ingested
-        again, not only the failed extraction re-run; the run is queued again. Through Airflow's own ``clear_task_instances`` in a child process with the
-        stack's environment (asset-triggered runs have no logical date for ``airflow tasks clear``)."""
+        again, not only the failed extraction re-run; the run is queued again. Through Airflow's own
+        ``clear_task_instances`` in a child process with the stack's environment (asset-triggered runs
+        have no logical date for ``airflow tasks clear``)."""
         code = (
             "import sys\n"
             "from airflow.models.taskinstance import TaskInstance as TI, clear_task_instances\n"
