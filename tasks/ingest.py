@@ -123,6 +123,24 @@ def _remember(feast_dir: str, key: str, out: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
 
 
+def _still_there(done: dict[str, Any]) -> bool:
+    """The partitions an earlier ingestion wrote are still in its data root (a wiped offline store is
+    ingested again, whatever the marker says)."""
+    from mfli.features.offline import partition_days
+
+    try:
+        root = done["data_root"]
+        if not partition_days(root, "item_profile"):
+            return False
+        w = done.get("window") or {}
+        if (done.get("rows") or {}).get("interactions") and w.get("start") and w.get("end"):
+            days = set(partition_days(root, "interactions"))
+            return any(w["start"][:10] <= d < w["end"][:10] for d in days)
+        return True
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+
+
 def ingest_dataset(run: dict) -> dict[str, Any]:
     """DAG task: :func:`ingest` for the run's window; validation results go to ``<work>/validation/``.
 
@@ -133,7 +151,7 @@ def ingest_dataset(run: dict) -> dict[str, Any]:
     """
     key = _ingest_key(run)
     done = _ingested(run["feast_dir"]).get(key)
-    if done is not None:
+    if done is not None and _still_there(done):
         return {**done, "reused": True}
     with scratch_dir() as tmp:
         try:

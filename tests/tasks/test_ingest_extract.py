@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -120,6 +121,10 @@ def test_changed_data_is_ingested_again_and_a_quiet_delta_window_is_no_error(tmp
                       tmp_path / "tiny")  # replaces the folder atomically
         second = ingest_dataset(run)
     assert "reused" not in second and second["rows"] == first["rows"]
+    shutil.rmtree(second["data_root"])  # a wiped offline store is ingested again despite the marker
+    with contextlib.redirect_stdout(io.StringIO()):
+        third = ingest_dataset(run)
+    assert "reused" not in third and Path(third["data_root"], "item_profile").is_dir()
 
     last = tiny_dataset.interactions["event_ts"].max()
     quiet_start = (last + pd.Timedelta(days=2)).floor("D")
