@@ -12,7 +12,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup lint clean platform-up platform-down platform-status
+.PHONY: run test setup lint clean platform-up platform-down platform-status platform-scenario
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ platform-down:
 
 platform-status:
 	bash infra/local/platform.sh status
+
+# Simulated days on a fresh stack with faults, one JSON report (docs/operations.md "Scenario"):
+#   make platform-scenario DAYS=3 OUT=docs/results/platform_scenario.json [SCENARIO_ARGS=--no-faults]
+DAYS ?= 1
+OUT  ?= .mfli/platform_scenario.json
+SCENARIO_ARGS ?=
+platform-scenario: $(STAMP)
+	bash infra/local/platform.sh scenario --days $(DAYS) --out $(OUT) $(SCENARIO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mfli tasks dags tests bench

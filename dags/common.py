@@ -84,6 +84,13 @@ def with_uri_defaults(params: dict) -> dict:
 #: First schedule of both DAGs (catchup fills every interval from here): the deployment's start,
 #: ``MFLI_SCHEDULE_START`` (ISO date), default 2024-01-01.
 SCHEDULE_START = pendulum.parse(os.environ.get("MFLI_SCHEDULE_START") or "2024-01-01", tz="UTC")
+#: Last schedule of both DAGs (``MFLI_SCHEDULE_END``, ISO date/time; unset = none): catch-up stops
+#: there. A bounded run (the platform scenario simulates days by catching up on past hours) sets it.
+SCHEDULE_END = pendulum.parse(os.environ["MFLI_SCHEDULE_END"], tz="UTC") if os.environ.get("MFLI_SCHEDULE_END") else None
+
+#: The delta DAG's cron (``MFLI_DELTA_SCHEDULE``, default hourly). A wider window (``0 */4 * * *``)
+#: trades freshness for fewer runs; the platform scenario's CI run uses it to stay short.
+DELTA_SCHEDULE = os.environ.get("MFLI_DELTA_SCHEDULE") or "0 * * * *"
 
 #: Every task retries (object stores and Feast have transient failures); the gates override to 0.
 #: Each DAG adds its own retry delays and execution timeout.

@@ -25,7 +25,14 @@ from datetime import timedelta
 from airflow.sdk import DeadlineAlert, DeadlineReference, Param, SyncCallback, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 from common import DEFAULT_ARGS as COMMON_ARGS  # dags/common.py (the DAG folder is on sys.path)
-from common import SCHEDULE_START, SNAPSHOT_ASSET, data_errors_fail_fast, on_failure, with_uri_defaults
+from common import (
+    SCHEDULE_END,
+    SCHEDULE_START,
+    SNAPSHOT_ASSET,
+    data_errors_fail_fast,
+    on_failure,
+    with_uri_defaults,
+)
 
 from tasks.params import DailyParams
 
@@ -77,6 +84,7 @@ PARAMS = {
     dag_id="mfli_daily_retrain",
     schedule="@daily",
     start_date=SCHEDULE_START,
+    end_date=SCHEDULE_END,
     catchup=False,
     max_active_runs=1,
     # Hard deadline: a run not finished 12 h after it started is failed (the next day is not blocked

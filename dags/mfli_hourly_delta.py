@@ -21,7 +21,14 @@ from datetime import timedelta
 
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
 from common import DEFAULT_ARGS as COMMON_ARGS  # dags/common.py (the DAG folder is on sys.path)
-from common import SCHEDULE_START, SNAPSHOT_ASSET, data_errors_fail_fast, with_uri_defaults
+from common import (
+    DELTA_SCHEDULE,
+    SCHEDULE_END,
+    SCHEDULE_START,
+    SNAPSHOT_ASSET,
+    data_errors_fail_fast,
+    with_uri_defaults,
+)
 
 from tasks.params import DeltaParams
 
@@ -47,9 +54,10 @@ PARAMS = {
 @dag(
     dag_id="mfli_hourly_delta",
     schedule=AssetOrTimeSchedule(
-        timetable=CronDataIntervalTimetable("0 * * * *", timezone="UTC"), assets=[SNAPSHOT_ASSET]
+        timetable=CronDataIntervalTimetable(DELTA_SCHEDULE, timezone="UTC"), assets=[SNAPSHOT_ASSET]
     ),
     start_date=SCHEDULE_START,
+    end_date=SCHEDULE_END,
     # every hour is indexed: a scheduler that was down, or an hour whose data failed validation and was
     # fixed, is caught up in order (max_active_runs=1)
     catchup=True,

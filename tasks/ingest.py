@@ -7,6 +7,7 @@ materialise. Re-running it for the same window rewrites the same partitions (ide
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ def ingest(
     previous_counts: dict[str, int] | None = None,
     materialize: bool = True,
     data_root: str | None = None,
+    require_events: bool = True,
 ) -> dict[str, Any]:
     """Load ``dataset_uri``, validate the window's interactions and the items/users tables (result JSON in
     ``validation_dir``), then write, apply and materialise. Nothing is written when validation fails.
@@ -50,6 +52,8 @@ def ingest(
     Args:
         start, end: ISO window, widened to whole UTC days; both None = the whole dataset.
         previous_counts: table -> rows of the previous ingestion, for the volume band.
+        require_events: a window without interactions is a validation failure (daily training);
+            False (hourly deltas: a quiet hour's day may have no events yet) skips that check only.
     Returns:
         ``{"window", "rows", "seconds", "feast_dir", "data_root", "validated"}`` (rows per source table).
     """
@@ -63,8 +67,11 @@ def ingest(
     inter = ds.interactions[window.mask(ds.interactions["event_ts"])] if window else ds.interactions
     w = window.as_dict() if window else {"start": None, "end": None}
     validated = {}
+    checks = [("interactions", inter, scope_for(w["start"], w["end"], prev.get("interactions")))]
+    if inter.empty and not require_events:
+        checks = []  # nothing to validate; items and users are still checked
     for table, df, scope in (
-        ("interactions", inter, scope_for(w["start"], w["end"], prev.get("interactions"))),
+        *checks,
         ("items", ds.items, scope_for(previous_count=prev.get("items"))),
         ("users", ds.users, scope_for(previous_count=prev.get("users"))),
     ):
@@ -83,8 +90,69 @@ def ingest(
     }
 
 
+#: ``<feast_dir>/ingested.json``: the last ingestions, ``{window key: ingest output}``.
+INGESTED_FILE = "ingested.json"
+_INGESTED_KEEP = 64  # entries kept (windows of the last days)
+
+
+def _ingest_key(run: dict) -> str:
+    """Same dataset content (fingerprint) and same whole-day window = same partitions written."""
+    from tasks.runs import dataset_fingerprint
+
+    window = Window.of(run["start"], run["end"]).whole_days().as_dict() if run.get("start") and run.get("end") else {}
+    fp = run.get("dataset_fingerprint") or dataset_fingerprint(run["dataset_uri"])
+    return f"{fp}:{window.get('start')}:{window.get('end')}:{os.environ.get('MFLI_FEAST_DATA', '')}"
+
+
+def _ingested(feast_dir: str) -> dict[str, Any]:
+    path = Path(feast_dir) / INGESTED_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}  # a torn file: ingest again
+
+
+def _remember(feast_dir: str, key: str, out: dict[str, Any]) -> None:
+    done = {k: v for k, v in _ingested(feast_dir).items() if k != key}
+    done[key] = out
+    done = dict(list(done.items())[-_INGESTED_KEEP:])
+    path = Path(feast_dir) / INGESTED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(done))
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
+
+
+def _still_there(done: dict[str, Any]) -> bool:
+    """The partitions an earlier ingestion wrote are still in its data root (a wiped offline store is
+    ingested again, whatever the marker says)."""
+    from mfli.features.offline import partition_days
+
+    try:
+        root = done["data_root"]
+        if not partition_days(root, "item_profile"):
+            return False
+        w = done.get("window") or {}
+        if (done.get("rows") or {}).get("interactions") and w.get("start") and w.get("end"):
+            days = set(partition_days(root, "interactions"))
+            return any(w["start"][:10] <= d < w["end"][:10] for d in days)
+        return True
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+
+
 def ingest_dataset(run: dict) -> dict[str, Any]:
-    """Daily DAG task: :func:`ingest` for the run's window; validation results go to ``<work>/validation/``."""
+    """DAG task: :func:`ingest` for the run's window; validation results go to ``<work>/validation/``.
+
+    Hourly runs of one day ingest the same whole-day window: when this feature repo already ingested
+    the same dataset content (fingerprint) for the same window, the earlier result is returned with
+    ``"reused": True`` and nothing is rewritten (a changed or repaired dataset has a new fingerprint and
+    is ingested again). Delta runs accept a window without events (``require_events=False``).
+    """
+    key = _ingest_key(run)
+    done = _ingested(run["feast_dir"]).get(key)
+    if done is not None and _still_there(done):
+        return {**done, "reused": True}
     with scratch_dir() as tmp:
         try:
             out = ingest(
@@ -94,10 +162,12 @@ def ingest_dataset(run: dict) -> dict[str, Any]:
                 run.get("start"),
                 run.get("end"),
                 previous_counts=(run.get("params") or {}).get("previous_counts"),
+                require_events=run.get("kind") != "delta",
             )
         finally:
             put_dir(run["store_uri"], artifact_uri(run, "validation"), tmp)
     out["validated"] = {
         k: artifact_uri(run, f"validation/{Path(v).name}") for k, v in out["validated"].items()
     }
+    _remember(run["feast_dir"], key, out)
     return out

@@ -6,11 +6,14 @@
 #   SeaweedFS S3 with a publisher and a serving identity bound to infra/iam/*.json unchanged
 #   Feast (SQL registry in PostgreSQL, offline data on S3, Redis online store)   mfli serve following LATEST
 #
-# Usage: infra/local/platform.sh up|down|status|env
+# Usage: infra/local/platform.sh up|down|status|env|restart SERVICE|scenario ...
 #   up      install what is missing, start everything, wait for a real answer from each service
 #   down    stop everything `up` started (process groups; PostgreSQL through pg_ctl)
 #   status  one line per service: pid / answer
 #   env     print the environment to `source` for airflow / mfli commands against the stack (publisher)
+#   restart SERVICE   stop what is left of one service and start it again (after a crash, or a drill)
+#   scenario --days N --out FILE [--no-faults]   simulated days on a fresh stack with faults
+#           (infra/local/platform_scenario.py; see docs/operations.md "Scenario")
 # Settings (environment): MFLI_PLATFORM_HOME (state, default .mfli/platform), MFLI_PLATFORM_PORT_BASE
 # (default 18000: postgres +432, redis +379, api-server +80, S3 +333, mfli serve +1, SeaweedFS internals
 # +900..+990), MFLI_PLATFORM_NICE (default 10), MFLI_PLATFORM_TIMEOUT_S (per service wait, default 180).
@@ -161,6 +164,56 @@ sys.exit(1 if bad else 0)' "$@"
 serve_live() { curl -fsS "http://127.0.0.1:$SERVE_PORT/livez"; }
 serve_ready_code() { curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SERVE_PORT/readyz"; }
 
+start_service() {  # the command of each service (up, and `restart` after a crash or a drill)
+  case "$1" in
+    redis) start redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STATE/redis" --save "" \
+    --appendonly yes --requirepass "$MFLI_REDIS_PASSWORD" --protected-mode yes --daemonize no
+      ;;
+    seaweedfs)
+      start seaweedfs env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY "$BIN/weed" mini -dir="$STATE/seaweedfs" \
+        -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false -admin.ui=false -webdav=false \
+        -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$S3_PORT" -s3.config="$STATE/seaweedfs/s3.json" \
+        -master.port=$((BASE + 933)) -volume.port=$((BASE + 940)) -filer.port=$((BASE + 988)) \
+        -admin.port=$((BASE + 946)) -master.port.grpc=$((BASE + 1933)) -volume.port.grpc=$((BASE + 1940)) \
+        -filer.port.grpc=$((BASE + 1988)) -admin.port.grpc=$((BASE + 1946)) -s3.port.grpc=$((BASE + 1333))
+      ;;
+    api-server) start api-server "$BIN/airflow" api-server --host 127.0.0.1 --port "$API_PORT" --workers 1 ;;
+    scheduler) start scheduler "$BIN/airflow" scheduler ;;
+    dag-processor) start dag-processor "$BIN/airflow" dag-processor ;;
+    triggerer) start triggerer "$BIN/airflow" triggerer --skip-serve-logs ;;
+    worker1 | worker2)
+      start "$1" "$BIN/airflow" celery worker --skip-serve-logs --concurrency 1 --celery-hostname "$1@%h" ;;
+    serve)
+      start serve env AWS_ACCESS_KEY_ID="$MFLI_S3_SERVING_KEY" AWS_SECRET_ACCESS_KEY="$MFLI_S3_SERVING_SECRET" \
+        MFLI_FEAST_REGISTRY="$MFLI_FEAST_REGISTRY_READER" \
+        "$BIN/mfli" serve --store "$MFLI_STORE_URI" --host 127.0.0.1 --port "$SERVE_PORT" --refresh-seconds 10 \
+        --cache-dir "$STATE/serve-cache"
+      ;;
+    *) die "unknown service $1 (one of: ${SERVICES[*]})" ;;
+  esac
+}
+
+restart() {  # restart NAME: stop what is left of it (process group), start it again, wait for its answer
+  local name=$1
+  [ -f "$STATE/secrets.env" ] || die "not set up ($STATE)"
+  load_env
+  stop_one "$name"
+  start_service "$name"
+  case "$name" in
+    redis) wait_for redis PING redis_ping ;;
+    seaweedfs) wait_for seaweedfs "S3 list as publisher" "$BIN/python" "$ROOT/infra/local/platform_setup.py" s3-check publisher ;;
+    api-server) wait_for api-server "/api/v2/monitor/health" api_healthy metadatabase ;;
+    scheduler) wait_for scheduler "health: scheduler" api_healthy scheduler ;;
+    dag-processor) wait_for dag-processor "health: dag_processor" api_healthy dag_processor ;;
+    triggerer) wait_for triggerer "health: triggerer" api_healthy triggerer ;;
+    worker1 | worker2) "$BIN/python" "$ROOT/infra/local/platform_setup.py" celery-ping 2 "$WAIT_S" \
+      "$(cat "$PIDS/worker1.pid")" "$(cat "$PIDS/worker2.pid")" > "$LOGS/celery-ping.log" 2>&1 \
+      || die "celery workers did not answer; see $LOGS/$name.log"
+      log "$name ready (celery ping)" ;;
+    serve) wait_for serve "/livez" serve_live ;;
+  esac
+}
+
 start_postgres() {
   local data="$STATE/postgres/data" run="$STATE/postgres/run"
   mkdir -p "$STATE/postgres" "$run"
@@ -230,17 +283,11 @@ up() {
 
   start_postgres
 
-  start redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STATE/redis" --save "" \
-    --appendonly yes --requirepass "$MFLI_REDIS_PASSWORD" --protected-mode yes --daemonize no
+  start_service redis
   wait_for redis PING redis_ping
 
   "$BIN/python" "$ROOT/infra/local/platform_setup.py" weed-config "$STATE/seaweedfs/s3.json" "$BUCKET" "$PREFIX"
-  start seaweedfs env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY "$BIN/weed" mini -dir="$STATE/seaweedfs" \
-    -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false -admin.ui=false -webdav=false \
-    -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$S3_PORT" -s3.config="$STATE/seaweedfs/s3.json" \
-    -master.port=$((BASE + 933)) -volume.port=$((BASE + 940)) -filer.port=$((BASE + 988)) \
-    -admin.port=$((BASE + 946)) -master.port.grpc=$((BASE + 1933)) -volume.port.grpc=$((BASE + 1940)) \
-    -filer.port.grpc=$((BASE + 1988)) -admin.port.grpc=$((BASE + 1946)) -s3.port.grpc=$((BASE + 1333))
+  start_service seaweedfs
   wait_for seaweedfs "bucket" "$BIN/python" "$ROOT/infra/local/platform_setup.py" bucket
   wait_for seaweedfs "S3 list as publisher" "$BIN/python" "$ROOT/infra/local/platform_setup.py" s3-check publisher
   wait_for seaweedfs "S3 list as serving" "$BIN/python" "$ROOT/infra/local/platform_setup.py" s3-check serving
@@ -251,22 +298,15 @@ up() {
 
   # Log servers bind every interface (not configurable in Airflow 3.3): skip them; the api-server reads
   # the task logs from the shared local folder $AIRFLOW_HOME/logs.
-  start api-server "$BIN/airflow" api-server --host 127.0.0.1 --port "$API_PORT" --workers 1
-  start scheduler "$BIN/airflow" scheduler
-  start dag-processor "$BIN/airflow" dag-processor
-  start triggerer "$BIN/airflow" triggerer --skip-serve-logs
-  start worker1 "$BIN/airflow" celery worker --skip-serve-logs --concurrency 1 --celery-hostname "worker1@%h"
-  start worker2 "$BIN/airflow" celery worker --skip-serve-logs --concurrency 1 --celery-hostname "worker2@%h"
+  local s
+  for s in api-server scheduler dag-processor triggerer worker1 worker2; do start_service "$s"; done
 
   log "feast apply (SQL registry in PostgreSQL, offline data on S3, Redis online store)"
   nice -n "$NICE" "$BIN/python" "$ROOT/infra/local/platform_setup.py" feast-apply "$STATE/feast" \
     > "$LOGS/feast-apply.log" 2>&1 || die "feast apply failed; see $LOGS/feast-apply.log"
 
   # The service reads as the serving identity: published keys only (infra/iam/serving-policy.json).
-  start serve env AWS_ACCESS_KEY_ID="$MFLI_S3_SERVING_KEY" AWS_SECRET_ACCESS_KEY="$MFLI_S3_SERVING_SECRET" \
-    MFLI_FEAST_REGISTRY="$MFLI_FEAST_REGISTRY_READER" \
-    "$BIN/mfli" serve --store "$MFLI_STORE_URI" --host 127.0.0.1 --port "$SERVE_PORT" --refresh-seconds 10 \
-    --cache-dir "$STATE/serve-cache"
+  start_service serve
 
   wait_for api-server "/api/v2/monitor/health" api_healthy metadatabase
   wait_for scheduler "health: scheduler" api_healthy scheduler
@@ -318,5 +358,8 @@ case "${1:-}" in
   down) [ -f "$STATE/secrets.env" ] && load_env; down ;;
   status) status ;;
   env) [ -f "$STATE/env.sh" ] || die "not up yet ($STATE/env.sh missing)"; echo "source '$STATE/env.sh'" ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  restart) [ -n "${2:-}" ] || { echo "usage: $0 restart SERVICE" >&2; exit 2; }; restart "$2" ;;
+  # the scenario driver brings up its own stack (fresh state folder) and always stops it
+  scenario) shift; exec "$BIN/python" "$ROOT/infra/local/platform_scenario.py" "$@" ;;
+  *) echo "usage: $0 up|down|status|env|restart SERVICE|scenario --days N --out FILE [--no-faults]" >&2; exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,29 @@ def test_ruff_air3_clean():
     out = subprocess.run([str(ruff), "check", "--select", "AIR3", str(REPO / "dags")], capture_output=True, text=True,
                          timeout=120, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.timeout(180)
+def test_schedule_end_and_delta_cron_come_from_the_environment(tmp_path):
+    """MFLI_SCHEDULE_END bounds both DAGs' catch-up; MFLI_DELTA_SCHEDULE sets the delta DAG's cron."""
+    dags, hourly = str(REPO / "dags"), str(REPO / "dags" / "mfli_hourly_delta.py")
+    code = (
+        f"import sys, runpy; sys.path.insert(0, {dags!r})\n"
+        f"ns = runpy.run_path({hourly!r})\n"  # the hourly DAG file parses with them
+        "import common\n"
+        "print(common.SCHEDULE_START.isoformat(), common.SCHEDULE_END.isoformat(), common.DELTA_SCHEDULE)\n"
+    )
+    env = {**os.environ, "MFLI_SCHEDULE_START": "2026-12-03", "MFLI_SCHEDULE_END": "2026-12-05T22:00:00+00:00",
+           "MFLI_DELTA_SCHEDULE": "0 */2 * * *", "AIRFLOW_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=150, check=False,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "2026-12-03T00:00:00+00:00 2026-12-05T22:00:00+00:00 0 */2 * * *"
+
+
+def test_dags_carry_the_schedule_end(dagbag):
+    import common
+
+    for dag_id in sorted(EXPECTED):
+        assert dagbag.get_dag(dag_id).end_date == common.SCHEDULE_END  # None unless MFLI_SCHEDULE_END is set
+    assert common.SCHEDULE_END is None or "MFLI_SCHEDULE_END" in os.environ

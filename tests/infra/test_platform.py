@@ -50,6 +50,10 @@ def test_usage_and_commands_on_an_empty_state_folder(tmp_path):
     assert st.returncode == 1 and "not set up" in st.stdout
     e = _run("env", env=env)
     assert e.returncode == 1 and "not up yet" in e.stderr
+    r = _run("restart", env=env)
+    assert r.returncode == 2 and "restart SERVICE" in r.stderr
+    r = _run("restart", "worker1", env=env)
+    assert r.returncode == 1 and "not set up" in r.stderr
     # down with nothing started is a no-op that succeeds (safe in traps and CI clean-ups)
     d = _run("down", env=env)
     assert d.returncode == 0, d.stderr

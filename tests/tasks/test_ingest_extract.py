@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -56,11 +57,12 @@ def test_ingest_extract_validate_chain(tmp_path, tiny_dataset):
     assert checked["tables"] == {"interactions": 320, "items": 60, "users": 40, "training": 320}
     assert json.loads((Path(run["feast_dir"]) / "last_counts.json").read_text())["training"] == 320
 
-    # Idempotent: the same window again rewrites the same partitions.
+    # Idempotent: the same dataset content for the same window is not ingested twice (hourly runs of
+    # one day share the whole-day window); the earlier result is returned.
     before = {t: len(read_table(ingested["data_root"], t)) for t in SOURCE_SCHEMAS}
     with contextlib.redirect_stdout(io.StringIO()):
         again = ingest_dataset(run)
-    assert again["rows"] == ingested["rows"]
+    assert again["rows"] == ingested["rows"] and again["reused"] is True and "reused" not in ingested
     assert {t: len(read_table(ingested["data_root"], t)) for t in SOURCE_SCHEMAS} == before
 
     # Hourly delta extraction: items created in the window, validated.
@@ -100,3 +102,35 @@ def test_bad_dataset_stops_ingestion_before_the_feature_store(tmp_path, tiny_dat
         (Path(run["work_uri"]) / "validation" / "validation_ingest_interactions.json").read_text()
     )
     assert doc["success"] is False and doc["failures"][0]["unexpected_count"] == 2
+
+
+def test_changed_data_is_ingested_again_and_a_quiet_delta_window_is_no_error(tmp_path, tiny_dataset):
+    """A repaired dataset (new fingerprint) is re-ingested; an hourly run whose day has no events yet
+    ingests items and users (the daily run still requires events)."""
+    from mfli.data.dataset import Dataset
+    from mfli.data.parquet_format import write_dataset
+    from tasks.ingest import ingest_dataset
+
+    uri = str(write_dataset(tiny_dataset, tmp_path / "tiny"))
+    run = _run(tmp_path, uri)
+    with contextlib.redirect_stdout(io.StringIO()):
+        first = ingest_dataset(run)
+        items = tiny_dataset.items.copy()
+        items.loc[0, "title"] = "a corrected title"
+        write_dataset(Dataset("tiny", "memory", tiny_dataset.interactions, items, tiny_dataset.users),
+                      tmp_path / "tiny")  # replaces the folder atomically
+        second = ingest_dataset(run)
+    assert "reused" not in second and second["rows"] == first["rows"]
+    shutil.rmtree(second["data_root"])  # a wiped offline store is ingested again despite the marker
+    with contextlib.redirect_stdout(io.StringIO()):
+        third = ingest_dataset(run)
+    assert "reused" not in third and Path(third["data_root"], "item_profile").is_dir()
+
+    last = tiny_dataset.interactions["event_ts"].max()
+    quiet_start = (last + pd.Timedelta(days=2)).floor("D")
+    window = {"start": quiet_start.isoformat(), "end": (quiet_start + pd.Timedelta(hours=1)).isoformat()}
+    with pytest.raises(ValidationFailed, match="batch is not empty"):
+        ingest_dataset(_run(tmp_path, uri, work_uri=f"{tmp_path}/store/runs/d", **window))
+    with contextlib.redirect_stdout(io.StringIO()):
+        quiet = ingest_dataset(_run(tmp_path, uri, kind="delta", work_uri=f"{tmp_path}/store/runs/q", **window))
+    assert quiet["rows"].get("interactions", 0) == 0 and set(quiet["validated"]) == {"items", "users"}
