@@ -17,7 +17,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,platform]'  # platform: the scenario test's Celery, PostgreSQL and Redis clients
 	touch $(STAMP)
 
 setup: $(STAMP)
