@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import pytest
 
+from mfli.eval.serving.data import kmeans_rq_codebooks
 from mfli.index.inverted import MultiFacetIndex, encode_paths
 from mfli.index.split_merge import RebalanceConfig, rebalance
 from mfli.serve.engine import EngineConfig, ScanEngine
@@ -24,15 +24,8 @@ def _data(n: int, seed: int) -> np.ndarray:
 
 
 def _codebooks(emb: np.ndarray) -> np.ndarray:
-    cb = np.zeros((L, F, M, D), np.float32)
-    for f in range(F):
-        r = emb[:, f].copy()
-        for layer in range(L):
-            km = faiss.Kmeans(D, M, niter=10, seed=layer, verbose=False, min_points_per_centroid=1)
-            km.train(r)
-            cb[layer, f] = km.centroids
-            r = r - km.centroids[km.index.search(r, 1)[1][:, 0]]
-    return cb
+    """``(L, F, M, D)`` residual k-means codebooks."""
+    return kmeans_rq_codebooks(emb, L, M)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
+from mfli.eval.serving.data import kmeans_rq_codebooks
 from mfli.index.delta import apply_delta, assign_paths
 from mfli.index.inverted import MultiFacetIndex, encode_paths
 from mfli.index.split_merge import RebalanceConfig, rebalance
@@ -33,15 +34,7 @@ def _data(n: int, seed: int) -> np.ndarray:
 
 def _codebooks(emb: np.ndarray) -> np.ndarray:
     """``(L, F, M, D)`` residual k-means codebooks."""
-    cb = np.zeros((L, F, M, D), np.float32)
-    for f in range(F):
-        r = emb[:, f].copy()
-        for layer in range(L):
-            km = faiss.Kmeans(D, M, niter=10, seed=layer, verbose=False, min_points_per_centroid=1)
-            km.train(r)
-            cb[layer, f] = km.centroids
-            r = r - km.centroids[km.index.search(r, 1)[1][:, 0]]
-    return cb
+    return kmeans_rq_codebooks(emb, L, M)
 
 SUM = RetrieverConfig(merge="sum")
 EVERYTHING = EngineConfig(n_clusters=100_000, shortlist=N + 100, pq_subquantizers=4)  # every cluster, all rescored
