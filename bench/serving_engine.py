@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--queries", type=int, default=1024)
     ap.add_argument("--embeddings", choices=("model", "synthetic"), default="model")
-    ap.add_argument("--methods", default="mfli,ivf,ivfpq_fs,scann,hnsw")
+    ap.add_argument("--methods", default="mfli,mfli_fs,ivf,ivfpq_fs,scann,hnsw")
     ap.add_argument("--model-dir", default=None, help="load the model a previous run saved (skips training)")
     ap.add_argument("--save-model-dir", default=None)
     ap.add_argument("--budget", type=float, default=None, help="seconds; later sweep points are skipped")

@@ -81,6 +81,10 @@ def serving(
     scan_sweep: Annotated[
         str, typer.Option("--scan-sweep", help="Scan engine n_clusters:shortlist points.")
     ] = ",".join(f"{n}:{r}" for n, r in _S.scan_sweep),
+    scan_prerank: Annotated[
+        str | None, typer.Option("--scan-prerank", help="Scan engine pre-ranker: codes or fastscan "
+                                 "(default: what snapshots serve).")
+    ] = None,
     hnsw_ef: Annotated[str, typer.Option("--hnsw-ef", help="efSearch values.")] = ",".join(map(str, _S.hnsw_ef)),
     ivf_nprobe: Annotated[str, typer.Option("--ivf-nprobe", help="nprobe values.")] = ",".join(map(str, _S.ivf_nprobe)),
     dr_beams: Annotated[str, typer.Option("--dr-beams", help="DR beam values.")] = ",".join(map(str, _S.dr_beams)),
@@ -118,6 +122,7 @@ def serving(
         save_model_dir=str(save_model) if save_model else None,
         mfli_sweep=_mfli_sweep(mfli_sweep),
         scan_sweep=tuple(tuple(int(v) for v in p.split(":")) for p in scan_sweep.split(",") if p.strip()),
+        scan_prerank=scan_prerank,
         hnsw_ef=_ints(hnsw_ef),
         ivf_nprobe=_ints(ivf_nprobe),
         dr_beams=_ints(dr_beams),

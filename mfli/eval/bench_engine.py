@@ -69,11 +69,15 @@ class EngineBenchConfig:
     model_dir: str | None = None  # reuse a model saved by an earlier run (skips training)
     save_model_dir: str | None = None
     threads: tuple[int, ...] = (1, 2)  # search threads measured
-    methods: tuple[str, ...] = ("mfli", "ivf", "ivfpq_fs", "scann", "hnsw")
+    # "mfli": the engine pre-ranking by learned codes; "mfli_fs": by 4-bit fast-scan codes (same index)
+    methods: tuple[str, ...] = ("mfli", "mfli_fs", "ivf", "ivfpq_fs", "scann", "hnsw")
     seed: int = 0
     # mfli engine
     pq_subquantizers: int = 32
     mfli_sweep: tuple[tuple[int, int], ...] = ((12, 200), (16, 200), (24, 250), (32, 300), (48, 400), (64, 500))
+    # (n_clusters, shortlist) of the fast-scan pre-ranker: scanning is cheap, so wider routing
+    mfli_fs_sweep: tuple[tuple[int, int], ...] = ((24, 200), (32, 200), (48, 300), (64, 300), (96, 400),
+                                                  (128, 500))
     # baselines
     ivf_nprobe: tuple[int, ...] = (16, 24, 32, 48, 64)
     ivfpq_sweep: tuple[tuple[int, int], ...] = ((16, 4), (24, 4), (32, 6), (48, 6), (64, 8))
@@ -238,25 +242,31 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
                            f"rps_b{cfg.trigger_batch}": qb, "p50_ms": p50}
         return out
 
-    # ---------------------------------------------------------------- MFLI engine
-    if "mfli" in cfg.methods:
-        log("mfli engine")
-        sec = {}
+    # ---------------------------------------------------------------- MFLI engine (both pre-rankers)
+    variants = [(m, "codes" if m == "mfli" else "fastscan") for m in ("mfli", "mfli_fs") if m in cfg.methods]
+    if variants:
+        sec_index = {}
+        t0 = time.perf_counter()
+        codes = encode_paths(data.items, data.codebooks)
+        sec_index["encode_paths"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        index = MultiFacetIndex.build(data.item_ids, data.items, codes, data.codebooks,
+                                      facet_names=data.facet_names)
+        index = rebalance(index, auto_rebalance_config(N, seed=cfg.seed)).index
+        sec_index["csr_and_rebalance"] = time.perf_counter() - t0
+        # results are item ids; the reference holds rows (the catalogue order the index was built in)
+        ident = bool(np.array_equal(index.item_ids, np.arange(N)))
+        as_rows = (lambda ids: ids) if ident else (lambda ids: np.where(ids >= 0, index.rows_of(ids), -1))
+    for name, prerank in variants:
+        log(f"{name} engine (pre-rank: {prerank})")
+        sec = dict(sec_index)
         with MemoryMeter() as mem:
             t0 = time.perf_counter()
-            codes = encode_paths(data.items, data.codebooks)
-            sec["encode_paths"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            index = MultiFacetIndex.build(data.item_ids, data.items, codes, data.codebooks,
-                                          facet_names=data.facet_names)
-            index = rebalance(index, auto_rebalance_config(N, seed=cfg.seed)).index
-            sec["csr_and_rebalance"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
             engine = ScanEngine(index, data.codebooks, EngineConfig(pq_subquantizers=cfg.pq_subquantizers,
-                                                                    threads=max(cfg.threads), seed=cfg.seed),
+                                                                    threads=max(cfg.threads), seed=cfg.seed,
+                                                                    prerank=prerank),
                                 codes=codes)
             sec["engine"] = time.perf_counter() - t0
-            del codes
             gc.collect()
         sec["total"] = sum(sec.values())
         nb_ = engine.nbytes()
@@ -265,20 +275,16 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
         log(f"  built in {sec['total']:.1f}s; clusters {[c.n_clusters for c in index.facets]}; "
             f"serving {serving / 2**20:.0f} MB")
 
-        # results are item ids; the reference holds rows (the catalogue order the index was built in)
-        ident = bool(np.array_equal(index.item_ids, np.arange(N)))
-        as_rows = (lambda ids: ids) if ident else (lambda ids: np.where(ids >= 0, index.rows_of(ids), -1))
-
-        def eng_threads(t: int) -> None:
+        def eng_threads(t: int, engine=engine) -> None:
             engine.config.threads = t
             numba.set_num_threads(t)
 
         sweep = []
-        for n, R in cfg.mfli_sweep:
+        for n, R in (cfg.mfli_sweep if prerank == "codes" else cfg.mfli_fs_sweep):
             if deadline.passed():
                 sweep.append({"n_clusters": n, "shortlist": R, "skipped": "over budget"})
                 continue
-            p = _point(lambda sl, n=n, R=R: as_rows(
+            p = _point(lambda sl, n=n, R=R, engine=engine: as_rows(
                 engine.search(data.queries[sl], cfg.k, n_clusters=n, shortlist=R).item_ids),
                        ref, cfg, eng_threads)
             st = engine.search(data.queries[: cfg.batch_size], cfg.k, n_clusters=n, shortlist=R)
@@ -286,22 +292,27 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
             sweep.append({"n_clusters": n, "shortlist": R, **p})
             log(f"  n={n} R={R}: recall {p['recall']:.3f}, b1 {p['qps_b1_t1']:.0f}, {bk} {p[bk + '_t1']:.0f} q/s "
                 f"(2 threads {p.get(bk + '_t2', 0):.0f}), entries {p['entries']:.0f}")
-        methods["mfli"] = {"build": {"seconds": sec, "serving_bytes": int(serving), "engine_bytes": nb_,
-                                     **mem.report()},
-                           "params": {"clusters": [c.n_clusters for c in index.facets],
-                                      "pq_subquantizers": cfg.pq_subquantizers, "routing": "joint"},
-                           "sweep": sweep}
+        methods[name] = {"build": {"seconds": sec, "serving_bytes": int(serving), "engine_bytes": nb_,
+                                   **mem.report()},
+                         "params": {"clusters": [c.n_clusters for c in index.facets], "prerank": prerank,
+                                    "pq_subquantizers": cfg.pq_subquantizers if prerank == "codes" else None,
+                                    "fastscan": f"{D // 2}x4 by residual to cluster means" if prerank != "codes"
+                                    else None, "routing": "joint"},
+                         "sweep": sweep}
         tsweep = []
         for extra, R in cfg.mfli_trigger_sweep:
             if deadline.passed():
                 break
-            pts = trig_points("mfli", lambda r, e=extra, R=R: as_rows(engine.search_triggers(
+            pts = trig_points(name, lambda r, e=extra, R=R, engine=engine: as_rows(engine.search_triggers(
                 index.item_ids[r], cfg.k, extra_clusters=e, shortlist=R).item_ids))
             tsweep.append({"extra_clusters": extra, "shortlist": R, "by_T": pts})
             log(f"  trigger extra={extra} R={R}: " + ", ".join(
                 f"T={T} recall {v['recall']:.3f} {v[f'rps_b{cfg.trigger_batch}']:.0f} r/s" for T, v in pts.items()))
-        result["trigger"]["mfli"] = tsweep
-        del engine, index
+        result["trigger"][name] = tsweep
+        del engine
+        gc.collect()
+    if variants:
+        del index, codes
         gc.collect()
 
     # ---------------------------------------------------------------- IVF-Flat
@@ -445,6 +456,18 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- analysis
+def _is_mfli(name: str) -> bool:
+    return name.startswith("mfli")
+
+
+def _ratios(row: dict, names: list[str]) -> None:
+    """Add ``{m}_over_{o}`` = q/s of every MFLI variant m over every other method o, where both exist."""
+    for m in filter(_is_mfli, names):
+        for o in names:
+            if not _is_mfli(o) and row.get(m) and row.get(o):
+                row[f"{m}_over_{o}"] = row[m] / row[o]
+
+
 def equal_recall_tables(result: dict, cfg: EngineBenchConfig) -> dict:
     """Per (batch, threads) and target recall: every method's interpolated q/s and MFLI's ratios;
     per trigger count: requests/s at equal recall for MFLI and each per-trigger ANN."""
@@ -457,10 +480,7 @@ def equal_recall_tables(result: dict, cfg: EngineBenchConfig) -> dict:
             for name, m in result["methods"].items():
                 pts = [(p["recall"], p.get(key)) for p in m["sweep"] if "skipped" not in p and p.get(key)]
                 row[name] = qps_at_recall(pts, target)
-            if row.get("mfli"):
-                for name in result["methods"]:
-                    if name != "mfli" and row.get(name):
-                        row[f"mfli_over_{name}"] = row["mfli"] / row[name]
+            _ratios(row, list(result["methods"]))
             rows.append(row)
         out["user"][key] = rows
     tb = f"rps_b{cfg.trigger_batch}"
@@ -472,10 +492,7 @@ def equal_recall_tables(result: dict, cfg: EngineBenchConfig) -> dict:
                 for name, sweep in result["trigger"].items():
                     pts = [(p["by_T"][str(T)]["recall"], p["by_T"][str(T)][key]) for p in sweep]
                     row[name] = qps_at_recall(pts, target)
-                if row.get("mfli"):
-                    for name in result["trigger"]:
-                        if name != "mfli" and row.get(name):
-                            row[f"mfli_over_{name}"] = row["mfli"] / row[name]
+                _ratios(row, list(result["trigger"]))
                 rows.append(row)
             out["trigger"][f"T{T}_{key}"] = rows
     return out
@@ -509,23 +526,24 @@ def format_tables(result: dict) -> str:
                 lines.append(f"| {name} | {setting} | skipped |" + " |" * len(cols))
                 continue
             lines.append(f"| {name} | {setting} | {p['recall']:.3f} | " + " | ".join(_f(p.get(c)) for c in cols) + " |")
-    others = [n for n in ms if n != "mfli"]
+    names = list(ms)
+    pairs = [(m, o) for m in names if _is_mfli(m) for o in names if not _is_mfli(o)]
     for key, rows in result["equal_recall"]["user"].items():
         lines += ["", f"User mode, {key} (q/s interpolated at equal recall; ratios = MFLI / other):", "",
-                  "| recall | mfli | " + " | ".join(others) + " | " + " | ".join(f"mfli/{o}" for o in others) + " |",
-                  "|---|" + "---|" * (1 + 2 * len(others))]
+                  "| recall | " + " | ".join(names) + " | " + " | ".join(f"{m}/{o}" for m, o in pairs) + " |",
+                  "|---|" + "---|" * (len(names) + len(pairs))]
         for r in rows:
-            lines.append(f"| {r['recall']:.2f} | {_f(r.get('mfli'))} | " + " | ".join(_f(r.get(o)) for o in others)
-                         + " | " + " | ".join(_f(r.get(f'mfli_over_{o}'), 2) for o in others) + " |")
+            lines.append(f"| {r['recall']:.2f} | " + " | ".join(_f(r.get(o)) for o in names)
+                         + " | " + " | ".join(_f(r.get(f'{m}_over_{o}'), 2) for m, o in pairs) + " |")
     tn = list(result["trigger"])
+    tpairs = [(m, o) for m in tn if _is_mfli(m) for o in tn if not _is_mfli(o)]
     for key, rows in result["equal_recall"]["trigger"].items():
-        to = [n for n in tn if n != "mfli"]
         lines += ["", f"Trigger mode, {key} (requests/s at equal recall):", "",
-                  "| recall | " + " | ".join(tn) + " | " + " | ".join(f"mfli/{o}" for o in to) + " |",
-                  "|---|" + "---|" * (len(tn) + len(to))]
+                  "| recall | " + " | ".join(tn) + " | " + " | ".join(f"{m}/{o}" for m, o in tpairs) + " |",
+                  "|---|" + "---|" * (len(tn) + len(tpairs))]
         for r in rows:
             lines.append(f"| {r['recall']:.2f} | " + " | ".join(_f(r.get(o)) for o in tn) + " | "
-                         + " | ".join(_f(r.get(f'mfli_over_{o}'), 2) for o in to) + " |")
+                         + " | ".join(_f(r.get(f'{m}_over_{o}'), 2) for m, o in tpairs) + " |")
     lines += ["", f"Trigger sweep (recall / requests/s at batch {tbs} / p50 ms at batch 1, per T):", "",
               "| method | setting | " + " | ".join(f"T={T}" for T in cfg["trigger_counts"]) + " |",
               "|---|---|" + "---|" * len(cfg["trigger_counts"])]

@@ -22,6 +22,15 @@ by the codes with each item at most once across facets (a seen-bitset; excluded 
 first), rescores those exactly on the float vectors and returns the best ``k``. No Python loop runs
 per request or per cluster.
 
+**Fast-scan pre-ranker** (``prerank="fastscan"``): the same columns, entries and routing, but the
+short list is chosen by :class:`~mfli.serve.engine_fastscan.FastScanLists`: every entry as a 4-bit
+product-quantised code of its residual to the column's centroid (one sub-quantiser per 2 dimensions),
+scored 32 entries per SIMD shuffle by faiss. An entry's approximate score is ``q . centroid + q .
+PQ4(residual)``; the short list holds ``shortlist`` distinct items (an item's copies in other facets'
+columns and excluded items do not take slots) and is rescored exactly by
+:func:`~mfli.serve.engine_kernels.rescore_candidates`. An item is explained by the column of its best
+pre-ranked copy. The learned code paths stay stored (``F * L`` bytes per entry) for diagnostics.
+
 **Routing** (user mode): a cluster's routing score is the query against the mean of its members'
 full (all-facet) vectors, so clusters of different facets compare on one scale. ``routing="joint"``
 reads the ``n_clusters`` best clusters over all facets (one budget); ``"per_facet"`` reads the
@@ -58,6 +67,9 @@ import numpy as np
 from mfli.index.inverted import MultiFacetIndex, _as_numpy, encode_paths
 from mfli.serve.retriever import RetrievalResult
 
+PRERANKS = ("codes", "fastscan")
+_SMALL_BATCH = 16  # routing scores of at most this many queries are computed without BLAS
+
 
 @dataclass
 class EngineConfig:
@@ -72,10 +84,18 @@ class EngineConfig:
     pq_subquantizers: int | None = None
     pq_train_size: int = 65_536  # residuals sampled to fit the product quantiser
     extra_clusters: int = 0  # trigger mode: nearest clusters by centroid scanned per trigger, beyond its own
+    # pre-ranker of the short list: "codes" (learned code path + 8-bit residual PQ, numba scan) or
+    # "fastscan" (4-bit residual-to-centroid PQ in faiss fast-scan blocks, mfli.serve.engine_fastscan)
+    prerank: str = "codes"
+    fastscan_subquantizers: int | None = None  # 4-bit sub-quantisers of F * d (None: one per 2 dims)
     threads: int = 1  # compiled-kernel threads (requests split into this many chunks)
     seed: int = 0  # product-quantiser sample and k-means seed
 
     def validated(self) -> EngineConfig:
+        if self.prerank not in PRERANKS:
+            raise ValueError(f"prerank must be one of {list(PRERANKS)}, got {self.prerank!r}")
+        if self.fastscan_subquantizers is not None and self.fastscan_subquantizers < 1:
+            raise ValueError("fastscan_subquantizers must be >= 1")
         if self.routing not in ("joint", "per_facet"):
             raise ValueError(f"routing must be 'joint' or 'per_facet', got {self.routing!r}")
         if self.n_clusters < 1 or self.shortlist < 1 or self.threads < 1:
@@ -143,9 +163,13 @@ class ScanEngine:
         # (F, d, L * M): facet f's tables for all layers in one matmul
         self._cbT = np.ascontiguousarray(cb.transpose(1, 3, 0, 2).reshape(F, d, L * M))
 
-        # learned code paths, then the residual they leave
+        # fast-scan fits 16 4-bit centroids per sub-vector: a catalogue with fewer entries keeps the codes
+        fastscan = self.config.prerank == "fastscan" and sum(c.rows.size for c in index.facets) >= 16
+        # learned code paths, then the residual they leave; the fast-scan path does not read them, so
+        # they are kept (F * L bytes per entry, for code_scores / reconstruct) only when given
+        self._has_codes = codes is not None or not fastscan
         if codes is None:
-            codes = encode_paths(index.embeddings, cb)[:, :, 0, :]
+            codes = encode_paths(index.embeddings, cb)[:, :, 0, :] if not fastscan else np.zeros((N, F, L), np.int64)
         codes = _as_numpy(codes).astype(np.int64)
         if codes.ndim == 4:
             codes = codes[:, :, 0, :]
@@ -160,6 +184,8 @@ class ScanEngine:
             raise ValueError(f"pq_subquantizers={n_pq} must divide F * d = {F * d}")
         if min(N, self.config.pq_train_size) < 256:  # 8-bit sub-quantisers need 256 training points:
             n_pq = 0  # a catalogue this small is pre-ranked by its learned codes alone
+        if fastscan:  # the fast-scan lists pre-rank
+            n_pq = 0
         self._n_pq = n_pq
         wide = M > 256
         cdt = np.uint16 if wide else np.uint8
@@ -207,7 +233,17 @@ class ScanEngine:
         self.col_cluster = np.concatenate(cid_l).astype(np.int64)
         # routing: mean full vector of every column's members (C, D), transposed for one GEMM
         cent = K.segment_means(self._emb, self.entry_rows, self.offsets)
+        self._cent = cent
+        self._col_len = np.diff(self.offsets)
         self._centT = np.ascontiguousarray(cent.T)
+        self._fs = None
+        if fastscan:
+            from mfli.serve.engine_fastscan import FastScanLists
+
+            self.entry_col = np.repeat(np.arange(self.offsets.size - 1, dtype=np.int32), np.diff(self.offsets))
+            self._fs = FastScanLists(self._emb, self.entry_rows, self.offsets, cent,
+                                     self.config.fastscan_subquantizers, self.config.pq_train_size,
+                                     self.config.seed)
         # each item's own clusters (trigger mode): (N, F * m) columns
         m = index.paths_per_item
         own = np.empty((N, F, m), np.int64)
@@ -240,6 +276,10 @@ class ScanEngine:
             qs = q.reshape(B, self._n_pq, -1).transpose(1, 0, 2)  # (n_pq, B, dsub)
             lut[:, F * L :, :256] = np.matmul(qs, self._pqT).transpose(1, 0, 2)
         return lut
+
+    def _luts_or_none(self, q: np.ndarray) -> np.ndarray | None:
+        """:meth:`_luts`, or None when the fast-scan lists pre-rank (they build their own tables)."""
+        return None if self._fs is not None else self._luts(q)
 
     def _chunks(self, B: int) -> int:
         return max(1, min(self.config.threads, B))
@@ -296,9 +336,35 @@ class ScanEngine:
         T = self._chunks(B)
         numba.set_num_threads(T)
         rm = self._none_removed if removed is None else removed
+        if self._fs is not None:
+            return self._run_fastscan(req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, ex_ptr, ex_rows, shortlist,
+                                      k, dedup_scan, rm, T)
         return self._K.scan_rescore(luts, req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, self.offsets,
                                     self.entry_rows, self.entry_codes, self._emb, ex_ptr, ex_rows, rm,
                                     self._bits[:T], max(shortlist, k), k, dedup_scan)
+
+    def _run_fastscan(self, req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, ex_ptr, ex_rows, shortlist: int,
+                      k: int, dedup_scan: bool, removed: np.ndarray, T: int):
+        """:meth:`_run` with the fast-scan pre-ranker: same pairs in, same tuple out.
+
+        Every query vector's pairs are ``w`` consecutive slots (user mode: one vector per request;
+        trigger mode: one per trigger), so they reshape to faiss's ``(Qn, w)`` probe lists.
+        """
+        Qn = qfull.shape[0]
+        w = pair_gid.size // max(Qn, 1)
+        gid = pair_gid.reshape(Qn, w)
+        coarse = np.einsum("qd,qwd->qw", qfull, self._cent[np.maximum(gid, 0)]).astype(np.float32)
+        # an excluded item may fill a slot: widen the short list by the request's largest exclusion
+        n_ex = int(np.diff(ex_ptr).max()) if ex_ptr.size > 1 else 0
+        R = max(shortlist, k) + n_ex
+        cand = self._fs.search(qfull, gid, coarse, R, threads=T)
+        rows, scores, pair, rescored = self._K.rescore_candidates(
+            cand, req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, self.entry_rows, self.entry_col, self._emb,
+            ex_ptr, ex_rows, removed, self._bits[:T], k, max(shortlist, k), dedup_scan)
+        lens = np.where(pair_gid >= 0, self._col_len[np.maximum(pair_gid, 0)], 0)
+        cs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        entries = cs[pair_ptr[1:]] - cs[pair_ptr[:-1]]
+        return rows, scores, pair, entries, rescored
 
     def _result(self, out, pair_gid, source_of_pair, mode: str) -> EngineResult:
         rows, scores, pair, entries, rescored = out
@@ -315,7 +381,9 @@ class ScanEngine:
     def route(self, q: np.ndarray, n: int, routing: str) -> tuple[np.ndarray, np.ndarray]:
         """Cluster columns to read for weighted queries ``q (B, F, d)``: ``(gid (B, w), rank (B, w))``, best first."""
         B = q.shape[0]
-        scores = q.reshape(B, self.D) @ self._centT  # (B, C)
+        qf = np.ascontiguousarray(q.reshape(B, self.D))
+        # (B, C); a small batch on this thread (see small_batch_scores), a large one through BLAS
+        scores = self._K.small_batch_scores(qf, self._centT) if B <= _SMALL_BATCH else qf @ self._centT
         joint = routing == "joint"
         n = min(n, scores.shape[1]) if joint else min(n, int(np.diff(self.facet_start).min()))
         import numba
@@ -368,7 +436,7 @@ class ScanEngine:
         pair_q = np.repeat(np.arange(B, dtype=np.int64), w)
         pair_gid = np.ascontiguousarray(gid, dtype=np.int64).reshape(-1)
         ex_ptr, ex_rows = self._exclusions(B, exclude)
-        out = self._run(self._luts(q), np.arange(B + 1, dtype=np.int64), np.ascontiguousarray(q.reshape(B, -1)),
+        out = self._run(self._luts_or_none(q), np.arange(B + 1, dtype=np.int64), np.ascontiguousarray(q.reshape(B, -1)),
                         pair_ptr, pair_q, pair_gid, ex_ptr, ex_rows, shortlist or self.config.shortlist, k,
                         removed=removed_bits)
         return self._result(out, pair_gid, np.asarray(rank, np.int64).reshape(-1), "user")
@@ -403,7 +471,7 @@ class ScanEngine:
         pair_q = np.repeat(np.arange(Qn, dtype=np.int64), w)
         pair_gid = own.reshape(-1)
         ex_ptr, ex_rows = self._exclusions(B, exclude, (req_q_ptr, rows_all) if exclude_triggers else None)
-        luts = self._luts(qv) if Qn else np.zeros((0, self._S, self._W), np.float32)
+        luts = self._luts_or_none(qv) if Qn else np.zeros((0, self._S, self._W), np.float32)
         # an item's best trigger may reach it after another one: keep copies until the exact rescoring.
         # The short list is per trigger: near-duplicate items on the manifold have tiny score gaps, so
         # one shared list of R would shrink each trigger's share as T grows
@@ -416,6 +484,8 @@ class ScanEngine:
     # ------------------------------------------------------------------ diagnostics
     def code_scores(self, query, rows) -> np.ndarray:
         """``(n,)`` approximate scores of item ``rows`` for one query ``(F, d)`` (weighted) from their codes."""
+        if not self._has_codes:
+            raise ValueError("this fast-scan engine was built without the learned code paths (pass codes=)")
         q = np.asarray(query, np.float32).reshape(1, self.F, self.d) * self._w[None, :, None]
         if self._first_entry is None:
             first = np.full(self.N, -1, np.int64)
@@ -447,4 +517,6 @@ class ScanEngine:
                + self._cbT.nbytes + self.facet_start.nbytes)
         if self._n_pq:
             own += self._pqT.nbytes * 2  # faiss keeps the centroids too
+        if self._fs is not None:
+            own += self._fs.nbytes() + self._cent.nbytes + self.entry_col.nbytes
         return {"engine": int(own), "embeddings": int(self._emb.nbytes), "total": int(own + self._emb.nbytes)}

@@ -44,6 +44,7 @@ class ServingBenchConfig:
     # scan engine (mfli_scan): (clusters read over both facets, exact short list)
     scan_sweep: tuple[tuple[int, int], ...] = ((12, 200), (16, 200), (24, 250), (32, 300), (48, 400), (64, 500))
     scan_pq_subquantizers: int | None = None  # residual PQ sub-vectors (EngineConfig's default: one per 4 dims)
+    scan_prerank: str | None = None  # "codes" or "fastscan"; None: what snapshots serve (default_scan_config)
     # IVF-PQ fast-scan (4-bit, one sub-quantiser per 2 dims) + exact reorder: (nprobe, reorder factor)
     ivfpq_sweep: tuple[tuple[int, int], ...] = ((16, 4), (24, 4), (32, 6), (48, 6), (64, 8))
     # ScaNN (tree + AH + reorder): leaves (~2 sqrt(N), capped at N / 100) and (leaves searched, reorder)
@@ -71,6 +72,8 @@ class ServingBenchConfig:
             raise ValueError("the model source supports 1 to 3 facets")
         if self.n_queries < 1 or self.b1_queries < 0 or self.batch_size < 1 or self.k < 1:
             raise ValueError("n_queries, batch_size and k must be >= 1, b1_queries >= 0")
+        if self.scan_prerank not in (None, "codes", "fastscan"):
+            raise ValueError(f"scan_prerank must be 'codes' or 'fastscan', got {self.scan_prerank!r}")
         if self.k > self.n_items:
             raise ValueError(f"k={self.k} exceeds the catalogue ({self.n_items} items)")
         return self

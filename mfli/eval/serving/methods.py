@@ -301,6 +301,7 @@ def bench_mfli_scan(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, d
     sweep over ``(n_clusters, shortlist)``."""
     import numba
 
+    from mfli.serve.config import default_scan_config
     from mfli.serve.engine import EngineConfig, ScanEngine
 
     sec: dict[str, float] = {}
@@ -311,8 +312,10 @@ def bench_mfli_scan(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, d
             index, sec = _rebalanced_index(data, cfg)
         numba.set_num_threads(cfg.threads)
         t0 = time.perf_counter()
+        prerank = cfg.scan_prerank or default_scan_config().prerank
         engine = ScanEngine(index, data.codebooks, EngineConfig(pq_subquantizers=cfg.scan_pq_subquantizers,
-                                                                threads=cfg.threads, seed=cfg.seed))
+                                                                threads=cfg.threads, seed=cfg.seed,
+                                                                prerank=prerank))
         engine.search(data.queries[:2], cfg.k)  # compiles the kernels (numba caches them on disk)
         sec["engine_build"] = time.perf_counter() - t0
     sec["total"] = sum(sec.values())
@@ -332,7 +335,7 @@ def bench_mfli_scan(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, d
         log(f"  mfli_scan n={n} R={R}: recall {point['recall']:.3f}, {point['qps_b1']:.0f} q/s b1, "
             f"{point[f'qps_b{cfg.batch_size}']:.0f} q/s b{cfg.batch_size}")
     return {"n_items": len(data.item_ids),
-            "params": {"routing": engine.config.routing, "pq_subquantizers": engine._n_pq,
+            "params": {"routing": engine.config.routing, "prerank": prerank, "pq_subquantizers": engine._n_pq,
                        "clusters": [c.n_clusters for c in index.facets]},
             "build": {"seconds": sec, "index_bytes": int(index.nbytes()), "serving_bytes": serving_bytes,
                       "engine_bytes": nb, **mem.report()},

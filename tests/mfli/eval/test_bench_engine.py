@@ -27,15 +27,23 @@ def test_merge_per_trigger_matches_direct_ranking():
 @pytest.mark.timeout(600)
 def test_tiny_run_produces_every_table():
     cfg = EngineBenchConfig(n_items=4000, dim=8, n_queries=64, b1_queries=4, batch_size=32, k=10,
-                            embeddings="synthetic", methods=("mfli", "ivf"), codes=16, pq_subquantizers=4,
-                            mfli_sweep=((4, 50), (16, 100)), ivf_nprobe=(2, 32), trigger_counts=(1, 3),
+                            embeddings="synthetic", methods=("mfli", "mfli_fs", "ivf"), codes=16, pq_subquantizers=4,
+                            mfli_sweep=((4, 50), (16, 100)), mfli_fs_sweep=((4, 50), (16, 100)), ivf_nprobe=(2, 32), trigger_counts=(1, 3),
                             trigger_requests=16, trigger_batch=8, trigger_b1=4,
-                            mfli_trigger_sweep=((0, 50), (4, 100)), ann_trigger_ivf=(2, 8), threads=(1, 2))
+                            mfli_trigger_sweep=((0, 50), (4, 100)), ann_trigger_ivf=(2, 8), threads=(1, 2),
+                            targets=(0.5, 0.7))
     res = run_engine_bench(cfg, log=lambda s: None)
-    mf = res["methods"]["mfli"]["sweep"]
-    assert mf[-1]["recall"] > mf[0]["recall"] > 0.2  # more clusters and a longer short list: higher recall
+    for name in ("mfli", "mfli_fs"):  # both pre-rankers over the same index
+        mf = res["methods"][name]["sweep"]
+        assert mf[-1]["recall"] > mf[0]["recall"] > 0.2  # more clusters and a longer short list: higher recall
+    assert res["methods"]["mfli_fs"]["params"]["prerank"] == "fastscan"
+    rows = res["equal_recall"]["user"]["qps_b32_t1"]
+    assert [r["recall"] for r in rows] == [0.5, 0.7]
+    for r in rows:  # every MFLI variant against every baseline
+        for m in ("mfli", "mfli_fs"):
+            assert r[f"{m}_over_ivf"] == pytest.approx(r[m] / r["ivf"])
     ivf = res["methods"]["ivf"]["sweep"]
     assert ivf[-1]["recall"] > max(0.85, ivf[0]["recall"])
     assert all(p["by_T"]["3"]["recall"] > 0 for p in res["trigger"]["mfli"])
     text = format_tables(res)
-    assert "Trigger mode" in text and "mfli/ivf" in text
+    assert "Trigger mode" in text and "mfli/ivf" in text and "mfli_fs/ivf" in text

@@ -1,6 +1,11 @@
-"""Scan engine: exactness over its candidate clusters, code-lookup scores, de-duplication, explanations."""
+"""Scan engine: exactness over its candidate clusters, code-lookup scores, de-duplication, explanations.
+
+Every test built on the ``world`` fixture runs with both pre-rankers (learned codes, 4-bit fast-scan).
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -28,15 +33,15 @@ def _codebooks(emb: np.ndarray) -> np.ndarray:
     return kmeans_rq_codebooks(emb, L, M)
 
 
-@pytest.fixture(scope="module")
-def world():
+@pytest.fixture(scope="module", params=["codes", "fastscan"])
+def world(request):
     emb = _data(1500, 0)
     cb = _codebooks(emb)
     ids = np.arange(1500, dtype=np.int64) * 7 + 3
     codes = encode_paths(emb, cb)
     index = rebalance(MultiFacetIndex.build(ids, emb, codes, cb), RebalanceConfig(floor=10, cap=60)).index
     engine = ScanEngine(index, cb, EngineConfig(n_clusters=6, shortlist=50, pq_subquantizers=4,
-                                                pq_train_size=1500), codes=codes)
+                                                pq_train_size=1500, prerank=request.param), codes=codes)
     queries = _data(40, 1)
     return ids, emb, cb, index, engine, queries
 
@@ -66,6 +71,8 @@ def test_equals_brute_force_over_candidate_clusters(world, routing):
 
 def test_code_scores_equal_query_dot_reconstruction(world):
     _, emb, cb, _, engine, Q = world
+    if engine.config.prerank != "codes":
+        pytest.skip("the residual codes of the 'codes' pre-ranker")
     rows = np.arange(0, 1500, 7)
     rec = engine.reconstruct(rows)
     for b in range(5):
@@ -98,12 +105,17 @@ def test_each_item_once_with_explanations(world):
 
 def test_exclusion_and_determinism(world):
     _, _, _, _, engine, Q = world
-    a = engine.search(Q, 25)
-    seen = [list(a.item_ids[b, :5]) for b in range(len(Q))]
-    b_ = engine.search(Q, 25, exclude=seen)
+    # a short list over every candidate: excluding the top 5 shifts the ranking by exactly 5 (with a
+    # shorter list the excluded items' slots go to other candidates, which may rank anywhere)
+    full = engine.search(Q, 25, shortlist=10_000)
+    seen = [list(full.item_ids[b, :5]) for b in range(len(Q))]
+    b_ = engine.search(Q, 25, exclude=seen, shortlist=10_000)
+    short = engine.search(Q, 25, exclude=seen)
     for b in range(len(Q)):
         assert not np.isin(seen[b], b_.item_ids[b]).any()
-        np.testing.assert_array_equal(b_.item_ids[b, :20], a.item_ids[b, 5:25])
+        assert not np.isin(seen[b], short.item_ids[b]).any()
+        np.testing.assert_array_equal(b_.item_ids[b, :20], full.item_ids[b, 5:25])
+    a = engine.search(Q, 25)
     again = engine.search(Q, 25)
     np.testing.assert_array_equal(again.item_ids, a.item_ids)
     np.testing.assert_array_equal(again.scores, a.scores)
@@ -113,8 +125,7 @@ def test_exclusion_and_determinism(world):
 
 def test_two_threads_equal_one(world):
     _, _, cb, index, engine, Q = world
-    two = ScanEngine(index, cb, EngineConfig(n_clusters=6, shortlist=50, pq_subquantizers=4, pq_train_size=1500,
-                                             threads=2))
+    two = ScanEngine(index, cb, dataclasses.replace(engine.config, threads=2))
     np.testing.assert_array_equal(two.search(Q, 25).item_ids, engine.search(Q, 25).item_ids)
 
 
@@ -157,3 +168,18 @@ def test_config_and_input_errors(world):
     with pytest.raises(ValueError, match="divide"):
         ScanEngine(index, cb, EngineConfig(pq_subquantizers=5))
     assert ScanEngine(index, cb)._n_pq == F * D // 4  # default: one residual sub-vector per 4 dims
+
+
+def test_fastscan_short_list_finds_what_exact_rescoring_of_all_candidates_finds(world):
+    """The 4-bit pre-rank keeps the true top-k in a short list a few times k (not just 'all candidates')."""
+    _, _, cb, index, engine, Q = world
+    if engine.config.prerank != "fastscan":
+        pytest.skip("fast-scan pre-ranker")
+    full = engine.search(Q, 10, n_clusters=5, shortlist=10_000)
+    short = engine.search(Q, 10, n_clusters=5, shortlist=40)
+    hit = np.mean([np.isin(full.item_ids[b], short.item_ids[b]).mean() for b in range(len(Q))])
+    assert hit >= 0.9, hit
+    assert (short.rescored <= 40).all() and (short.rescored < full.rescored).all()
+    with pytest.raises(ValueError, match="prerank"):
+        EngineConfig(prerank="hnsw").validated()
+    assert engine.nbytes()["engine"] > ScanEngine(index, cb, EngineConfig(pq_subquantizers=0)).nbytes()["engine"]

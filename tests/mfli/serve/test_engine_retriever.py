@@ -5,6 +5,8 @@ quota views taken by the reference path."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import faiss
 import numpy as np
 import pytest
@@ -66,11 +68,12 @@ def _recall(got: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([np.isin(t, g).mean() for g, t in zip(got, truth)]))
 
 
+@pytest.mark.parametrize("prerank", ["codes", "fastscan"])
 @pytest.mark.parametrize("with_delta", [False, True])
-def test_reading_every_cluster_gives_the_reference_and_exact_lists(world, with_delta):
+def test_reading_every_cluster_gives_the_reference_and_exact_lists(world, with_delta, prerank):
     _, _, cb, index, view, Q = world
     space = view if with_delta else index
-    engine = EngineRetriever(space, cb, config=SUM, engine_config=EVERYTHING)
+    engine = EngineRetriever(space, cb, config=SUM, engine_config=dataclasses.replace(EVERYTHING, prerank=prerank))
     reference = Retriever(space, cb, config=RetrieverConfig(merge="sum", beam=16 * 16))  # every path
     hist = [list(_live(view)[0][b::37][:4]) for b in range(len(Q))]
     got = engine.retrieve_users(Q, 30, exclude=hist)
@@ -91,14 +94,15 @@ def test_reading_every_cluster_gives_the_reference_and_exact_lists(world, with_d
         assert top.scores[0, 0] == pytest.approx(float((view.embeddings[0] ** 2).sum()), abs=1e-5)
 
 
+@pytest.mark.parametrize("prerank", ["codes", "fastscan"])
 @pytest.mark.parametrize("with_delta", [False, True])
-def test_serving_budget_recall_is_close_to_the_reference(world, with_delta):
+def test_serving_budget_recall_is_close_to_the_reference(world, with_delta, prerank):
     """At serving budgets both read a fraction of the clusters (different routing: centroids vs beam), so
     the lists differ; recall@30 against exact search must stay within 0.05 of the reference's."""
     _, _, cb, index, view, Q = world
     space = view if with_delta else index
     engine = EngineRetriever(space, cb, config=SUM, engine_config=EngineConfig(n_clusters=24, shortlist=200,
-                                                                               pq_subquantizers=4))
+                                                                               pq_subquantizers=4, prerank=prerank))
     reference = Retriever(space, cb, config=RetrieverConfig(merge="sum", beam=8))
     live_ids, live_emb = _live(view) if with_delta else (index.item_ids, index.embeddings)
     truth = exact_search(Q, live_emb, 30, live_ids)[0]
@@ -108,10 +112,11 @@ def test_serving_budget_recall_is_close_to_the_reference(world, with_delta):
     assert r_engine > 0.8
 
 
-def test_delta_items_reach_themselves_and_are_explained(world):
+@pytest.mark.parametrize("prerank", ["codes", "fastscan"])
+def test_delta_items_reach_themselves_and_are_explained(world, prerank):
     _, _, cb, index, view, _ = world
     engine = EngineRetriever(index, cb, config=SUM, engine_config=EngineConfig(n_clusters=16, shortlist=100,
-                                                                               pq_subquantizers=4))
+                                                                               pq_subquantizers=4, prerank=prerank))
     served = engine.with_index(view)
     assert engine.retrieve_users(view.embeddings, 5).item_ids.max() < 100_000  # the base object is untouched
     res = served.retrieve_users(view.embeddings, 10)
