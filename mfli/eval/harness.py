@@ -13,7 +13,8 @@ split's cold items among them) through the delta path, from content alone. Metho
 - ``mfli_facets``: ``mfli``'s merged result plus, for each facet f, user mode served from facet f alone
   (its clusters, ranked by ``q_f . e_f``: quota merge with all quota on f), same model and index;
 - ``mfli_f1``, ``mfli_f3``: facet-count ablation, ``mfli`` trained with one facet (engagement) or three
-  (engagement, recent engagement, semantic: :data:`FACET_SETS`), everything else as ``mfli``;
+  (engagement, recent engagement, semantic: :func:`_facet_set`), everything else as ``mfli``;
+  ``mfli_f3`` also reports each of its facets alone, as ``mfli_facets`` does;
 - ``mfli_scan``: user mode through the compiled scan engine (``ServingConfig.engine="scan"``, its
   default settings) over the same model, index and delta as ``mfli``;
 - ``hnsw``, ``ivf``: the same towers trained without codebooks, FAISS indexes rebuilt only at
@@ -363,7 +364,7 @@ _RUNNERS = {
     "mfli_quota": lambda r: _run_mfli(r, "user", merge="quota"),
     "mfli_facets": lambda r: _run_mfli(r, "user", per_facet=True),
     "mfli_f1": lambda r: _run_mfli(r, "user", facets="f1"),
-    "mfli_f3": lambda r: _run_mfli(r, "user", facets="f3"),
+    "mfli_f3": lambda r: _run_mfli(r, "user", facets="f3", per_facet=True),
     "mfli_kmeans": lambda r: _run_mfli(r, "user", codebook_mode="kmeans_after"),
     "exact": _run_exact,
     "hnsw": lambda r: _run_ann(r, "hnsw", incremental=False),

@@ -132,7 +132,10 @@ def test_facet_ablation_per_facet_recall_and_facet_counts(small_catalogue, monke
     assert all(abs(v - merged) > 1e-4 for v in alone.values())
     assert len(res["mfli_facets"]["per_user"]["facet:semantic/recall@100"][0]) == len(
         res["mfli"]["per_user"]["recall@100"][0])
-    assert "facet:engagement/recall@100" not in res["mfli"]  # only mfli_facets pays for the extra passes
+    assert "facet:engagement/recall@100" not in res["mfli"]  # only the facet methods pay for the extra passes
+    assert "facet:engagement/recall@100" not in res["mfli_f1"]  # one facet alone is the merged list
+    f3 = {f: res["mfli_f3"][f"facet:{f}/recall@100"]["mean"] for f in ("engagement", "engagement_recent", "semantic")}
+    assert all(0.0 < v <= 1.0 for v in f3.values()) and len({round(v, 4) for v in f3.values()}) == 3
     table = format_facet_table(res)
     assert "| mfli_facets [semantic] | semantic alone |" in table and "| mfli_f3 | F=3, merged |" in table
     assert "| mfli | F=2, merged | " in table and "1.000 [1.000, 1.000]" in table
