@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from mfli.model.config import FacetConfig, ModelConfig, default_facets, engagement_facet, recent_facets, three_facets
+from mfli.model.config import (
+    FacetConfig,
+    ModelConfig,
+    default_facets,
+    engagement_facet,
+    recent_facets,
+    three_facets,
+)
 from mfli.train import TrainConfig, _Trainer
 
 
