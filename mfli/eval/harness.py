@@ -58,7 +58,7 @@ ALL_METHODS = ("mfli", "mfli_trigger", "mfli_scan", "mfli_quota", "mfli_facets",
                "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")
 BASELINES = ("hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")  # "best baseline" is the best of these
 K_MAX = 200  # the largest K any metric reads
-FACET_PREFIX = "facet:"  # mfli_facets keys: f"facet:{name}/{metric}", one facet served alone
+FACET_PREFIX = "facet:"  # per-facet keys (mfli_facets, mfli_f3): f"facet:{name}/{metric}", one facet served alone
 
 
 def _facet_set(name: str):
@@ -237,11 +237,12 @@ def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: st
         triggers = [h[-run.cfg.triggers:] for h in run.histories]
         res = retriever.retrieve_triggers(triggers, K_MAX, exclude=run.histories)
     else:
-        res = retriever.retrieve_users(run.queries(model), K_MAX, exclude=run.histories)
+        queries = run.queries(model)
+        res = retriever.retrieve_users(queries, K_MAX, exclude=run.histories)
     query_s = time.perf_counter() - t0
     out = run.evaluate(res.item_ids)
-    if per_facet:
-        facet_out = _per_facet(run, retriever, run.queries(model), cfg, model.facets)
+    if per_facet:  # user mode only: each facet's own beam, clusters and score
+        facet_out = _per_facet(run, retriever, queries, cfg, model.facets)
         out["per_user"].update(facet_out.pop("per_user"))
         out.update(facet_out)
     health = index_health(result.index)
@@ -464,7 +465,7 @@ def format_table(results: dict, metrics=METRIC_KEYS, ref: str | None = "exact",
 
 def format_facet_table(results: dict, ref: str = "mfli") -> str:
     """Markdown table of the facet ablation: every MFLI method with a facet count (merged recall) and,
-    for ``mfli_facets``, one row per facet served alone, each with its recall@100 and cold recall@100
+    for the methods with per-facet keys (``mfli_facets``, ``mfli_f3``), one row per facet served alone, each with its recall@100 and cold recall@100
     ratio to ``ref`` (paired bootstrap 95% intervals over users). Empty when no method has facets."""
     from mfli.eval.bootstrap import PairedBootstrap
 
