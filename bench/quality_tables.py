@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from mfli.eval.harness import format_table
+from mfli.eval.harness import format_facet_table, format_table
 
 
 def cold_ratio(results: dict, num: str = "mfli", den: str = "hnsw") -> str:
@@ -38,6 +38,9 @@ def main(paths: list[str]) -> None:
         print(f"### {Path(path).stem} ({seeds} seed{'s' if seeds != 1 else ''})\n")
         print(format_table(results, metrics=("recall@100", "cold_recall@100")) if compact else format_table(results))
         print(f"\nmfli cold recall@100 / hnsw (rebuild at snapshot): {cold_ratio(results)}\n")
+        facets = format_facet_table(results)
+        if facets:  # facet ablation runs (mfli_facets, mfli_f1, mfli_f3)
+            print(f"{facets}\n")
 
 
 if __name__ == "__main__":

@@ -175,6 +175,8 @@ class _Trainer:
             neg_items=rows(neg) if neg is not None else None,
             neg_logq=self.log_q[torch.as_tensor(neg, device=dev)] if neg is not None else None,
             neg_pool=len(self.sampler.train_rows),
+            ui_recency=torch.as_tensor(ui.recency, device=dev),
+            ii_recency=torch.as_tensor(ii.recency, device=dev),
         )
 
     @torch.no_grad()

@@ -24,7 +24,8 @@ def quality(
     data: Path = typer.Option(..., "--data", help="Dataset folder (auto-detected format)."),
     split: str = typer.Option("time", "--split", help="time | last | user_time | cold"),
     methods: str = typer.Option("mfli,exact", "--methods",
-                                help="Comma list: mfli,mfli_trigger,mfli_scan,exact,mfli_kmeans,hnsw,hnsw_add,ivf,dr,pop,ease,itemknn"),
+                                help="Comma list: mfli,mfli_trigger,mfli_scan,mfli_quota,mfli_facets,mfli_f1,mfli_f3,exact,"
+                                     "mfli_kmeans,hnsw,hnsw_add,ivf,dr,pop,ease,itemknn"),
     seeds: int = typer.Option(3, "--seeds", min=1),
     epochs: int = typer.Option(None, "--epochs", help="Override the training epochs."),
     beam: int = typer.Option(32, "--beam", help="MFLI user-mode beam per facet."),
@@ -40,7 +41,7 @@ def quality(
     from mfli.cli.train import EXIT_BAD_DATA
     from mfli.data.errors import DataError
     from mfli.data.loaders import load_dataset
-    from mfli.eval.harness import QualityConfig, format_table, run_quality
+    from mfli.eval.harness import QualityConfig, format_facet_table, format_table, run_quality
     from mfli.train import TrainConfig
 
     try:  # bad data or a bad config: one line on stderr and exit 2, like the other commands
@@ -77,6 +78,9 @@ def quality(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=EXIT_BAD_DATA) from None
     typer.echo(format_table(results))
+    facet_table = format_facet_table(results)
+    if facet_table:  # MFLI methods with a facet count: merged and per-facet recall side by side
+        typer.echo("\n" + facet_table)
     if out:  # on_seed wrote it after the last seed
         typer.echo(f"wrote {out}", err=True)
 from mfli.cli.bench_perf import register as _reg; _reg(app)  # noqa: I001

@@ -10,6 +10,11 @@ split's cold items among them) through the delta path, from content alone. Metho
 - ``exact``: exact maximum inner product search over the same embeddings (the embeddings' ceiling);
 - ``mfli_kmeans``: ablation, k-means RQ fitted after training instead of co-trained;
 - ``mfli_quota``: ablation, ``mfli`` with the per-facet quota merge instead of the summed score;
+- ``mfli_facets``: ``mfli``'s merged result plus, for each facet f, user mode served from facet f alone
+  (its clusters, ranked by ``q_f . e_f``: quota merge with all quota on f), same model and index;
+- ``mfli_f1``, ``mfli_f3``: facet-count ablation, ``mfli`` trained with one facet (engagement) or three
+  (engagement, recent engagement, semantic: :func:`_facet_set`), everything else as ``mfli``;
+  ``mfli_f3`` also reports each of its facets alone, as ``mfli_facets`` does;
 - ``mfli_scan``: user mode through the compiled scan engine (``ServingConfig.engine="scan"``, its
   default settings) over the same model, index and delta as ``mfli``;
 - ``hnsw``, ``ivf``: the same towers trained without codebooks, FAISS indexes rebuilt only at
@@ -49,10 +54,20 @@ from mfli.eval.metrics import (
 
 PER_USER_KEYS = ("recall@100", "cold_recall@100")  # kept per user for the bootstrap intervals
 
-ALL_METHODS = ("mfli", "mfli_trigger", "mfli_scan", "mfli_quota", "exact", "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop",
-               "ease", "itemknn")
+ALL_METHODS = ("mfli", "mfli_trigger", "mfli_scan", "mfli_quota", "mfli_facets", "mfli_f1", "mfli_f3", "exact",
+               "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")
 BASELINES = ("hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")  # "best baseline" is the best of these
 K_MAX = 200  # the largest K any metric reads
+FACET_PREFIX = "facet:"  # per-facet keys (mfli_facets, mfli_f3): f"facet:{name}/{metric}", one facet served alone
+
+
+def _facet_set(name: str):
+    """Facets of the facet-count ablation: "f1" engagement only, "f3" engagement + recent engagement +
+    semantic (no ratings needed, so it runs on implicit data too). "default" is not here: it is the
+    model config's own (library default or ``train_overrides``)."""
+    from mfli.model.config import engagement_facet, recent_facets
+
+    return {"f1": engagement_facet, "f3": recent_facets}[name]()
 
 
 @dataclass
@@ -135,7 +150,7 @@ class _SeedRun:
             train_counts=self.counts,
             catalogue=items["item_id"].to_numpy(np.int64),
         )
-        self._models: dict[str, object] = {}
+        self._models: dict[tuple[str, str], object] = {}
         self._validation = None
 
     @property
@@ -156,9 +171,11 @@ class _SeedRun:
         }
         return out
 
-    def model(self, mode: str):
-        """The trained model for codebook ``mode`` ("joint", "kmeans_after" or "none"), trained once."""
-        if mode not in self._models:
+    def model(self, mode: str, facets: str = "default"):
+        """The trained model for codebook ``mode`` ("joint", "kmeans_after" or "none") and facet set
+        ``facets`` ("default": the configured facets; "f1" / "f3": :func:`_facet_set`), trained once per pair."""
+        key = (mode, facets)
+        if key not in self._models:
             from mfli.train import TrainConfig, train
 
             # overrides may be nested like the dataclasses ({"model": {"codebook": {...}}})
@@ -167,9 +184,11 @@ class _SeedRun:
             if self.cfg.epochs is not None:
                 tcfg.epochs = self.cfg.epochs
             tcfg.model.codebook.mode = mode
+            if facets != "default":
+                tcfg.model.facets = _facet_set(facets)
             t0 = time.perf_counter()
-            self._models[mode] = (train(self.ds, self.split.train, tcfg), time.perf_counter() - t0)
-        return self._models[mode]
+            self._models[key] = (train(self.ds, self.split.train, tcfg), time.perf_counter() - t0)
+        return self._models[key]
 
     def queries(self, model) -> np.ndarray:
         return model.user_embeddings(self.users, self.histories).numpy()
@@ -195,13 +214,15 @@ def _mfli_index(run: _SeedRun, model):
 
 
 def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: str = "reference",
-              merge: str = "sum") -> dict:
+              merge: str = "sum", facets: str = "default", per_facet: bool = False) -> dict:
+    """MFLI in ``mode`` ("user" or "trigger"); ``per_facet`` adds, for each facet f, the recall of user
+    mode served from facet f alone (keys ``facet:{name}/{metric}``, per-user values too)."""
     from mfli.eval.metrics import index_health
     from mfli.serve.config import default_scan_config
     from mfli.serve.engine_retriever import EngineRetriever
     from mfli.serve.retriever import Retriever, RetrieverConfig
 
-    model, train_s = run.model(codebook_mode)
+    model, train_s = run.model(codebook_mode, facets)
     result, view, build_s = _mfli_index(run, model)
     cfg = RetrieverConfig(beam=run.cfg.beam, merge=merge, n_clusters=run.cfg.trigger_clusters,
                           sampling="multinomial", seed=run.seed)
@@ -216,12 +237,33 @@ def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: st
         triggers = [h[-run.cfg.triggers:] for h in run.histories]
         res = retriever.retrieve_triggers(triggers, K_MAX, exclude=run.histories)
     else:
-        res = retriever.retrieve_users(run.queries(model), K_MAX, exclude=run.histories)
+        queries = run.queries(model)
+        res = retriever.retrieve_users(queries, K_MAX, exclude=run.histories)
     query_s = time.perf_counter() - t0
     out = run.evaluate(res.item_ids)
+    if per_facet:  # user mode only: each facet's own beam, clusters and score
+        facet_out = _per_facet(run, retriever, queries, cfg, model.facets)
+        out["per_user"].update(facet_out.pop("per_user"))
+        out.update(facet_out)
     health = index_health(result.index)
     out.update({f"index_{k}": v for k, v in health.items() if isinstance(v, (int, float))})
-    out.update(train_s=train_s, build_s=build_s, query_s=query_s)
+    out.update(train_s=train_s, build_s=build_s, query_s=query_s, n_facets=len(model.facets))
+    return out
+
+
+def _per_facet(run: _SeedRun, retriever, queries: np.ndarray, cfg, facet_names: list[str]) -> dict:
+    """Recall of user mode served from one facet at a time: the quota merge with the whole quota on
+    facet f reads only the clusters facet f's beam reaches and ranks them by ``q_f . e_f`` alone."""
+    import dataclasses
+
+    out: dict = {"per_user": {}}
+    for f, name in enumerate(facet_names):
+        only = [1.0 if g == f else 0.0 for g in range(len(facet_names))]
+        view = retriever.with_config(dataclasses.replace(cfg, merge="quota", quotas=only))
+        res = run.evaluate(view.retrieve_users(queries, K_MAX, exclude=run.histories).item_ids)
+        for k in PER_USER_KEYS:
+            out[f"{FACET_PREFIX}{name}/{k}"] = res[k]
+            out["per_user"][f"{FACET_PREFIX}{name}/{k}"] = res["per_user"][k]
     return out
 
 
@@ -321,6 +363,9 @@ _RUNNERS = {
     "mfli_trigger": lambda r: _run_mfli(r, "trigger"),
     "mfli_scan": lambda r: _run_mfli(r, "user", engine="scan"),
     "mfli_quota": lambda r: _run_mfli(r, "user", merge="quota"),
+    "mfli_facets": lambda r: _run_mfli(r, "user", per_facet=True),
+    "mfli_f1": lambda r: _run_mfli(r, "user", facets="f1"),
+    "mfli_f3": lambda r: _run_mfli(r, "user", facets="f3", per_facet=True),
     "mfli_kmeans": lambda r: _run_mfli(r, "user", codebook_mode="kmeans_after"),
     "exact": _run_exact,
     "hnsw": lambda r: _run_ann(r, "hnsw", incremental=False),
@@ -414,5 +459,42 @@ def format_table(results: dict, metrics=METRIC_KEYS, ref: str | None = "exact",
             base = results[name]["recall@100"]["mean"]
             cells.append(f"{r['recall@100']['mean'] / base:.3f}" if base > 0 else "-")
         cells.append(f"{r['train_s']['mean']:.0f}" if "train_s" in r else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_facet_table(results: dict, ref: str = "mfli") -> str:
+    """Markdown table of the facet ablation: every MFLI method with a facet count (merged recall) and,
+    for the methods with per-facet keys (``mfli_facets``, ``mfli_f3``), one row per facet served alone, each with its recall@100 and cold recall@100
+    ratio to ``ref`` (paired bootstrap 95% intervals over users). Empty when no method has facets."""
+    from mfli.eval.bootstrap import PairedBootstrap
+
+    rows: list[tuple[str, str, dict, str]] = []  # (label, facets, result, per-user key prefix)
+    for m, r in results.items():
+        if "n_facets" not in r:
+            continue
+        rows.append((m, f"F={r['n_facets']['mean']:.0f}, merged", r, ""))
+        names = dict.fromkeys(k[len(FACET_PREFIX):].rsplit("/", 1)[0] for k in r if k.startswith(FACET_PREFIX))
+        rows += [(f"{m} [{n}]", f"{n} alone", r, f"{FACET_PREFIX}{n}/") for n in names]
+    if not rows:
+        return ""
+    boots = {}
+    for metric in PER_USER_KEYS:
+        pooled = {}
+        for label, _, r, prefix in rows:
+            seeds = r.get("per_user", {}).get(prefix + metric)
+            if seeds:
+                pooled[label] = np.concatenate([np.asarray(s, dtype=np.float64) for s in seeds])
+        boots[metric] = (PairedBootstrap(pooled), pooled) if pooled else (None, {})
+    ref = ref if ref in results and "n_facets" in results[ref] else rows[0][0]
+    head = ["method", "facets", "recall@100", f"/ {ref}", "cold recall@100", f"cold / {ref}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, facets, r, prefix in rows:
+        cells = [label, facets]
+        for metric in PER_USER_KEYS:
+            v = r[prefix + metric]
+            cells.append(f"{v['mean']:.4f} ± {v['std']:.4f}")
+            boot, pooled = boots[metric]
+            cells.append(boot.ratio(label, ref).text() if label in pooled and ref in pooled else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

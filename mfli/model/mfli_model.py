@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mfli.model.config import ModelConfig
+from mfli.model.config import FacetConfig, ModelConfig
 from mfli.model.features import FeatureSpace, ItemFeatures
 from mfli.model.losses import mixture_log_q, sampled_softmax
 from mfli.model.quantizer import MultiFacetRQ
@@ -53,6 +53,8 @@ class Batch:
         sem_a / sem_b: semantic anchor and positive items (B3 rows each).
         neg_items: U items drawn uniformly from the ``neg_pool`` training items (None: in-batch
             negatives only); neg_logq: ``(U,)`` their log popularity, on the scale of ui_logq.
+        ui_recency / ii_recency: ``(B,)`` / ``(B2,)`` place of the event(s) in the user's history,
+            1 = latest (:class:`~mfli.model.pairs.UserItemBatch`); needed by facets with ``recent_share``.
     """
 
     users: torch.Tensor
@@ -71,6 +73,21 @@ class Batch:
     neg_items: ItemFeatures | None = None
     neg_logq: torch.Tensor | None = None
     neg_pool: int = 0
+    ui_recency: torch.Tensor | None = None
+    ii_recency: torch.Tensor | None = None
+
+
+def _positive_mask(fc: FacetConfig, label: torch.Tensor, recency: torch.Tensor | None) -> torch.Tensor | None:
+    """``(B,)`` bool: the pairs an engagement facet learns from (its ``min_label`` and ``recent_share``
+    filters), or None when it keeps them all."""
+    mask = None if fc.min_label is None else label >= fc.min_label
+    if fc.recent_share is not None:
+        if recency is None:
+            raise ValueError(f"facet {fc.name!r} filters by recency but the batch carries no recency")
+        # recency = position / length: the newest ``recent_share`` of each history has recency > 1 - share
+        recent = recency > 1.0 - fc.recent_share
+        mask = recent if mask is None else mask & recent
+    return mask
 
 
 def _cat(parts: list[ItemFeatures]) -> ItemFeatures:
@@ -199,8 +216,8 @@ class MFLIModel(nn.Module):
             mf = emb.new_zeros(())
             qmf = emb.new_zeros(())
             if fc.kind == "engagement":
-                ui_mask = None if fc.min_label is None else batch.ui_weight >= fc.min_label
-                ii_mask = None if fc.min_label is None else batch.ii_label >= fc.min_label
+                ui_mask = _positive_mask(fc, batch.ui_weight, batch.ui_recency)
+                ii_mask = _positive_mask(fc, batch.ii_label, batch.ii_recency)
                 if fc.user_item_weight:
                     mf = mf + fc.user_item_weight * sampled_softmax(
                         user[:, f], e_ui[:, f], ui_ids, tau, ui_lq, fc.logq, ui_mask,

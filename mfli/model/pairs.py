@@ -33,22 +33,26 @@ def _csr(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class UserItemBatch:
     """``user_rows (B,)``, ``history (B, H)`` catalogue rows right-aligned (-1 = empty),
-    ``target_rows (B,)``, ``weight (B,)`` interaction labels."""
+    ``target_rows (B,)``, ``weight (B,)`` interaction labels, ``recency (B,)`` in (0, 1]: the event's
+    place in its user's training history (position / length, 1 = the user's latest event)."""
 
     user_rows: np.ndarray
     history: np.ndarray
     target_rows: np.ndarray
     weight: np.ndarray
+    recency: np.ndarray
 
 
 @dataclass
 class ItemPairBatch:
     """``anchor_rows (B,)``, ``target_rows (B,)`` catalogue rows; ``label (B,)`` the smaller of the
-    two interaction weights (co-engagement) or 1 (semantic)."""
+    two interaction weights (co-engagement) or 1 (semantic); ``recency (B,)`` the smaller of the two
+    events' recencies (co-engagement, see :class:`UserItemBatch`) or 1 (semantic)."""
 
     anchor_rows: np.ndarray
     target_rows: np.ndarray
     label: np.ndarray
+    recency: np.ndarray
 
 
 class PairSampler:
@@ -96,7 +100,11 @@ class PairSampler:
         self.n_events = len(inter)
         change = np.r_[True, ev_users[1:] != ev_users[:-1]]
         starts = np.flatnonzero(change)
-        self.seq_start = np.repeat(starts, np.diff(np.r_[starts, self.n_events]))  # (E,)
+        lengths = np.diff(np.r_[starts, self.n_events])
+        self.seq_start = np.repeat(starts, lengths)  # (E,)
+        # (E,) position / length in the user's time-ordered history: relative, so a recency facet
+        # means "each user's newer events" whatever the dataset's time span or activity level
+        self.recency = ((np.arange(self.n_events) - self.seq_start + 1) / np.repeat(lengths, lengths)).astype(np.float32)
         self.history_len = history_len
 
         counts = np.bincount(self.item_row, minlength=len(item_ids)).astype(np.float64)
@@ -127,7 +135,8 @@ class PairSampler:
     # samplers ---------------------------------------------------------------------------------
     def user_item(self, events: np.ndarray) -> UserItemBatch:
         """The user -> item batch for event indices ``events (B,)``."""
-        return UserItemBatch(self.user_row[events], self._history(events), self.item_row[events], self.weight[events])
+        return UserItemBatch(self.user_row[events], self._history(events), self.item_row[events], self.weight[events],
+                             self.recency[events])
 
     def co_engaged(self, rng: np.random.Generator, size: int, window: int) -> ItemPairBatch:
         """``size`` trigger -> co-engaged pairs (events at most ``window`` apart in one history)."""
@@ -141,7 +150,7 @@ class PairSampler:
         a = np.where(flip, partner, e)
         b = np.where(flip, e, partner)
         label = np.minimum(self.weight[a], self.weight[b])
-        return ItemPairBatch(self.item_row[a], self.item_row[b], label)
+        return ItemPairBatch(self.item_row[a], self.item_row[b], label, np.minimum(self.recency[a], self.recency[b]))
 
     def _build_semantic(self, items: pd.DataFrame, item_ids: np.ndarray, max_df: float) -> None:
         row_of = {int(i): r for r, i in enumerate(item_ids)}
@@ -185,7 +194,7 @@ class PairSampler:
         """``size`` (anchor, item sharing a key) pairs; empty when no item shares any key."""
         if len(self.sem_anchor) == 0:
             z = np.zeros(0, dtype=np.int64)
-            return ItemPairBatch(z, z, np.zeros(0, dtype=np.float32))
+            return ItemPairBatch(z, z, np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32))
         a = rng.integers(0, len(self.sem_anchor), size=size)
         n_keys = self.sem_indptr[a + 1] - self.sem_indptr[a]
         key = self.sem_keys[self.sem_indptr[a] + (rng.random(size) * n_keys).astype(np.int64)]
@@ -195,4 +204,4 @@ class PairSampler:
         target = self.key_items[lo + j]
         clash = target == anchor_rows  # never pair an item with itself: take the next one on the key
         target = np.where(clash, self.key_items[lo + (j + 1) % n], target)
-        return ItemPairBatch(anchor_rows, target, np.ones(size, dtype=np.float32))
+        return ItemPairBatch(anchor_rows, target, np.ones(size, dtype=np.float32), np.ones(size, dtype=np.float32))

@@ -101,3 +101,43 @@ def test_item_item_baselines_share_users_and_get_paired_intervals(small_catalogu
     assert res[best]["ratios"][f"recall@100 / best baseline ({best})"] == {"ratio": 1.0, "lo": 1.0, "hi": 1.0}
     table = format_table(res)
     assert f"recall@100 / best baseline ({best})" in table and "1.000 [1.000, 1.000]" in table
+
+
+def test_facet_ablation_per_facet_recall_and_facet_counts(small_catalogue, monkeypatch):
+    """mfli_facets serves each facet alone from mfli's own model and index; mfli_f1 / mfli_f3 train
+    one-facet and three-facet models; no model is trained twice."""
+    import mfli.train
+    from mfli.eval.harness import format_facet_table
+
+    trained: list[list[str]] = []
+    real_train = mfli.train.train
+
+    def counting_train(ds, train, cfg):
+        trained.append([f.name for f in cfg.model.facets])
+        return real_train(ds, train, cfg)
+
+    monkeypatch.setattr(mfli.train, "train", counting_train)
+    cfg = QualityConfig(methods=("mfli", "mfli_facets", "mfli_f1", "mfli_f3"), split="time", seeds=1, epochs=1,
+                        num_threads=1, train_overrides={"max_steps": 12, "batch_size": 256, "progress": False})
+    res = run_quality(small_catalogue, cfg, log=lambda s: None)
+    assert trained == [["engagement", "semantic"], ["engagement"], ["engagement", "engagement_recent", "semantic"]]
+    assert [res[m]["n_facets"]["mean"] for m in ("mfli", "mfli_facets", "mfli_f1", "mfli_f3")] == [2, 2, 1, 3]
+    # the merged result of mfli_facets is mfli's: same model, same index, same retrieval
+    assert res["mfli_facets"]["recall@100"]["values"] == res["mfli"]["recall@100"]["values"]
+    merged = res["mfli"]["recall@100"]["mean"]
+    alone = {f: res["mfli_facets"][f"facet:{f}/recall@100"]["mean"] for f in ("engagement", "semantic")}
+    assert all(0.0 < v <= 1.0 for v in alone.values())
+    # each facet alone ranks by its own score over its own clusters: not the merged list, not each other
+    assert abs(alone["engagement"] - alone["semantic"]) > 1e-4
+    assert all(abs(v - merged) > 1e-4 for v in alone.values())
+    assert len(res["mfli_facets"]["per_user"]["facet:semantic/recall@100"][0]) == len(
+        res["mfli"]["per_user"]["recall@100"][0])
+    assert "facet:engagement/recall@100" not in res["mfli"]  # only the facet methods pay for the extra passes
+    assert "facet:engagement/recall@100" not in res["mfli_f1"]  # one facet alone is the merged list
+    f3 = {f: res["mfli_f3"][f"facet:{f}/recall@100"]["mean"] for f in ("engagement", "engagement_recent", "semantic")}
+    assert all(0.0 < v <= 1.0 for v in f3.values()) and len({round(v, 4) for v in f3.values()}) == 3
+    table = format_facet_table(res)
+    assert "| mfli_facets [semantic] | semantic alone |" in table and "| mfli_f3 | F=3, merged |" in table
+    assert "| mfli | F=2, merged | " in table and "1.000 [1.000, 1.000]" in table
+    # methods without a facet count (baselines, exact) give no facet table
+    assert format_facet_table({"exact": {k: v for k, v in res["mfli"].items() if k != "n_facets"}}) == ""

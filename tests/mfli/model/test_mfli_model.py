@@ -3,11 +3,20 @@ L_QMF and the penalty switch on with the codebook."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from mfli.model.config import FacetConfig, ModelConfig, default_facets, three_facets
+from mfli.model.config import (
+    FacetConfig,
+    ModelConfig,
+    default_facets,
+    engagement_facet,
+    recent_facets,
+    three_facets,
+)
 from mfli.train import TrainConfig, _Trainer
 
 
@@ -96,6 +105,41 @@ def test_three_facets_and_label_filter(tiny_dataset):
     t2 = _trainer(tiny_dataset, facets)
     loss2, _ = _loss(t2)
     assert loss2.item() == 0.0
+
+
+def test_recency_of_events_is_their_place_in_the_user_history():
+    import pandas as pd
+
+    from mfli.model.pairs import PairSampler
+
+    t = pd.Timestamp("2024-01-01", tz="UTC")
+    # user 7: four events given out of time order; user 9: one event
+    inter = pd.DataFrame({"user_id": [7, 7, 9, 7, 7], "item_id": [2, 0, 1, 3, 1],
+                          "event_ts": [t + pd.Timedelta(days=d) for d in (3, 1, 5, 4, 2)],
+                          "weight": np.ones(5, np.float32)})
+    items = pd.DataFrame({"item_id": np.arange(4), "categories": [[]] * 4, "title": [""] * 4, "text": [""] * 4})
+    s = PairSampler(inter, np.arange(4), np.array([7, 9]), items, history_len=4)
+    ui = s.user_item(np.arange(5))
+    # events sorted by (user, time): user 7's items 0, 1, 2, 3 then user 9's item 1
+    assert ui.target_rows.tolist() == [0, 1, 2, 3, 1]
+    assert ui.recency.tolist() == [0.25, 0.5, 0.75, 1.0, 1.0]
+    ii = s.co_engaged(np.random.default_rng(0), 50, window=1)
+    assert len(ii.recency) > 0
+    # a co-engaged pair is as recent as its older event: consecutive events of user 7 here
+    assert set(ii.recency.tolist()) <= {0.25, 0.5, 0.75}
+
+
+def test_recent_facet_trains_on_implicit_data_where_the_high_rating_facet_cannot(tiny_dataset):
+    implicit = tiny_dataset.interactions.assign(weight=np.float32(1.0))
+    ds = dataclasses.replace(tiny_dataset, interactions=implicit)
+    _, high = _loss(_trainer(ds, three_facets()))
+    _, recent = _loss(_trainer(ds, recent_facets()))
+    assert high["loss_engagement_high"] == 0.0  # min_label=4 keeps no positive of weight 1
+    assert recent["loss_engagement_recent"] > 0.5
+    # the recency filter really drops pairs: the recent facet's loss differs from the unfiltered one
+    assert abs(recent["loss_engagement_recent"] - recent["loss_engagement"]) > 1e-3
+    assert [f.name for f in engagement_facet()] == ["engagement"]
+    assert [f.name for f in recent_facets()] == ["engagement", "engagement_recent", "semantic"]
 
 
 def test_unknown_facet_kind_is_rejected(tiny_dataset):
