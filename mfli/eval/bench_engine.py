@@ -11,6 +11,8 @@ score over the F * d concatenation:
 
 - ``mfli``: :class:`~mfli.serve.engine.ScanEngine` over the rebalanced MultiFacetIndex (learned-code +
   residual-PQ pre-ranking, exact short list); sweep over ``(n_clusters, shortlist)``;
+- ``mfli_fs``: the same engine over the same index with the 4-bit fast-scan pre-ranker
+  (``prerank="fastscan"``, what snapshots serve); its own sweep;
 - ``ivf``: FAISS IVF-Flat, nlist = 4 sqrt(N) (the floor of the targets); nprobe sweep;
 - ``ivfpq_fs``: FAISS IVF-PQ fast-scan (4-bit PQ, one sub-quantiser per 2 dims) with an exact reorder
   of ``k_factor * k`` candidates (``IndexRefineFlat``); sweep over (nprobe, k_factor);
@@ -76,8 +78,8 @@ class EngineBenchConfig:
     pq_subquantizers: int = 32
     mfli_sweep: tuple[tuple[int, int], ...] = ((12, 200), (16, 200), (24, 250), (32, 300), (48, 400), (64, 500))
     # (n_clusters, shortlist) of the fast-scan pre-ranker: scanning is cheap, so wider routing
-    mfli_fs_sweep: tuple[tuple[int, int], ...] = ((24, 200), (32, 200), (48, 300), (64, 300), (96, 400),
-                                                  (128, 500))
+    mfli_fs_sweep: tuple[tuple[int, int], ...] = ((24, 200), (32, 200), (48, 300), (64, 300), (64, 400),
+                                                  (96, 400), (96, 500), (128, 500))
     # baselines
     ivf_nprobe: tuple[int, ...] = (16, 24, 32, 48, 64)
     ivfpq_sweep: tuple[tuple[int, int], ...] = ((16, 4), (24, 4), (32, 6), (48, 6), (64, 8))

@@ -474,8 +474,11 @@ class ScanEngine:
         luts = self._luts_or_none(qv) if Qn else np.zeros((0, self._S, self._W), np.float32)
         # an item's best trigger may reach it after another one: keep copies until the exact rescoring.
         # The short list is per trigger: near-duplicate items on the manifold have tiny score gaps, so
-        # one shared list of R would shrink each trigger's share as T grows
-        R = (shortlist or cfg.shortlist) * max(1, int(counts.max()) if B else 1)
+        # one shared list of R would shrink each trigger's share as T grows. The codes kernel keeps one
+        # list per request (R * the most triggers); the fast-scan path already keeps one per trigger
+        R = shortlist or cfg.shortlist
+        if self._fs is None:
+            R *= max(1, int(counts.max()) if B else 1)
         out = self._run(luts, req_q_ptr, self._emb[rows_all], pair_ptr, pair_q, pair_gid,
                         ex_ptr, ex_rows, R, k, dedup_scan=False)
         source = self.index.item_ids[rows_all][pair_q] if Qn else np.zeros(0, np.int64)
