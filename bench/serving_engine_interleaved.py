@@ -1,0 +1,123 @@
+"""Interleaved serving timing: the fast-scan engine, IVF-Flat and ScaNN measured in alternating rounds.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/serving_engine_interleaved.py --items 1000000 --rounds 3 \
+        --model-dir <dir saved by bench/serving_engine.py --save-model-dir> \
+        --out docs/results/serving_engine_1m_interleaved.json
+
+``bench/serving_engine.py`` times each method once, one after the other; on a shared machine the
+speed can drift by 1.5x within one run, so a method timed in a slow minute looks worse. Here every
+sweep point of every method is timed once per round, methods alternating, and the median over rounds
+is reported (each round's figure is in the JSON). Same data, queries, reference and index as
+``bench/serving_engine.py`` (:func:`mfli.eval.serving_bench.prepare_data`); 1 search thread; batch 1
+over the first 200 queries one at a time, batch 256 over all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import faiss
+
+    from mfli.eval.bench_engine import build_ivf
+    from mfli.eval.serving.ann_libs import build_scann, scann_search
+    from mfli.eval.serving.config import ServingBenchConfig
+    from mfli.eval.serving.data import prepare_data
+    from mfli.eval.serving.machine import machine_info, set_threads
+    from mfli.eval.serving.report import qps_at_recall, write_json
+    from mfli.eval.serving.timing import recall_at_k, timed_runs
+    from mfli.index.build import auto_rebalance_config
+    from mfli.index.inverted import MultiFacetIndex, encode_paths
+    from mfli.index.split_merge import rebalance
+    from mfli.serve.config import default_scan_config
+    from mfli.serve.engine import ScanEngine
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--queries", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--model-dir", default=None)
+    ap.add_argument("--no-scann", action="store_true", help="leave ScaNN out (it needs the bench extra)")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args(argv)
+    log = lambda s: print(s, file=sys.stderr, flush=True)
+
+    set_threads(1)
+    data, _ = prepare_data(ServingBenchConfig(n_items=a.items, n_queries=a.queries, model_dir=a.model_dir,
+                                              methods=("exact",)), log)
+    X = np.ascontiguousarray(data.items.reshape(len(data.items), -1))
+    Q = np.ascontiguousarray(data.queries.reshape(len(data.queries), -1))
+    N, D = X.shape
+    k = 100
+    flat = faiss.IndexFlatIP(D)
+    flat.add(X)
+    ref = flat.search(Q, k)[1]
+    del flat
+    index = MultiFacetIndex.build(data.item_ids, data.items, encode_paths(data.items, data.codebooks),
+                                  data.codebooks, facet_names=data.facet_names)
+    index = rebalance(index, auto_rebalance_config(N, seed=0)).index
+    as_rows = (lambda ids: ids) if np.array_equal(index.item_ids, np.arange(N)) else (
+        lambda ids: np.where(ids >= 0, index.rows_of(ids), -1))
+    engine = ScanEngine(index, data.codebooks, default_scan_config())  # what snapshots serve
+    ivf, _ = build_ivf(X, round(4 * math.sqrt(N)), 0)
+    points: dict[str, tuple] = {}
+    for n, R in ((48, 300), (64, 300), (64, 400), (96, 500)):
+        points[f"mfli {n} clusters / short list {R}"] = ("mfli", lambda sl, n=n, R=R: as_rows(
+            engine.search(data.queries[sl], k, n_clusters=n, shortlist=R).item_ids))
+    for npb in (24, 32, 48):
+        points[f"ivf nprobe {npb}"] = ("ivf", lambda sl, npb=npb: (setattr(ivf, "nprobe", npb),
+                                                                   ivf.search(Q[sl], k)[1])[1])
+    if not a.no_scann:
+        sc, _ = build_scann(X, k, round(2 * math.sqrt(N)), 0)
+        for leaves, R in ((40, 250), (60, 300), (80, 400)):
+            points[f"scann {leaves} leaves / reorder {R}"] = ("scann", lambda sl, a_=leaves, b_=R: scann_search(
+                sc, Q[sl], k, a_, b_)[0])
+
+    res: dict[str, dict] = {}
+    for rnd in range(a.rounds):
+        for name, (method, fn) in points.items():
+            lat, tot, got = timed_runs(fn, len(Q), 200, 256)
+            p = res.setdefault(name, {"method": method, "recall": recall_at_k(got, ref), "qps_b1": [],
+                                      "qps_b256": []})
+            p["qps_b1"].append(len(lat) / sum(lat))
+            p["qps_b256"].append(len(Q) / tot)
+        log(f"round {rnd + 1}/{a.rounds} done")
+    for p in res.values():
+        p["median_b1"] = float(np.median(p["qps_b1"]))
+        p["median_b256"] = float(np.median(p["qps_b256"]))
+    equal: list[dict] = []
+    for target in (0.90, 0.95):
+        for key in ("median_b1", "median_b256"):
+            row: dict = {"recall": target, "batch": key.split("_b")[1]}
+            for method in ("mfli", "ivf", "scann"):
+                pts = [(p["recall"], p[key]) for p in res.values() if p["method"] == method]
+                row[method] = qps_at_recall(pts, target) if pts else None
+            for other in ("ivf", "scann"):
+                if row.get("mfli") and row.get(other):
+                    row[f"mfli_over_{other}"] = row["mfli"] / row[other]
+            equal.append(row)
+    result = {"config": vars(a) | {"out": str(a.out)}, "machine": machine_info(),
+              "engine": {"prerank": engine.config.prerank, "clusters": [c.n_clusters for c in index.facets]},
+              "points": res, "equal_recall": equal}
+    write_json(result, a.out)
+    print("| point | recall@100 | q/s b1 (median; rounds) | q/s b256 (median; rounds) |\n|---|---|---|---|")
+    for name, p in res.items():
+        print(f"| {name} | {p['recall']:.3f} | {p['median_b1']:,.0f} ({', '.join(f'{x:,.0f}' for x in p['qps_b1'])}) "
+              f"| {p['median_b256']:,.0f} ({', '.join(f'{x:,.0f}' for x in p['qps_b256'])}) |")
+    print("\n| recall | batch | mfli | ivf | scann | mfli/ivf | mfli/scann |\n|---|---|---|---|---|---|---|")
+    f = lambda x, nd=0: "-" if x is None else f"{x:,.{nd}f}"
+    for r in equal:
+        print(f"| {r['recall']:.2f} | {r['batch']} | {f(r['mfli'])} | {f(r['ivf'])} | {f(r.get('scann'))} | "
+              f"{f(r.get('mfli_over_ivf'), 2)} | {f(r.get('mfli_over_scann'), 2)} |")
+    return result
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
