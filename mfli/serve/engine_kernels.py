@@ -34,6 +34,32 @@ def _order_desc(score: np.ndarray, ids: np.ndarray, size: int) -> np.ndarray:
 
 
 @nb.njit(**_OPTS)
+def _best_distinct(score: np.ndarray, rows: np.ndarray, size: int, copies: bool, k: int) -> tuple[np.ndarray, int]:
+    """Positions of the best ``k`` of ``score[:size]`` (ties by lower row), each row once, and the number
+    of distinct rows. ``copies``: a row may appear several times; it keeps its best-scored copy."""
+    order = _order_desc(score, rows, size)
+    keep = np.ones(size, np.bool_)
+    if copies:  # group by row (stable, so each row's best copy comes first)
+        by_row = order[np.argsort(rows[order], kind="mergesort")]
+        prev = -1
+        for jj in range(size):
+            o = by_row[jj]
+            keep[o] = rows[o] != prev
+            prev = rows[o]
+    sel = np.empty(min(k, size), np.int64)
+    j = 0
+    distinct = 0
+    for jj in range(size):
+        o = order[jj]
+        if keep[o]:
+            distinct += 1
+            if j < sel.size:
+                sel[j] = o
+                j += 1
+    return sel[:j], distinct
+
+
+@nb.njit(**_OPTS)
 def _sift_down(hs: np.ndarray, hi: np.ndarray, hp: np.ndarray, size: int, pos: int) -> None:
     """Restore the min-heap (``hs`` scores, ``hi``/``hp`` payloads) below ``pos``."""
     s, i, p = hs[pos], hi[pos], hp[pos]
@@ -241,28 +267,12 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
                         acc += qfull[q, x] * emb[r, x]
                     best = max(best, acc)
                 ex_score[j] = best
-            order = _order_desc(ex_score, hi, size)  # best exact score first; ties by lower row
-            keep = np.ones(size, np.bool_)
-            if not dedup_scan:  # keep each row's best copy: group by row (stable, so best copy first)
-                by_row = order[np.argsort(hi[order], kind="mergesort")]
-                prev = -1
-                for jj in range(size):
-                    o = by_row[jj]
-                    keep[o] = hi[o] != prev
-                    prev = hi[o]
-            j = 0
-            distinct = 0
-            for jj in range(size):
-                o = order[jj]
-                if not keep[o]:
-                    continue
-                distinct += 1
-                if j < k:
-                    out_rows[b, j] = hi[o]
-                    out_score[b, j] = ex_score[o]
-                    out_pair[b, j] = hp[o]
-                    j += 1
-            n_rescored[b] = distinct
+            sel, n_rescored[b] = _best_distinct(ex_score, hi, size, not dedup_scan, k)
+            for j in range(sel.size):
+                o = sel[j]
+                out_rows[b, j] = hi[o]
+                out_score[b, j] = ex_score[o]
+                out_pair[b, j] = hp[o]
     return out_rows, out_score, out_pair, n_entries, n_rescored
 
 
@@ -382,32 +392,16 @@ def rescore_candidates(cand: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarra
                     taken += 1
             for j in range(n_t):
                 bt[touched[j] >> 3] = 0
-            order = _order_desc(hs, hi, size)  # best exact score first; ties by lower row
-            keep = np.ones(size, np.bool_)
-            if not dedup_scan:  # keep each row's best copy (stable: best copy first within a row)
-                by_row = order[np.argsort(hi[order], kind="mergesort")]
-                prev = -1
-                for jj in range(size):
-                    o = by_row[jj]
-                    keep[o] = hi[o] != prev
-                    prev = hi[o]
-            j = 0
-            distinct = 0
-            for jj in range(size):
-                o = order[jj]
-                if not keep[o]:
-                    continue
-                distinct += 1
-                if j < k:
-                    out_rows[b, j] = hi[o]
-                    out_score[b, j] = hs[o]
-                    c = entry_col[he[o]]
-                    for p in range(pair_ptr[b], pair_ptr[b + 1]):  # the pair (query, column) that reached it
-                        if pair_gid[p] == c and pair_q[p] == hq[o]:
-                            out_pair[b, j] = p
-                            break
-                    j += 1
-            n_rescored[b] = distinct
+            sel, n_rescored[b] = _best_distinct(hs, hi, size, not dedup_scan, k)
+            for j in range(sel.size):
+                o = sel[j]
+                out_rows[b, j] = hi[o]
+                out_score[b, j] = hs[o]
+                c = entry_col[he[o]]
+                for p in range(pair_ptr[b], pair_ptr[b + 1]):  # the pair (query, column) that reached it
+                    if pair_gid[p] == c and pair_q[p] == hq[o]:
+                        out_pair[b, j] = p
+                        break
     return out_rows, out_score, out_pair, n_rescored
 
 
