@@ -34,6 +34,17 @@ def _order_desc(score: np.ndarray, ids: np.ndarray, size: int) -> np.ndarray:
 
 
 @nb.njit(**_OPTS)
+def _mark(bits: np.ndarray, touched: np.ndarray, n_t: int, r: int) -> tuple[np.ndarray, int]:
+    """Set row ``r`` in the seen-bitset and record it in ``touched[:n_t]`` (grown as needed) so the
+    request can clear exactly the bits it set; returns ``(touched, n_t)``."""
+    bits[r >> 3] |= np.uint8(1 << (r & 7))
+    if n_t == touched.size:
+        touched = np.concatenate((touched, np.empty(touched.size, np.int64)))
+    touched[n_t] = r
+    return touched, n_t + 1
+
+
+@nb.njit(**_OPTS)
 def _best_distinct(score: np.ndarray, rows: np.ndarray, size: int, copies: bool, k: int) -> tuple[np.ndarray, int]:
     """Positions of the best ``k`` of ``score[:size]`` (ties by lower row), each row once, and the number
     of distinct rows. ``copies``: a row may appear several times; it keeps its best-scored copy."""
@@ -218,12 +229,7 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
         for b in range(t * step, min(B, (t + 1) * step)):
             n_t = 0
             for j in range(ex_ptr[b], ex_ptr[b + 1]):
-                r = ex_rows[j]
-                if n_t == touched.size:
-                    touched = np.concatenate((touched, np.empty(touched.size, np.int64)))
-                touched[n_t] = r
-                n_t += 1
-                bt[r >> 3] |= np.uint8(1 << (r & 7))
+                touched, n_t = _mark(bt, touched, n_t, ex_rows[j])
             size = 0
             n_e = 0
             for p in range(pair_ptr[b], pair_ptr[b + 1]):
@@ -245,11 +251,7 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
                     if not dedup_scan:
                         size = _push(hs, hi, hp, size, shortlist, s, r, p)
                         continue
-                    bt[r >> 3] |= m
-                    if n_t == touched.size:
-                        touched = np.concatenate((touched, np.empty(touched.size, np.int64)))
-                    touched[n_t] = r
-                    n_t += 1
+                    touched, n_t = _mark(bt, touched, n_t, r)
                     size = _push(hs, hi, hp, size, shortlist, s, r, p)
             for j in range(n_t):
                 bt[touched[j] >> 3] = 0
@@ -354,12 +356,7 @@ def rescore_candidates(cand: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarra
         for b in range(t * step, min(B, (t + 1) * step)):
             n_t = 0
             for j in range(ex_ptr[b], ex_ptr[b + 1]):
-                r = ex_rows[j]
-                if n_t == touched.size:
-                    touched = np.concatenate((touched, np.empty(touched.size, np.int64)))
-                touched[n_t] = r
-                n_t += 1
-                bt[r >> 3] |= np.uint8(1 << (r & 7))
+                touched, n_t = _mark(bt, touched, n_t, ex_rows[j])
             need = (req_q_ptr[b + 1] - req_q_ptr[b]) * R
             if need > cap:
                 cap = need
@@ -379,11 +376,7 @@ def rescore_candidates(cand: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarra
                     if (bt[r >> 3] | removed[r >> 3]) & m:
                         continue
                     if dedup_scan:
-                        bt[r >> 3] |= m
-                        if n_t == touched.size:
-                            touched = np.concatenate((touched, np.empty(touched.size, np.int64)))
-                        touched[n_t] = r
-                        n_t += 1
+                        touched, n_t = _mark(bt, touched, n_t, r)
                     acc = np.float32(0.0)
                     for x in range(D):
                         acc += qfull[q, x] * emb[r, x]
