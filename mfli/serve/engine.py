@@ -71,6 +71,14 @@ PRERANKS = ("codes", "fastscan")
 _SMALL_BATCH = 16  # routing scores of at most this many queries are computed without BLAS
 
 
+def _numba_threads(n: int) -> None:
+    """Set numba's thread count only when it differs (a set costs ~3 us, a get ~2 us: both count at batch 1)."""
+    import numba
+
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+
+
 @dataclass
 class EngineConfig:
     """Build and query settings of :class:`ScanEngine` (query settings can be overridden per call)."""
@@ -159,6 +167,7 @@ class ScanEngine:
             raise ValueError(f"facet_weights must have F={F} entries")
         self._w = w
         self._emb = index.embeddings.reshape(N, F * d)  # a view: the one copy of the vectors
+        self._item_ids = np.ascontiguousarray(index.item_ids, dtype=np.int64)
         self._cb = cb
         # (F, d, L * M): facet f's tables for all layers in one matmul
         self._cbT = np.ascontiguousarray(cb.transpose(1, 3, 0, 2).reshape(F, d, L * M))
@@ -290,6 +299,8 @@ class ScanEngine:
 
         ``extra``: more rows as ``(ptr (B + 1,), rows)`` (the triggers themselves).
         """
+        if exclude is None and extra is None:
+            return np.zeros(B + 1, np.int64), np.zeros(0, np.int64)
         lens = np.zeros(B, np.int64)
         rows = np.zeros(0, np.int64)
         if exclude is not None:
@@ -330,11 +341,9 @@ class ScanEngine:
 
     def _run(self, luts, req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, ex_ptr, ex_rows, shortlist: int, k: int,
              dedup_scan: bool = True, removed: np.ndarray | None = None):
-        import numba
-
         B = req_q_ptr.size - 1
         T = self._chunks(B)
-        numba.set_num_threads(T)
+        _numba_threads(T)
         rm = self._none_removed if removed is None else removed
         if self._fs is not None:
             return self._run_fastscan(req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, ex_ptr, ex_rows, shortlist,
@@ -353,7 +362,7 @@ class ScanEngine:
         Qn = qfull.shape[0]
         w = pair_gid.size // max(Qn, 1)
         gid = pair_gid.reshape(Qn, w)
-        coarse = np.einsum("qd,qwd->qw", qfull, self._cent[np.maximum(gid, 0)]).astype(np.float32)
+        coarse = self._K.column_dots(qfull, self._cent, gid)
         # an excluded item may fill a slot: widen the short list by the request's largest exclusion
         n_ex = int(np.diff(ex_ptr).max()) if ex_ptr.size > 1 else 0
         R = max(shortlist, k) + n_ex
@@ -361,22 +370,17 @@ class ScanEngine:
         rows, scores, pair, rescored = self._K.rescore_candidates(
             cand, req_q_ptr, qfull, pair_ptr, pair_q, pair_gid, self.entry_rows, self.entry_col, self._emb,
             ex_ptr, ex_rows, removed, self._bits[:T], k, max(shortlist, k), dedup_scan)
-        lens = np.where(pair_gid >= 0, self._col_len[np.maximum(pair_gid, 0)], 0)
-        cs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-        entries = cs[pair_ptr[1:]] - cs[pair_ptr[:-1]]
-        return rows, scores, pair, entries, rescored
+        return rows, scores, pair, self._K.pair_entries(pair_ptr, pair_gid, self._col_len), rescored
 
     def _result(self, out, pair_gid, source_of_pair, mode: str) -> EngineResult:
         rows, scores, pair, entries, rescored = out
-        ok = rows >= 0
-        gid = np.where(ok, pair_gid[np.maximum(pair, 0)], 0)
-        return EngineResult(
-            item_ids=np.where(ok, self.index.item_ids[np.maximum(rows, 0)], -1),
-            scores=scores,
-            facet=np.where(ok, self.col_facet[gid], -1).astype(np.int16),
-            cluster=np.where(ok, self.col_cluster[gid], -1),
-            source=np.where(ok, source_of_pair[np.maximum(pair, 0)], -1),
-            entries=entries, rescored=rescored, mode=mode, facet_names=self.facet_names)
+        if pair_gid.size == 0:  # no pair at all (no known trigger): every slot is padding
+            pair_gid, source_of_pair = np.zeros(1, np.int64), np.zeros(1, np.int64)
+        ids, facet, cluster, source = self._K.explain_rows(
+            rows, pair, pair_gid, self._item_ids, self.col_facet, self.col_cluster,
+            np.ascontiguousarray(source_of_pair, dtype=np.int64))
+        return EngineResult(item_ids=ids, scores=scores, facet=facet, cluster=cluster, source=source,
+                            entries=entries, rescored=rescored, mode=mode, facet_names=self.facet_names)
 
     def route(self, q: np.ndarray, n: int, routing: str) -> tuple[np.ndarray, np.ndarray]:
         """Cluster columns to read for weighted queries ``q (B, F, d)``: ``(gid (B, w), rank (B, w))``, best first."""
@@ -386,9 +390,7 @@ class ScanEngine:
         scores = self._K.small_batch_scores(qf, self._centT) if B <= _SMALL_BATCH else qf @ self._centT
         joint = routing == "joint"
         n = min(n, scores.shape[1]) if joint else min(n, int(np.diff(self.facet_start).min()))
-        import numba
-
-        numba.set_num_threads(self._chunks(B))
+        _numba_threads(self._chunks(B))
         gid, _, rank = self._K.select_clusters(scores, self.facet_start, max(n, 1), joint, self._chunks(B))
         return gid, rank
 

@@ -82,6 +82,7 @@ class FastScanLists:
             ivf.add_core(x.shape[0], faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
         self._index = faiss.IndexIVFPQFastScan(ivf)  # packs the lists into fast-scan blocks
         self._index.implem = _IMPLEM
+        self._nprobe = -1  # last nprobe set: a faiss attribute write costs ~5 us through its wrappers
         del ivf
 
     def search(self, q: np.ndarray, gid: np.ndarray, coarse: np.ndarray, R: int, threads: int = 1) -> np.ndarray:
@@ -97,8 +98,8 @@ class FastScanLists:
         Qn, w = gid.shape
         if Qn == 0 or w == 0:
             return np.full((Qn, R), -1, np.int64)
-        self._index.nprobe = w
-        self._index.implem = _IMPLEM
+        if w != self._nprobe:
+            self._index.nprobe = self._nprobe = w
         faiss.omp_set_num_threads(max(1, int(threads)))
         _, ids = self._index.search_preassigned(np.ascontiguousarray(q, dtype=np.float32), R,
                                                 np.ascontiguousarray(gid, dtype=np.int64),
