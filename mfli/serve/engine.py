@@ -364,7 +364,7 @@ class ScanEngine:
         gid = pair_gid.reshape(Qn, w)
         coarse = self._K.column_dots(qfull, self._cent, gid)
         # an excluded item may fill a slot: widen the short list by the request's largest exclusion
-        n_ex = int(np.diff(ex_ptr).max()) if ex_ptr.size > 1 else 0
+        n_ex = int(np.diff(ex_ptr).max()) if ex_ptr.size > 1 and ex_ptr[-1] else 0
         R = max(shortlist, k) + n_ex
         cand = self._fs.search(qfull, gid, coarse, R, threads=T)
         rows, scores, pair, rescored = self._K.rescore_candidates(
