@@ -6,7 +6,9 @@ facet f, the distribution of ``q_f . e_f`` over warm items, over new (content-on
 the test positives of each kind, plus the norms of each facet's embeddings. Then exact search over
 the whole catalogue with several facet weights for the new items only (warm items keep weight 1 on
 every facet): recall@100 and cold recall@100 of each, so the rule is judged by the ranking it gives,
-not by a statistic.
+not by a statistic; the same over new items only (how well each score ranks new items among
+themselves); and what :func:`mfli.eval.new_item_weights.choose_new_item_weights` sees on the
+validation split (simulated cold items) for the same weights.
 
     python bench/new_item_scores.py ../shared/datasets/amazon-scientific cold runs/amazon_cold_s0
 """
@@ -67,7 +69,7 @@ def main(data: str, split: str, model_dir: str, n_users: int = 2000) -> None:
         S = Q[:, f] @ E[samp, f].T  # (B, n) random catalogue sample
         print(f"  q.e over warm items : {_q(S[:, ~new[samp]].ravel())}")
         print(f"  q.e over new items  : {_q(S[:, new[samp]].ravel())}")
-        pos_w, pos_n = [], []
+        pos_w, pos_n = [], []  # scores of each user's test positives
         for b, p in enumerate(P):
             r = np.array([row[int(i)] for i in p if int(i) in row], np.int64)
             if r.size:
@@ -82,15 +84,34 @@ def main(data: str, split: str, model_dir: str, n_users: int = 2000) -> None:
     # score spread per facet among new items: how much each facet's term reorders them
     cold_ids = np.asarray(sp.cold_items, np.int64)
     P_cold = [p[np.isin(p, cold_ids)] for p in P]
-    print("exact search, new items scored with weights w (warm items: 1 per facet):")
-    for w in ([1.0] * F, [1.0] + [0.0] * (F - 1), [1.0] + [0.5] * (F - 1), [0.0] + [1.0] * (F - 1),
-              [2.0] + [0.0] * (F - 1)):
+    one = [1.0] * F
+    weights = [one, [1.0] + [0.0] * (F - 1), [1.0] + [0.5] * (F - 1), [0.0] + [1.0] * (F - 1),
+               [1.25] + [1.0] * (F - 1), [1.5] * F]
+    print("exact search over every item, all items scored with facet weights w:")
+    for w in (one, [1.0] + [0.0] * (F - 1), [0.0] + [1.0] * (F - 1)):
+        got, _ = exact_search(Q, E, 100, ids, weights=w, exclude=H)
+        print(f"  w={w}: cold recall@100 {np.nanmean(recall_per_user(got, P_cold, 100)):.4f} "
+              f"new items in top-100 {np.isin(got, ids[new]).sum(1).mean():.1f}")
+    print("exact search over the new items only (how each score ranks new items among themselves):")
+    for w in (one, [1.0] + [0.0] * (F - 1), [0.0] + [1.0] * (F - 1)):
+        got, _ = exact_search(Q, E[new], 100, ids[new], weights=w, exclude=H)
+        print(f"  w={w}: cold recall@100 {np.nanmean(recall_per_user(got, P_cold, 100)):.4f}")
+    print("exact search over every item, new items scored with weights w' (warm items: 1 per facet):")
+    for w in weights:
         scale = np.where(new[:, None], np.asarray(w, np.float32)[None, :], 1.0).astype(np.float32)
         got, _ = exact_search(Q, E * scale[:, :, None], 100, ids, exclude=H)
-        r = recall_per_user(got, P, 100).mean()
+        r = np.nanmean(recall_per_user(got, P, 100))
         rc = recall_per_user(got, P_cold, 100)
         n_new = np.isin(got, ids[new]).sum(1).mean()
-        print(f"  w={w}: recall@100 {r:.4f} cold recall@100 {np.nanmean(rc):.4f} new items in top-100 {n_new:.1f}")
+        print(f"  w'={w}: recall@100 {r:.4f} cold recall@100 {np.nanmean(rc):.4f} new items in top-100 {n_new:.1f}")
+    from mfli.eval.new_item_weights import choose_new_item_weights
+    from mfli.eval.validation import validation_set
+
+    choice = choose_new_item_weights(model, ds.items, sp.train, validation_set(sp.train, seed=0), seed=0)
+    print(f"validation split, 10% of the items with events embedded content-only: chosen w'={list(choice.weights)} "
+          f"recall@100 {choice.recall:.4f} (w'=1: {choice.recall_equal:.4f}); every point tried:")
+    for w, r in choice.tried:
+        print(f"  w'={list(w)}: validation recall@100 {r:.4f}")
 
 
 if __name__ == "__main__":

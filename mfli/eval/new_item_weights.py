@@ -144,7 +144,7 @@ def choose_new_item_weights(model, items: pd.DataFrame, train: pd.DataFrame, val
     cold = model.item_embeddings(cat, use_ids=False).numpy()
     rng = np.random.default_rng(seed)
     simulated = np.zeros(ids.size, bool)
-    simulated[rng.choice(ids.size, max(1, int(round(sim_frac * ids.size))), replace=False)] = True
+    simulated[rng.choice(ids.size, max(1, round(sim_frac * ids.size)), replace=False)] = True
     sel = np.arange(len(validation.users))
     if max_users and sel.size > max_users:
         sel = np.sort(rng.choice(sel, max_users, replace=False))
