@@ -10,7 +10,7 @@ not by a statistic; the same over new items only (how well each score ranks new 
 themselves); and what :func:`mfli.eval.new_item_weights.choose_new_item_weights` sees on the
 validation split (simulated cold items) for the same weights.
 
-    python bench/new_item_scores.py ../shared/datasets/amazon-scientific cold runs/amazon_cold_s0
+    python bench/new_item_scores.py ../shared/datasets/amazon-scientific cold runs/amazon_cold_s0 [USERS]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _q(x: np.ndarray) -> str:
     return f"mean {x.mean():+.3f} sd {x.std():.3f} p10/50/90 {p[0]:+.3f}/{p[1]:+.3f}/{p[2]:+.3f}"
 
 
-def main(data: str, split: str, model_dir: str, n_users: int = 2000) -> None:
+def main(data: str, split: str, model_dir: str, n_users: int = 0) -> None:
     from mfli.data.loaders import load_dataset
     from mfli.data.split import make_split
     from mfli.eval.metrics import histories_by_user, positives_by_user, recall_per_user
@@ -52,7 +52,8 @@ def main(data: str, split: str, model_dir: str, n_users: int = 2000) -> None:
     hist = histories_by_user(sp.train)
     users = np.sort(sp.test["user_id"].unique())
     users = users[np.isin(users, hist.index.to_numpy())]
-    users = np.sort(np.random.default_rng(0).choice(users, min(n_users, len(users)), replace=False))
+    if n_users and n_users < len(users):  # 0: every test user
+        users = np.sort(np.random.default_rng(0).choice(users, n_users, replace=False))
     H = [hist[u] for u in users]
     P = positives_by_user(sp.test, users)
     Q = model.user_embeddings(users, H).numpy()
