@@ -107,9 +107,10 @@ class RetrieverConfig:
     quotas: Sequence[float] | None = None  # share of the k slots per facet; default equal
     merge: str = "quota"  # "quota" (per-facet lists interleaved) or "sum" (user mode: pooled, summed score)
     facet_weights: Sequence[float] | None = None  # w_f for merge="sum"; default 1
-    # w_f for the delta's items (added after the snapshot, embedded from content alone) in the summed score
-    # (merge="sum"): sum_f w'_f q_f . e_f; None = facet_weights, every item alike (snapshots saved before
-    # the field keep that). Measured, not adopted: on the validation split (mfli.eval.new_item_weights)
+    # w'_f for the delta's items (added after the snapshot, embedded from content alone; a delta row that
+    # replaces a snapshot item too) in the summed score (merge="sum"): sum_f w'_f q_f . e_f; None =
+    # facet_weights, every item alike (snapshots saved before the field keep that). Snapshot items
+    # without training events are not told apart: they keep w. Measured, not adopted: on the validation split (mfli.eval.new_item_weights)
     # (1, 1) ranks best; docs/benchmarks.md, "Facet weights for new items"
     new_item_facet_weights: Sequence[float] | None = None
 
