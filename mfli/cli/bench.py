@@ -24,7 +24,8 @@ def quality(
     data: Path = typer.Option(..., "--data", help="Dataset folder (auto-detected format)."),
     split: str = typer.Option("time", "--split", help="time | last | user_time | cold"),
     methods: str = typer.Option("mfli,exact", "--methods",
-                                help="Comma list: mfli,mfli_trigger,mfli_scan,mfli_quota,mfli_facets,mfli_f1,mfli_f3,exact,"
+                                help="Comma list: mfli,mfli_trigger,mfli_scan,mfli_quota,mfli_facets,mfli_f1,mfli_f3,mfli_neww,"
+                                     "mfli_new_sem0,exact,"
                                      "mfli_kmeans,hnsw,hnsw_add,ivf,dr,pop,ease,itemknn"),
     seeds: int = typer.Option(3, "--seeds", min=1),
     epochs: int = typer.Option(None, "--epochs", help="Override the training epochs."),

@@ -15,6 +15,11 @@ split's cold items among them) through the delta path, from content alone. Metho
 - ``mfli_f1``, ``mfli_f3``: facet-count ablation, ``mfli`` trained with one facet (engagement) or three
   (engagement, recent engagement, semantic: :func:`_facet_set`), everything else as ``mfli``;
   ``mfli_f3`` also reports each of its facets alone, as ``mfli_facets`` does;
+- ``mfli_neww``: ``mfli`` with the items without training events (the delta) ranked by
+  ``sum_f w'_f q_f . e_f``, w' chosen on the validation split with simulated cold items
+  (:mod:`mfli.eval.new_item_weights`); same model and index; the chosen w' and its validation recall
+  are reported (``new_w:{facet}``, ``valid_recall_neww`` / ``valid_recall_equal``);
+  ``mfli_new_sem0``: the fixed rule w' = 0 on semantic facets, 1 on the others (semantic off for new items);
 - ``mfli_scan``: user mode through the compiled scan engine (``ServingConfig.engine="scan"``, its
   default settings) over the same model, index and delta as ``mfli``;
 - ``hnsw``, ``ivf``: the same towers trained without codebooks, FAISS indexes rebuilt only at
@@ -54,7 +59,7 @@ from mfli.eval.metrics import (
 
 PER_USER_KEYS = ("recall@100", "cold_recall@100")  # kept per user for the bootstrap intervals
 
-ALL_METHODS = ("mfli", "mfli_trigger", "mfli_scan", "mfli_quota", "mfli_facets", "mfli_f1", "mfli_f3", "exact",
+ALL_METHODS = ("mfli", "mfli_trigger", "mfli_scan", "mfli_neww", "mfli_new_sem0", "mfli_quota", "mfli_facets", "mfli_f1", "mfli_f3", "exact",
                "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")
 BASELINES = ("hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")  # "best baseline" is the best of these
 K_MAX = 200  # the largest K any metric reads
@@ -214,7 +219,8 @@ def _mfli_index(run: _SeedRun, model):
 
 
 def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: str = "reference",
-              merge: str = "sum", facets: str = "default", per_facet: bool = False) -> dict:
+              merge: str = "sum", facets: str = "default", per_facet: bool = False,
+              new_item_weights: tuple[float, ...] | None = None) -> dict:
     """MFLI in ``mode`` ("user" or "trigger"); ``per_facet`` adds, for each facet f, the recall of user
     mode served from facet f alone (keys ``facet:{name}/{metric}``, per-user values too)."""
     from mfli.eval.metrics import index_health
@@ -225,7 +231,7 @@ def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: st
     model, train_s = run.model(codebook_mode, facets)
     result, view, build_s = _mfli_index(run, model)
     cfg = RetrieverConfig(beam=run.cfg.beam, merge=merge, n_clusters=run.cfg.trigger_clusters,
-                          sampling="multinomial", seed=run.seed)
+                          sampling="multinomial", seed=run.seed, new_item_facet_weights=new_item_weights)
     t0 = time.perf_counter()
     if engine == "scan":  # the serving default's engine settings (ServingConfig.scan)
         retriever = EngineRetriever(view, model.codebooks, model.facets, cfg, default_scan_config())
@@ -248,6 +254,22 @@ def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: st
     health = index_health(result.index)
     out.update({f"index_{k}": v for k, v in health.items() if isinstance(v, (int, float))})
     out.update(train_s=train_s, build_s=build_s, query_s=query_s, n_facets=len(model.facets))
+    return out
+
+
+def _run_mfli_neww(run: _SeedRun) -> dict:
+    """``mfli`` with new-item facet weights chosen on the validation split (:mod:`mfli.eval.new_item_weights`)."""
+    from mfli.eval.new_item_weights import choose_new_item_weights
+
+    model, _ = run.model("joint")
+    t0 = time.perf_counter()
+    choice = choose_new_item_weights(model, run.ds.items, run.split.train, run.validation, seed=run.seed)
+    choose_s = time.perf_counter() - t0
+    out = _run_mfli(run, "user", new_item_weights=choice.weights)
+    out.update({f"new_w:{name}": w for name, w in zip(model.facets, choice.weights)})
+    out.update(valid_recall_neww=choice.recall, valid_recall_equal=choice.recall_equal,
+               valid_cold_recall_neww=choice.cold_recall, valid_cold_recall_equal=choice.cold_recall_equal,
+               choose_s=choose_s)
     return out
 
 
@@ -363,6 +385,9 @@ _RUNNERS = {
     "mfli_trigger": lambda r: _run_mfli(r, "trigger"),
     "mfli_scan": lambda r: _run_mfli(r, "user", engine="scan"),
     "mfli_quota": lambda r: _run_mfli(r, "user", merge="quota"),
+    "mfli_neww": _run_mfli_neww,
+    "mfli_new_sem0": lambda r: _run_mfli(r, "user", new_item_weights=tuple(
+        0.0 if fc.kind == "semantic" else 1.0 for fc in r.model("joint")[0].model.cfg.facets)),
     "mfli_facets": lambda r: _run_mfli(r, "user", per_facet=True),
     "mfli_f1": lambda r: _run_mfli(r, "user", facets="f1"),
     "mfli_f3": lambda r: _run_mfli(r, "user", facets="f3", per_facet=True),

@@ -73,7 +73,8 @@ class ServingConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not silently serve defaults).
 
         A dict without ``engine`` (a snapshot saved before the field existed, or no serving.json at all)
-        gets :data:`LEGACY_ENGINE`, the scorer its gates measured."""
+        gets :data:`LEGACY_ENGINE`, the scorer its gates measured; a retriever dict without
+        ``new_item_facet_weights`` scores new items like every other (the behaviour before the field)."""
         data = dict(data or {})
         data.setdefault("engine", LEGACY_ENGINE)
         known = {f.name for f in dataclasses.fields(cls)}
@@ -85,7 +86,7 @@ class ServingConfig:
         rextra = sorted(set(rdata) - rknown)
         if rextra:
             raise ValueError(f"unknown retriever config fields {rextra}; known: {sorted(rknown)}")
-        for name in ("quotas", "facet_weights"):  # JSON lists back to the sequences the dataclass holds
+        for name in ("quotas", "facet_weights", "new_item_facet_weights"):  # JSON lists back to the sequences the dataclass holds
             if rdata.get(name) is not None:
                 rdata[name] = list(rdata[name])
         sdata = dict(data.pop("scan", None) or {})

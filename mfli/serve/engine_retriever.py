@@ -8,7 +8,8 @@ service:
   routes each query to its clusters and scans the snapshot's items there (learned-code pre-rank, exact
   short list, ranked by ``sum_f w_f q_f . e_f`` like ``merge="sum"``). A delta's new items are scored
   exactly in the same routed clusters (a new item is reachable exactly when a snapshot item of its
-  cluster would be) and merged with the engine's top k; tombstoned and replaced snapshot rows are
+  cluster would be), by ``sum_f w'_f q_f . e_f`` when ``RetrieverConfig.new_item_facet_weights`` gives
+  w', and merged with the engine's top k; tombstoned and replaced snapshot rows are
   skipped inside the kernel. Explanations: the (facet, cluster) that reached an item and that
   cluster's routing rank (``source``; 0 = best);
 - **trigger mode**, per-request facet quotas (``merge="quota"``) and an explicit ``beam`` are not what
@@ -72,6 +73,11 @@ class EngineRetriever:
             raise ValueError("the scan engine ranks by the summed score: it needs merge='sum' "
                              f"(got {self.config.merge!r}); use engine='reference' for quota merging")
         base = index.base if isinstance(index, DeltaIndex) else index
+        wn = self.config.new_item_facet_weights
+        if wn is not None and (np.shape(wn) != (base.n_facets,) or not np.isfinite(np.asarray(wn, float)).all()):
+            raise ValueError(f"new_item_facet_weights must be F={base.n_facets} finite numbers, got {wn}")
+        # delta items' facet weights w'_f (None: the snapshot's own, already in the weighted query)
+        self._new_weights = None if wn is None else np.asarray(wn, np.float32)
         cb = _as_numpy(codebooks)
         if engine is None:
             engine = ScanEngine(base, cb, engine_config, facet_weights=self.config.facet_weights)
@@ -163,13 +169,16 @@ class EngineRetriever:
             gid, rank = engine.route(q, cfg.n_clusters, cfg.routing)
             res = engine.scan_users(q, gid, rank, k, exclude=exclude, removed_bits=self._removed)
         if self._space.item_ids.size:
-            res = self._merge_delta(res, q.reshape(q.shape[0], -1), gid, rank, k, exclude)
+            qd = q if self._new_weights is None else \
+                np.asarray(_as_numpy(query_emb), np.float32) * self._new_weights[None, :, None]
+            res = self._merge_delta(res, qd.reshape(q.shape[0], -1), gid, rank, k, exclude)
         return RetrievalResult(res.item_ids, res.scores, res.facet, res.cluster, res.source, res.mode,
                                self.facet_names)
 
     def _merge_delta(self, res: EngineResult, q: np.ndarray, gid: np.ndarray, rank: np.ndarray, k: int,
                      exclude) -> EngineResult:
-        """Delta items of the routed clusters ``gid (B, w)``, scored exactly by ``q (B, F * d)`` (weighted),
+        """Delta items of the routed clusters ``gid (B, w)``, scored exactly by ``q (B, F * d)`` (weighted by
+        ``new_item_facet_weights`` when set, else by the snapshot's facet weights),
         merged with the engine's ``(B, k)`` results; each delta item once, from its best-ranked cluster."""
         engine, space = self.engine, self._space
         B, w = gid.shape

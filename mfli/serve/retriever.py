@@ -53,7 +53,8 @@ with one BLAS thread per process (``OMP_NUM_THREADS=1``): the matmuls are too sm
 robin over the quotas (position p of facet f gets key ``p / quota_f``, ties by facet order), drops
 duplicates and keeps k; with equal quotas the facets alternate. ``merge="sum"`` (user mode only)
 instead pools the facets' candidates and ranks them by ``sum_f w_f q_f . e_f``, the score exact
-search uses (:mod:`mfli.serve.exact`).
+search uses (:mod:`mfli.serve.exact`); the delta's items (new since the snapshot, embedded from content
+alone) are ranked by ``sum_f w'_f q_f . e_f`` when ``new_item_facet_weights`` gives w' (default w).
 
 Every result carries an explanation: facet, cluster and the trigger item (trigger mode) or the rank
 of the beam path that reached the cluster (user mode).
@@ -106,6 +107,12 @@ class RetrieverConfig:
     quotas: Sequence[float] | None = None  # share of the k slots per facet; default equal
     merge: str = "quota"  # "quota" (per-facet lists interleaved) or "sum" (user mode: pooled, summed score)
     facet_weights: Sequence[float] | None = None  # w_f for merge="sum"; default 1
+    # w'_f for the delta's items (added after the snapshot, embedded from content alone; a delta row that
+    # replaces a snapshot item too) in the summed score (merge="sum"): sum_f w'_f q_f . e_f; None =
+    # facet_weights, every item alike (snapshots saved before the field keep that). Snapshot items
+    # without training events are not told apart: they keep w. Measured, not adopted: on the validation split (mfli.eval.new_item_weights)
+    # (1, 1) ranks best; docs/benchmarks.md, "Facet weights for new items"
+    new_item_facet_weights: Sequence[float] | None = None
 
 
 @dataclass
@@ -184,6 +191,9 @@ class Retriever:
         w = np.ones(F) if config.facet_weights is None else np.asarray(config.facet_weights, np.float64)
         if w.shape != (F,):
             raise ValueError(f"facet_weights must have F={F} entries")
+        wn = None if config.new_item_facet_weights is None else np.asarray(config.new_item_facet_weights, np.float64)
+        if wn is not None and (wn.shape != (F,) or not np.isfinite(wn).all()):
+            raise ValueError(f"new_item_facet_weights must be F={F} finite numbers, got {config.new_item_facet_weights}")
         router = self._router
         if router is not None and (router.beam_score, router.skip_empty, router.expand) != (
                 config.beam_score, config.skip_empty, config.expand):
@@ -193,6 +203,7 @@ class Retriever:
         self.config = config
         self._quotas = q / q.sum()
         self._weights = w.astype(np.float32)
+        self._new_weights = None if wn is None else wn.astype(np.float32)
 
     def with_config(self, config: RetrieverConfig) -> Retriever:
         """A retriever with other settings over the same prepared index (shares every structure; cheap).
@@ -340,8 +351,10 @@ class Retriever:
         if cfg.merge == "sum":
             groups = [(f, *router.clusters(Q[:, f], f, beam, cfg.clusters_per_query)) for f in range(F)]
             qw = np.ascontiguousarray((Q * self._weights[None, :, None]).reshape(B, -1))
+            # delta items (no training events) may weigh the facets differently (new_item_facet_weights)
+            qn = None if self._new_weights is None else (Q * self._new_weights[None, :, None]).reshape(B, -1)
             p_score, p_rows, pairs, W = self._scorer.score(space, B, groups, [qw] * F, True,
-                                                           cfg.beam_items_per_cluster)
+                                                           cfg.beam_items_per_cluster, delta_queries=qn)
             excl.apply(p_score, p_rows)
             # an item found in several facets/paths repeats with one score: keep enough to hold k distinct
             lst, fac = self._top_of(p_score, p_rows, pairs, W, k * F * m)

@@ -62,7 +62,7 @@ class ClusterScorer:
         return self._block_full[f]
 
     def score(self, space: DeltaIndex, R: int, groups: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]],
-              queries: list[np.ndarray], full: bool, top: int | None):
+              queries: list[np.ndarray], full: bool, top: int | None, delta_queries: np.ndarray | None = None):
         """Score the items of the given clusters straight into padded per-key rows.
 
         Args:
@@ -74,12 +74,16 @@ class ClusterScorer:
             full: score with all facets (``sum_f q_f . e_f``) instead of the facet's own embedding.
             top: read at most this many items per cluster (best static score first), in the snapshot
                 and in the delta each.
+            delta_queries: ``(R, F * d)`` query vectors for the delta's items (``full`` only: their own
+                facet weights); default ``queries``.
 
         Returns:
             ``p_score (R, W)`` float32 (-inf padding), ``p_rows (R, W)`` combined rows (-1 padding),
             ``pairs = (key * W + first column, facet, pos, tag)`` sorted, to explain a column, and ``W``.
             Within a key's row the snapshot's items of a group come before its delta items.
         """
+        if delta_queries is not None and not full:
+            raise ValueError("delta_queries weigh the summed score: they need full=True")
         N = self.base.n_items
         parts = []  # (key, facet, start, length, pos, tag, is_delta)
         has_delta = space.item_ids.size > 0
@@ -123,7 +127,10 @@ class ClusterScorer:
             base_of = np.cumsum([0] + [space.delta_rows[f].size for f in range(self.base.n_facets - 1)])
             rows = drows[base_of[fac[pair]] + idx]
             emb = space.embeddings[rows - N]
-            qmat = np.stack(queries)[fac[pair], key[pair]] if not full else queries[0][key[pair]]
+            if full:
+                qmat = (queries[0] if delta_queries is None else delta_queries)[key[pair]]
+            else:
+                qmat = np.stack(queries)[fac[pair], key[pair]]
             vec = emb.reshape(rows.size, -1) if full else emb[np.arange(rows.size), fac[pair]]
             colx = col[pair] + (np.arange(idx.size) - (np.cumsum(lens[dsel]) - lens[dsel])[owner])
             p_score[key[pair], colx] = np.einsum("nd,nd->n", vec, qmat)

@@ -107,6 +107,23 @@ def test_save_load_round_trip_keeps_the_serving_config(snapshot, tmp_path):
     assert loaded.snapshot_id == "snap"
 
 
+@pytest.mark.parametrize("engine", ["scan", "reference"])
+def test_new_item_facet_weights_round_trip_through_serving_json(snapshot, tmp_path, engine):
+    cfg = ServingConfig(retriever=RetrieverConfig(merge="sum", new_item_facet_weights=[1.0, 0.25]), engine=engine)
+    folder = Snapshot(snapshot.model, snapshot.index, {}, cfg).save(tmp_path / "snap")
+    assert json.loads((folder / SERVING_FILE).read_text())["retriever"]["new_item_facet_weights"] == [1.0, 0.25]
+    loaded = Snapshot.load(folder)
+    assert loaded.serving == cfg
+    assert list(loaded.retriever().config.new_item_facet_weights) == [1.0, 0.25]
+    # a serving.json from before the field: new items weigh like every other item
+    legacy = json.loads((folder / SERVING_FILE).read_text())
+    del legacy["retriever"]["new_item_facet_weights"]
+    (folder / SERVING_FILE).write_text(json.dumps(legacy))
+    (folder / MANIFEST_FILE).unlink()  # a folder from before snapshot manifests: nothing to verify
+    assert Snapshot.load(folder).retriever().config.new_item_facet_weights is None
+    assert ServingConfig().retriever.new_item_facet_weights is None  # not adopted: new snapshots keep the rule
+
+
 def test_verify_names_the_changed_or_missing_file(snapshot, tmp_path):
     folder = snapshot.save(tmp_path / "snap")
     bad = tmp_path / "changed"

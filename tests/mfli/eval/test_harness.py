@@ -141,3 +141,32 @@ def test_facet_ablation_per_facet_recall_and_facet_counts(small_catalogue, monke
     assert "| mfli | F=2, merged | " in table and "1.000 [1.000, 1.000]" in table
     # methods without a facet count (baselines, exact) give no facet table
     assert format_facet_table({"exact": {k: v for k, v in res["mfli"].items() if k != "n_facets"}}) == ""
+
+
+def test_new_item_weight_methods_serve_mfli_model_and_index(small_catalogue, monkeypatch):
+    """mfli_neww chooses the new items' facet weights on the validation split and serves mfli's model and
+    index with them; mfli_new_sem0 drops the semantic facet from new items' scores; one model in all."""
+    import mfli.train
+    from mfli.eval.new_item_weights import GRID
+
+    trained: list[int] = []
+    real_train = mfli.train.train
+
+    def counting_train(ds, train, cfg):
+        trained.append(1)
+        return real_train(ds, train, cfg)
+
+    monkeypatch.setattr(mfli.train, "train", counting_train)
+    cfg = QualityConfig(methods=("mfli", "mfli_neww", "mfli_new_sem0"), split="cold", seeds=1, epochs=1,
+                        num_threads=1, train_overrides={"max_steps": 12, "batch_size": 256, "progress": False})
+    res = run_quality(small_catalogue, cfg, log=lambda s: None)
+    assert len(trained) == 1
+    w = [res["mfli_neww"][f"new_w:{f}"]["mean"] for f in ("engagement", "semantic")]
+    assert all(x in GRID for x in w)
+    assert res["mfli_neww"]["valid_recall_neww"]["mean"] >= res["mfli_neww"]["valid_recall_equal"]["mean"]
+    if w == [1.0, 1.0]:  # the old rule chosen: exactly mfli's lists
+        assert res["mfli_neww"]["recall@100"]["values"] == res["mfli"]["recall@100"]["values"]
+    # every test item of the cold split is new: dropping a facet's score from new items only moves them
+    mfli_cold, sem0_cold = (res[m]["per_user"]["cold_recall@100"][0] for m in ("mfli", "mfli_new_sem0"))
+    assert mfli_cold != sem0_cold
+    assert "mfli_neww" in ALL_METHODS and "mfli_new_sem0" in ALL_METHODS
