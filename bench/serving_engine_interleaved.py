@@ -5,9 +5,11 @@
         --out docs/results/serving_engine_1m_interleaved.json
 
 ``bench/serving_engine.py`` times each method once, one after the other; on a shared machine the
-speed can drift by 1.5x within one run, so a method timed in a slow minute looks worse. Here every
-sweep point of every method is timed once per round, methods alternating, and the median over rounds
-is reported (each round's figure is in the JSON). Same data, queries, reference and index as
+speed can drift by 1.5x within one run, so a method timed in a slow minute looks worse. Here the
+methods alternate on every request (``--interleave query``: each sweep point of every method answers
+query i, in a rotated order, before any answers query i + 1; likewise per batch of 256), so a slow
+second falls on all of them alike; the median over rounds is reported (each round's figure is in the
+JSON). ``--interleave point`` times one sweep point at a time per round (the earlier protocol). Same data, queries, reference and index as
 ``bench/serving_engine.py`` (:func:`mfli.eval.serving_bench.prepare_data`); 1 search thread; batch 1
 over the first 200 queries one at a time, batch 256 over all.
 """
@@ -20,6 +22,32 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+
+def _per_query_round(points: dict, names: list[str], n_queries: int, rnd: int,
+                     b1_queries: int = 200, batch: int = 256) -> tuple[dict, dict]:
+    """One round, methods alternating per request: every point answers query i (then batch j) before
+    any answers query i + 1, in an order rotated per request, so a slow second on the shared machine
+    lands on all of them alike. Returns queries/s at batch 1 and at ``batch`` per point."""
+    import time
+
+    t1 = dict.fromkeys(names, 0.0)
+    tb = dict.fromkeys(names, 0.0)
+    P = len(names)
+    for i in range(min(b1_queries, n_queries)):
+        for j in range(P):
+            name = names[(i + j + rnd) % P]
+            t0 = time.perf_counter()
+            points[name][1](slice(i, i + 1))
+            t1[name] += time.perf_counter() - t0
+    for bi, s in enumerate(range(0, n_queries, batch)):
+        for j in range(P):
+            name = names[(bi + j + rnd) % P]
+            t0 = time.perf_counter()
+            points[name][1](slice(s, min(n_queries, s + batch)))
+            tb[name] += time.perf_counter() - t0
+    nb1 = min(b1_queries, n_queries)
+    return {n: nb1 / t1[n] for n in names}, {n: n_queries / tb[n] for n in names}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -44,6 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--no-scann", action="store_true", help="leave ScaNN out (it needs the bench extra)")
+    ap.add_argument("--interleave", choices=("query", "point"), default="query",
+                    help="query: methods alternate on every request (default); point: each sweep point "
+                         "runs all its queries, then the next point")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)
@@ -67,10 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
     engine = ScanEngine(index, data.codebooks, default_scan_config())  # what snapshots serve
     ivf, _ = build_ivf(X, round(4 * math.sqrt(N)), 0)
     points: dict[str, tuple] = {}
-    for n, R in ((48, 300), (64, 300), (64, 400), (96, 500)):
+    for n, R in ((32, 300), (48, 300), (48, 400), (64, 400), (96, 500)):
         points[f"mfli {n} clusters / short list {R}"] = ("mfli", lambda sl, n=n, R=R: as_rows(
             engine.search(data.queries[sl], k, n_clusters=n, shortlist=R).item_ids))
-    for npb in (24, 32, 48):
+    for npb in (20, 24, 32, 40, 48):
         points[f"ivf nprobe {npb}"] = ("ivf", lambda sl, npb=npb: (setattr(ivf, "nprobe", npb),
                                                                    ivf.search(Q[sl], k)[1])[1])
     if not a.no_scann:
@@ -80,13 +111,22 @@ def main(argv: list[str] | None = None) -> dict:
                 sc, Q[sl], k, a_, b_)[0])
 
     res: dict[str, dict] = {}
+    names = list(points)
+    for name in names:  # warm-up, and the recall of every point
+        method, fn = points[name]
+        got = np.concatenate([fn(slice(s, min(len(Q), s + 256))) for s in range(0, len(Q), 256)])
+        res[name] = {"method": method, "recall": recall_at_k(got, ref), "qps_b1": [], "qps_b256": []}
     for rnd in range(a.rounds):
-        for name, (method, fn) in points.items():
-            lat, tot, got = timed_runs(fn, len(Q), 200, 256)
-            p = res.setdefault(name, {"method": method, "recall": recall_at_k(got, ref), "qps_b1": [],
-                                      "qps_b256": []})
-            p["qps_b1"].append(len(lat) / sum(lat))
-            p["qps_b256"].append(len(Q) / tot)
+        if a.interleave == "query":
+            b1, b256 = _per_query_round(points, names, len(Q), rnd)
+        else:
+            b1, b256 = {}, {}
+            for name in names:
+                lat, tot, _ = timed_runs(points[name][1], len(Q), 200, 256)
+                b1[name], b256[name] = len(lat) / sum(lat), len(Q) / tot
+        for name in names:
+            res[name]["qps_b1"].append(b1[name])
+            res[name]["qps_b256"].append(b256[name])
         log(f"round {rnd + 1}/{a.rounds} done")
     for p in res.values():
         p["median_b1"] = float(np.median(p["qps_b1"]))
