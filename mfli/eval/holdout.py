@@ -6,6 +6,10 @@ cutoff (they are in the index from content alone). Queries are the test users' t
 retrieval excludes their training items. MFLI is scored with :meth:`mfli.snapshot.Snapshot.retriever`,
 so the lists the quality gate judges are the lists the service returns for the same users. Baselines in
 the same pass: exact search over the same embeddings (the embeddings' ceiling) and popularity (the floor).
+MFLI's ratios to them carry paired bootstrap 95% intervals over the test users
+(:func:`ratio_intervals`, the quality benchmark's :class:`mfli.eval.bootstrap.PairedBootstrap`):
+``recall@100_vs_exact`` with ``recall@100_vs_exact_lo`` / ``_hi``, likewise ``recall@100_vs_pop`` and
+``cold_recall@100_vs_exact``.
 
 Example::
 
@@ -51,6 +55,41 @@ class HoldoutResult:
 def _finite(v: Any) -> Any:
     # undefined metrics (e.g. cold recall with no cold positive) are None, never NaN, in JSON and XCom
     return None if isinstance(v, float) and not np.isfinite(v) else v
+
+
+#: ratios the daily evaluation reports with a paired bootstrap interval: (name, numerator, denominator, metric)
+RATIOS = (("recall@100_vs_exact", "mfli", "exact", "recall@100"),
+          ("recall@100_vs_pop", "mfli", "pop", "recall@100"),
+          ("cold_recall@100_vs_exact", "mfli", "exact", "cold_recall@100"))
+
+
+def ratio_intervals(retrieved: dict[str, np.ndarray], positives: list, cold: np.ndarray,
+                    n_resamples: int = 1000, seed: int = 0) -> dict[str, float | None]:
+    """Paired bootstrap 95% intervals over the test users of :data:`RATIOS` (as the quality benchmark's).
+
+    Args:
+        retrieved: per method ``(U, K)`` item ids; positives: U arrays of test items; cold: cold item ids.
+
+    Returns:
+        ``{name: ratio, name_lo: ..., name_hi: ...}`` for every ratio whose methods were run (None where
+        undefined, e.g. no user with a cold positive).
+    """
+    from mfli.eval.bootstrap import PairedBootstrap
+    from mfli.eval.metrics import recall_per_user
+
+    cold_pos = [np.asarray(p, np.int64)[np.isin(np.asarray(p, np.int64), cold)] for p in positives]
+    per_metric = {
+        "recall@100": {m: recall_per_user(r, positives, 100) for m, r in retrieved.items()},
+        "cold_recall@100": {m: recall_per_user(r, cold_pos, 100) for m, r in retrieved.items()},
+    }
+    boots = {metric: PairedBootstrap(v, n_resamples, seed) for metric, v in per_metric.items() if v}
+    out: dict[str, float | None] = {}
+    for name, num, den, metric in RATIOS:
+        if metric not in boots or num not in retrieved or den not in retrieved:
+            continue
+        ci = boots[metric].ratio(num, den)
+        out.update({name: _finite(ci.ratio), f"{name}_lo": _finite(ci.lo), f"{name}_hi": _finite(ci.hi)})
+    return out
 
 
 def evaluate_holdout(snapshot: Any, dataset: Any, cutoff: pd.Timestamp, k_max: int = K_MAX) -> HoldoutResult:
@@ -109,6 +148,7 @@ def evaluate_holdout(snapshot: Any, dataset: Any, cutoff: pd.Timestamp, k_max: i
             metrics[f"{m}_{k}"] = v
     ex = metrics.get("exact_recall@100") or 0.0
     metrics["recall@100_vs_exact"] = (metrics.get("recall@100") or 0.0) / ex if ex > 0 else None
+    metrics.update(ratio_intervals(out.retrieved, positives, cold))
     cb, ih = out.codebook, out.index
     metrics["codebook_utilisation"] = min(cb[f"f{f}.l{layer}.utilisation"] for f in range(F) for layer in range(L))
     metrics["codebook_perplexity"] = min(cb[f"f{f}.l{layer}.perplexity"] for f in range(F) for layer in range(L))

@@ -159,6 +159,9 @@ def _gate_and_serve(snap: Snapshot, dataset, tmp_path):
     gated = Snapshot.load(snap.save(tmp_path / "run"))  # the evaluation reads the run's saved artifacts
     result = evaluate_holdout(gated, dataset, CUTOFF)
     assert len(result.users) >= 20  # enough test users for the comparison to mean something
+    m = result.metrics  # the gate's ratios come with their paired bootstrap intervals
+    assert m["recall@100_vs_exact_lo"] <= m["recall@100_vs_exact"] <= m["recall@100_vs_exact_hi"]
+    assert m["recall@100_vs_pop_lo"] <= m["recall@100_vs_pop"] <= m["recall@100_vs_pop_hi"]
     store = open_store(tmp_path / "store")
     gated.publish(store, "v1")
     live = open_live(store, cache_dir=tmp_path / "cache")
