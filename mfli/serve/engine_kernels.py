@@ -430,24 +430,38 @@ def rescore_candidates(cand: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarra
 
 
 @nb.njit(**_OPTS)
-def small_batch_scores(q: np.ndarray, centT: np.ndarray) -> np.ndarray:
-    """``(B, C)`` float32 ``q @ centT`` for a few queries ``q (B, D)`` on the calling thread.
+def small_batch_scores(q: np.ndarray, cent8: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(B, C)`` float32 routing scores ``scale[c] * (q . cent8[c])`` for a few queries ``q (B, D)`` on the
+    calling thread, from int8 centroids ``cent8 (C, D)`` (see :func:`quantize_rows`).
 
     A BLAS gemv this small is dominated by waking the BLAS thread pool, which stalls for milliseconds
-    when the cores are busy (measured: 7 ms per query at 4,166 clusters on 2 loaded cores, 0.05 ms
-    here); large batches keep BLAS.
+    when the cores are busy (measured: 7 ms per query at 4,166 clusters on 2 loaded cores); large
+    batches keep BLAS over the same dequantised centroids, so both rank clusters alike. int8 rows are a
+    quarter of float32's bytes: at 1M items (4,166 x 128) 39 vs 69 us per query with the centroids in
+    cache, 131 vs 291 us without.
     """
     B, D = q.shape
-    C = centT.shape[1]
-    out = np.zeros((B, C), np.float32)
+    C = cent8.shape[0]
+    out = np.empty((B, C), np.float32)
     for b in range(B):
-        row = out[b]
-        for j in range(D):
-            v = q[b, j]
-            cj = centT[j]
-            for c in range(C):
-                row[c] += v * cj[c]
+        for c in range(C):
+            acc = np.float32(0.0)
+            for j in range(D):
+                acc += q[b, j] * np.float32(cent8[c, j])
+            out[b, c] = acc * scale[c]
     return out
+
+
+def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per row: ``x (C, D) ~ scale[:, None] * q8`` with ``q8`` in [-127, 127].
+
+    Routing by these costs nothing measurable: at 1M items recall@100 moved by +0.0001 to +0.0006 at
+    every (clusters, short list) point from 48 / 300 to 96 / 600.
+    """
+    m = np.abs(x).max(1) if x.size else np.zeros(x.shape[0], np.float32)
+    scale = np.where(m > 0, m / 127.0, 1.0).astype(np.float32)
+    q8 = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(q8), scale
 
 
 @nb.njit(**_OPTS)

@@ -55,3 +55,17 @@ def test_small_steps_match_numpy():
     np.testing.assert_array_equal(facet, [[0, -1], [1, 1]])
     np.testing.assert_array_equal(cluster, [[8, -1], [10, 11]])
     np.testing.assert_array_equal(source, [[1, -1], [1, 2]])
+
+
+def test_int8_routing_scores_match_blas_over_the_dequantised_centroids():
+    rng = np.random.default_rng(1)
+    cent = rng.normal(size=(300, 32)).astype(np.float32)
+    cent[7] = 0  # an empty column's mean
+    q8, scale = K.quantize_rows(cent)
+    assert q8.dtype == np.int8 and np.abs(q8).max() == 127 and scale[7] == 1 and not q8[7].any()
+    deq = q8.astype(np.float32) * scale[:, None]
+    assert np.abs(deq - cent).max() <= scale.max() / 2 + 1e-6  # rounding to the nearest step
+    q = rng.normal(size=(5, 32)).astype(np.float32)
+    got = K.small_batch_scores(q, q8, scale)
+    np.testing.assert_allclose(got, q @ deq.T, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(np.argsort(-got, 1)[:, :10], np.argsort(-(q @ deq.T), 1)[:, :10])
