@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     engine = ScanEngine(index, data.codebooks, default_scan_config())  # what snapshots serve
     ivf, _ = build_ivf(X, round(4 * math.sqrt(N)), 0)
     points: dict[str, tuple] = {}
-    for n, R in ((32, 300), (48, 300), (48, 400), (64, 400), (96, 500)):
+    for n, R in ((32, 300), (48, 300), (48, 400), (64, 400), (64, 500), (80, 500), (96, 500)):
         points[f"mfli {n} clusters / short list {R}"] = ("mfli", lambda sl, n=n, R=R: as_rows(
             engine.search(data.queries[sl], k, n_clusters=n, shortlist=R).item_ids))
     for npb in (20, 24, 32, 40, 48):

@@ -101,9 +101,17 @@ class FastScanLists:
         if w != self._nprobe:
             self._index.nprobe = self._nprobe = w
         faiss.omp_set_num_threads(max(1, int(threads)))
-        _, ids = self._index.search_preassigned(np.ascontiguousarray(q, dtype=np.float32), R,
-                                                np.ascontiguousarray(gid, dtype=np.int64),
-                                                np.ascontiguousarray(coarse, dtype=np.float32))
+        # the C entry point of faiss's search_preassigned wrapper, without its per-call checks (it reads
+        # nprobe through SWIG again); the arrays are named so they outlive the call (swig_ptr holds none)
+        x = np.ascontiguousarray(q, dtype=np.float32)
+        keys = np.ascontiguousarray(gid, dtype=np.int64)
+        bias = np.ascontiguousarray(coarse, dtype=np.float32)
+        if x.shape != (Qn, self.D) or bias.shape != keys.shape:
+            raise ValueError(f"fast-scan search: q {x.shape}, gid {keys.shape}, coarse {bias.shape} disagree")
+        dist = np.empty((Qn, R), np.float32)
+        ids = np.empty((Qn, R), np.int64)
+        self._index.search_preassigned_c(Qn, faiss.swig_ptr(x), R, faiss.swig_ptr(keys), faiss.swig_ptr(bias),
+                                         faiss.swig_ptr(dist), faiss.swig_ptr(ids), False)
         return ids
 
     def nbytes(self) -> int:
