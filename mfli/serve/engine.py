@@ -167,6 +167,7 @@ class ScanEngine:
         if w.shape != (F,):
             raise ValueError(f"facet_weights must have F={F} entries")
         self._w = w
+        self._unit_w = bool((w == 1).all())
         self._emb = index.embeddings.reshape(N, F * d)  # a view: the one copy of the vectors
         self._item_ids = np.ascontiguousarray(index.item_ids, dtype=np.int64)
         self._cb = cb
@@ -248,6 +249,7 @@ class ScanEngine:
         # routing reads int8 centroids at small batches (a quarter of the bytes; no measurable recall cost,
         # see quantize_rows) and BLAS over the same values dequantised at large ones
         self._cent8, self._cent_scale = K.quantize_rows(cent)
+        self._min_facet_clusters = int(np.diff(self.facet_start).min())
         self._centT = np.ascontiguousarray((self._cent8.astype(np.float32) * self._cent_scale[:, None]).T)
         self._fs = None
         if fastscan:
@@ -390,13 +392,12 @@ class ScanEngine:
         """Cluster columns to read for weighted queries ``q (B, F, d)``: ``(gid (B, w), rank (B, w))``, best first."""
         B = q.shape[0]
         qf = np.ascontiguousarray(q.reshape(B, self.D))
-        # (B, C); a small batch on this thread (see small_batch_scores), a large one through BLAS
-        scores = (self._K.small_batch_scores(qf, self._cent8, self._cent_scale) if B <= _SMALL_BATCH
-                  else qf @ self._centT)
         joint = routing == "joint"
-        n = min(n, scores.shape[1]) if joint else min(n, int(np.diff(self.facet_start).min()))
+        n = max(1, min(n, self._cent8.shape[0]) if joint else min(n, self._min_facet_clusters))
+        if B <= _SMALL_BATCH:  # on this thread, scored and selected in one pass (see route_small)
+            return self._K.route_small(qf, self._cent8, self._cent_scale, self.facet_start, n, joint)
         _numba_threads(self._chunks(B))
-        gid, _, rank = self._K.select_clusters(scores, self.facet_start, max(n, 1), joint, self._chunks(B))
+        gid, _, rank = self._K.select_clusters(qf @ self._centT, self.facet_start, n, joint, self._chunks(B))
         return gid, rank
 
     # ------------------------------------------------------------------ serving
@@ -405,7 +406,8 @@ class ScanEngine:
         q = np.ascontiguousarray(_as_numpy(queries), dtype=np.float32)
         if q.ndim != 3 or q.shape[1:] != (self.F, self.d):
             raise ValueError(f"queries must be (B, F={self.F}, d={self.d}), got {q.shape}")
-        return q * self._w[None, :, None]
+        # unit weights (the default) leave the queries as they are: a copy per call costs at batch 1
+        return q if self._unit_w else q * self._w[None, :, None]
 
     def search(self, queries, k: int, n_clusters: int | None = None, shortlist: int | None = None,
                exclude=None, routing: str | None = None, removed: np.ndarray | None = None) -> EngineResult:

@@ -9,7 +9,7 @@ Each kernel is one call per batch (no Python loop per request or cluster):
   across facets (a per-thread seen-bitset; excluded items are set first), rescore the short list
   exactly on the float vectors and return the best ``k``;
 - :func:`rescore_candidates`: the same exact rescoring for short lists the fast-scan lists chose;
-- :func:`small_batch_scores`, :func:`column_dots`, :func:`pair_entries`, :func:`explain_rows`: the
+- :func:`route_small`, :func:`column_dots`, :func:`pair_entries`, :func:`explain_rows`: the
   small per-request steps around them (routing scores of a few queries, the chosen columns' biases,
   entry counts, explanations), compiled because at batch 1 numpy's per-call cost was ~100 us of ~640;
 - :func:`segment_means`: per cluster, the mean of its members' full vectors (build time).
@@ -430,26 +430,55 @@ def rescore_candidates(cand: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarra
 
 
 @nb.njit(**_OPTS)
-def small_batch_scores(q: np.ndarray, cent8: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``(B, C)`` float32 routing scores ``scale[c] * (q . cent8[c])`` for a few queries ``q (B, D)`` on the
-    calling thread, from int8 centroids ``cent8 (C, D)`` (see :func:`quantize_rows`).
+def route_small(q: np.ndarray, cent8: np.ndarray, scale: np.ndarray, facet_start: np.ndarray, n: int,
+                joint: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`select_clusters` over the routing scores ``scale[c] * (q . cent8[c])`` of a few queries
+    ``q (B, D)``, computed on the calling thread from int8 centroids ``cent8 (C, D)`` (see
+    :func:`quantize_rows`) and offered to the heap as they are computed.
 
-    A BLAS gemv this small is dominated by waking the BLAS thread pool, which stalls for milliseconds
-    when the cores are busy (measured: 7 ms per query at 4,166 clusters on 2 loaded cores); large
-    batches keep BLAS over the same dequantised centroids, so both rank clusters alike. int8 rows are a
-    quarter of float32's bytes: at 1M items (4,166 x 128) 39 vs 69 us per query with the centroids in
-    cache, 131 vs 291 us without.
+    Returns ``gid (B, w)`` and ``rank (B, w)`` as :func:`select_clusters` (best first, ties by lower column).
+
+    Why not BLAS: a gemv this small is dominated by waking the BLAS thread pool, which stalls for
+    milliseconds when the cores are busy (measured: 7 ms per query at 4,166 clusters on 2 loaded
+    cores); large batches keep BLAS over the same dequantised centroids, so both rank clusters alike.
+    int8 rows are a quarter of float32's bytes: at 1M items (4,166 x 128) 39 vs 69 us per query with
+    the centroids in cache, 131 vs 291 us without.
     """
     B, D = q.shape
     C = cent8.shape[0]
-    out = np.empty((B, C), np.float32)
+    F = facet_start.size - 1
+    w = n if joint else n * F
+    gid = np.full((B, w), -1, np.int64)
+    rank = np.full((B, w), -1, np.int64)
+    hs = np.empty(w, np.float32)
+    hi = np.empty(w, np.int64)
+    hp = np.zeros(w, np.int64)
+    groups = 1 if joint else F
     for b in range(B):
-        for c in range(C):
-            acc = np.float32(0.0)
-            for j in range(D):
-                acc += q[b, j] * np.float32(cent8[c, j])
-            out[b, c] = acc * scale[c]
-    return out
+        size = 0
+        for g in range(groups):
+            lo = 0 if joint else facet_start[g]
+            hi_c = C if joint else facet_start[g + 1]
+            base = size
+            cap = size + n
+            for c in range(lo, hi_c):
+                acc = np.float32(0.0)
+                for j in range(D):
+                    acc += q[b, j] * np.float32(cent8[c, j])
+                s = acc * scale[c]
+                m = size - base  # each facet group is its own heap in hs[base:cap]
+                if m < n:
+                    hs[size], hi[size] = s, c
+                    _sift_up(hs[base:cap], hi[base:cap], hp[base:cap], m)
+                    size += 1
+                elif s > hs[base]:
+                    hs[base], hi[base] = s, c
+                    _sift_down(hs[base:cap], hi[base:cap], hp[base:cap], m, 0)
+        order = _top_unique(hs, hi, size, size)
+        for j in range(size):
+            gid[b, j] = hi[order[j]]
+            rank[b, j] = j
+    return gid, rank
 
 
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

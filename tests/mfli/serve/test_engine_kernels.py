@@ -57,7 +57,7 @@ def test_small_steps_match_numpy():
     np.testing.assert_array_equal(source, [[1, -1], [1, 2]])
 
 
-def test_int8_routing_scores_match_blas_over_the_dequantised_centroids():
+def test_int8_routing_picks_what_blas_over_the_dequantised_centroids_picks():
     rng = np.random.default_rng(1)
     cent = rng.normal(size=(300, 32)).astype(np.float32)
     cent[7] = 0  # an empty column's mean
@@ -66,6 +66,11 @@ def test_int8_routing_scores_match_blas_over_the_dequantised_centroids():
     deq = q8.astype(np.float32) * scale[:, None]
     assert np.abs(deq - cent).max() <= scale.max() / 2 + 1e-6  # rounding to the nearest step
     q = rng.normal(size=(5, 32)).astype(np.float32)
-    got = K.small_batch_scores(q, q8, scale)
-    np.testing.assert_allclose(got, q @ deq.T, rtol=1e-5, atol=1e-4)
-    np.testing.assert_array_equal(np.argsort(-got, 1)[:, :10], np.argsort(-(q @ deq.T), 1)[:, :10])
+    facet_start = np.array([0, 120, 300], np.int64)
+    for joint, n in ((True, 10), (False, 6)):
+        gid, rank = K.route_small(q, q8, scale, facet_start, n, joint)
+        want, _, want_rank = K.select_clusters(q @ deq.T, facet_start, n, joint, 1)
+        np.testing.assert_array_equal(gid, want)
+        np.testing.assert_array_equal(rank, want_rank)
+    gid, _ = K.route_small(q, q8, scale, facet_start, 6, False)
+    assert ((gid < 120).sum(1) == 6).all() and ((gid >= 120).sum(1) == 6).all()  # n per facet
