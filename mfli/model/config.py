@@ -116,13 +116,47 @@ class CodebookConfig:
     # estimator, of the item tower. 0 makes co-training cost the towers nothing (+2.9% recall@100 on
     # amazon-scientific / last, one seed) but lets new items drift off the codewords: the daily DAG's demo
     # catalogue fell from 0.281 to 0.036 cold recall@100 and amazon-scientific / cold lost 7.8%. So the
-    # default stays 1.0 until a validation-split tuner can choose per dataset (docs/benchmarks.md)
-    qmf_query_scale: float = 1.0
-    straight_through_scale: float = 1.0
+    # default stays 1.0 until a validation-split tuner can choose per dataset (docs/benchmarks.md).
+    # Either one float for every facet or one value per facet, in ``ModelConfig.facets`` order, e.g.
+    # (0.0, 1.0): the engagement facet trains as a plain two-tower while the semantic facet still
+    # feels the codebook. Measured (docs/benchmarks.md, "Per-facet gradient share"): better on warm
+    # items, level on amazon-scientific / cold over two seeds, but the daily DAG's demo catalogue fell
+    # from 0.260 to 0.027 cold recall@100 (as with 0 everywhere), so it is not a default
+    qmf_query_scale: float | tuple[float, ...] = 1.0
+    straight_through_scale: float | tuple[float, ...] = 1.0
     normalize: bool = True  # L_QMF scores unit-normalised reconstructions (same scale as the embeddings)
     buffer_size: int = 8192  # recent item embeddings kept for k-means init and dead-code re-seeding
     dead_window: int = 100  # steps; a code unused over a whole window is re-seeded
     kmeans_iters: int = 20  # faiss k-means iterations at layer switch-on
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep per-facet scales as tuples so a saved config round-trips unchanged
+        for name in _PER_FACET_SCALES:
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                if not value or not all(_is_number(v) for v in value):
+                    raise ValueError(f"codebook.{name}: expected a number or a non-empty list of numbers, got {value!r}")
+                setattr(self, name, tuple(float(v) for v in value))
+            elif not _is_number(value):
+                raise ValueError(f"codebook.{name}: expected a number or a list of numbers, got {value!r}")
+
+    def facet_scales(self, name: str, n_facets: int) -> list[float]:
+        """``name`` (one of the per-facet scales) as one float per facet; a sequence must have ``n_facets`` values."""
+        value = getattr(self, name)
+        if isinstance(value, (list, tuple)):
+            if len(value) != n_facets:
+                raise ValueError(f"codebook.{name} has {len(value)} value(s) but the model has {n_facets} "
+                                 f"facet(s); give one number for all facets or one per facet, in facet order")
+            return [float(v) for v in value]
+        return [float(value)] * n_facets
+
+
+# CodebookConfig fields that take one float for all facets or one float per facet
+_PER_FACET_SCALES = ("qmf_query_scale", "straight_through_scale")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass
@@ -137,6 +171,11 @@ class ModelConfig:
     facets: list[FacetConfig] = field(default_factory=default_facets)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+
+    def __post_init__(self) -> None:
+        # a per-facet scale of the wrong length fails when the config is built, not at training time
+        for name in _PER_FACET_SCALES:
+            self.codebook.facet_scales(name, len(self.facets))
 
     @property
     def facet_names(self) -> list[str]:

@@ -17,7 +17,8 @@ and fit their user head to the (detached) semantic item space.
 L_MF's softmaxes also score the batch's uniformly sampled negatives (``Batch.neg_items``), with the
 mixture's logQ correction (:func:`mfli.model.losses.mixture_log_q`); L_QMF keeps in-batch negatives.
 How much of L_QMF's gradient reaches the towers is ``qmf_query_scale`` / ``straight_through_scale``
-(default 1.0; 0 trains the codebook on the towers' output without reshaping it).
+(default 1.0; 0 trains the codebook on the towers' output without reshaping it), one value for all
+facets or one per facet.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ class MFLIModel(nn.Module):
             cb.layers, F, n_codes, d,
             start_step=start_step, layer_interval=layer_interval, buffer_size=cb.buffer_size,
             dead_window=cb.dead_window, penalty_temperature=cb.penalty_temperature,
-            straight_through=cb.straight_through, straight_through_scale=cb.straight_through_scale,
+            straight_through=cb.straight_through,
+            straight_through_scale=cb.facet_scales("straight_through_scale", F),
             kmeans_iters=cb.kmeans_iters, seed=seed, normalize=cb.normalize,
         )  # fmt: skip
 
@@ -202,10 +204,8 @@ class MFLIModel(nn.Module):
                             torch.cat([batch.ui_items.item_ids, batch.ii_b.item_ids, batch.sem_b.item_ids]))
 
         ui_ids, b_ids, sb_ids = batch.ui_items.item_ids, batch.ii_b.item_ids, batch.sem_b.item_ids
-        # query sides of L_QMF: same values, their gradient scaled by qmf_query_scale
-        user_q = _grad_scale(user, cb.qmf_query_scale)
-        e_a_q = _grad_scale(e_a, cb.qmf_query_scale)
-        s_a_q = _grad_scale(s_a, cb.qmf_query_scale)
+        # query sides of L_QMF: same values, their gradient scaled by the facet's qmf_query_scale
+        query_scales = cb.facet_scales("qmf_query_scale", len(self.cfg.facets))
         qmf_weight = cb.qmf_weight
         if self.qmf_warmup > 0:
             qmf_weight *= min(1.0, max(0.0, (self.rq.step - self.rq.start_step + 1) / self.qmf_warmup))
@@ -213,6 +213,10 @@ class MFLIModel(nn.Module):
         parts = {"mf": 0.0, "qmf": 0.0, "pen": 0.0, "commit": 0.0}
         for f, fc in enumerate(self.cfg.facets):
             tau = fc.temperature
+            if use_q:
+                user_q = _grad_scale(user[:, f], query_scales[f])  # (B, d)
+                e_a_q = _grad_scale(e_a[:, f], query_scales[f])  # (B2, d)
+                s_a_q = _grad_scale(s_a[:, f], query_scales[f])  # (B3, d)
             mf = emb.new_zeros(())
             qmf = emb.new_zeros(())
             if fc.kind == "engagement":
@@ -224,14 +228,14 @@ class MFLIModel(nn.Module):
                         *((e_neg[:, f], neg_ids, ui_nlq) if U else ()))
                     if use_q:
                         qmf = qmf + fc.user_item_weight * sampled_softmax(
-                            user_q[:, f], q_ui[:, f], ui_ids, tau, batch.ui_logq, fc.logq, ui_mask)
+                            user_q, q_ui[:, f], ui_ids, tau, batch.ui_logq, fc.logq, ui_mask)
                 if fc.item_item_weight and len(e_a):
                     mf = mf + fc.item_item_weight * sampled_softmax(
                         e_a[:, f], e_b[:, f], b_ids, tau, ii_lq, fc.logq, ii_mask,
                         *((e_neg[:, f], neg_ids, ii_nlq) if U else ()))
                     if use_q:
                         qmf = qmf + fc.item_item_weight * sampled_softmax(
-                            e_a_q[:, f], q_b[:, f], b_ids, tau, batch.ii_logq, fc.logq, ii_mask)
+                            e_a_q, q_b[:, f], b_ids, tau, batch.ii_logq, fc.logq, ii_mask)
             elif fc.kind == "semantic":
                 if fc.user_item_weight:
                     # the user head learns to query the semantic space; items are not moved by users
@@ -241,7 +245,7 @@ class MFLIModel(nn.Module):
                 if fc.item_item_weight and len(s_a):
                     mf = mf + fc.item_item_weight * sampled_softmax(s_a[:, f], s_b[:, f], sb_ids, tau)
                     if use_q:
-                        qmf = qmf + fc.item_item_weight * sampled_softmax(s_a_q[:, f], q_sb[:, f], sb_ids, tau)
+                        qmf = qmf + fc.item_item_weight * sampled_softmax(s_a_q, q_sb[:, f], sb_ids, tau)
             else:
                 raise ValueError(f"facet {fc.name!r}: unknown kind {fc.kind!r}")
             facet_loss = mf + qmf_weight * qmf

@@ -14,6 +14,7 @@ codebook health metrics.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,7 +152,8 @@ class MultiFacetRQ(nn.Module):
         penalty_temperature: soft-assignment temperature, relative to each row's mean squared
             distance so the same value works at every layer (residuals shrink layer by layer).
         straight_through: L_QMF gradients also flow to the encoder (d x_hat / d x = scale * I).
-        straight_through_scale: that scale (1: the plain estimator; 0: same as no straight-through).
+        straight_through_scale: that scale (1: the plain estimator; 0: same as no straight-through);
+            one float for all facets or one per facet (length ``n_facets``).
         normalize: return ``x_hat`` L2-normalised. The facet embeddings are unit vectors scored
             with one temperature; an unnormalised reconstruction lets the retrieval loss sharpen
             its softmax by inflating codeword norms, which wrecks the residual quantisation.
@@ -183,7 +185,7 @@ class MultiFacetRQ(nn.Module):
         dead_window: int = 100,
         penalty_temperature: float = 0.2,
         straight_through: bool = True,
-        straight_through_scale: float = 1.0,
+        straight_through_scale: float | Sequence[float] = 1.0,
         kmeans_iters: int = 20,
         seed: int = 0,
         normalize: bool = True,
@@ -194,7 +196,13 @@ class MultiFacetRQ(nn.Module):
         self.buffer_size, self.dead_window = buffer_size, dead_window
         self.penalty_temperature = penalty_temperature
         self.straight_through = straight_through
-        self.straight_through_scale = float(straight_through_scale)
+        if isinstance(straight_through_scale, (int, float)):
+            straight_through_scale = [float(straight_through_scale)] * n_facets
+        scales = [float(v) for v in straight_through_scale]
+        if len(scales) != n_facets:
+            raise ValueError(f"straight_through_scale has {len(scales)} value(s) for {n_facets} facet(s)")
+        # one float when every facet shares it (the plain estimator's exact arithmetic at 1.0)
+        self.straight_through_scale: float | list[float] = scales[0] if len(set(scales)) == 1 else scales
         self.normalize = normalize
         self.kmeans_iters, self.seed = kmeans_iters, seed
         g = torch.Generator().manual_seed(seed)
@@ -242,7 +250,10 @@ class MultiFacetRQ(nn.Module):
                 self.usage[layer] += torch.nn.functional.one_hot(k, self.M).sum(0).to(self.usage.dtype)
         if self.straight_through:
             # forward value is recon; d x_hat / d x = scale * I
-            x_hat = recon + self.straight_through_scale * (x - x.detach())
+            scale = self.straight_through_scale
+            if isinstance(scale, list):  # per facet: (1, F, 1) broadcast over (B, F, d)
+                scale = x.new_tensor(scale).view(1, -1, 1)
+            x_hat = recon + scale * (x - x.detach())
         else:
             x_hat = recon
         if self.normalize:
