@@ -42,7 +42,7 @@ class ServingBenchConfig:
     # sweeps
     mfli_sweep: tuple[tuple[int, int | None], ...] = ((16, 4), (32, 8), (64, 16), (128, 32), (128, 64))
     # scan engine (mfli_scan): (clusters read over both facets, exact short list)
-    scan_sweep: tuple[tuple[int, int], ...] = ((12, 200), (16, 200), (24, 250), (32, 300), (48, 400), (64, 500))
+    scan_sweep: tuple[tuple[int, int], ...] = ((12, 200), (16, 200), (24, 250), (32, 300), (48, 400), (64, 500), (96, 500))
     scan_pq_subquantizers: int | None = None  # residual PQ sub-vectors (EngineConfig's default: one per 4 dims)
     scan_prerank: str | None = None  # "codes" or "fastscan"; None: what snapshots serve (default_scan_config)
     # IVF-PQ fast-scan (4-bit, one sub-quantiser per 2 dims) + exact reorder: (nprobe, reorder factor)
