@@ -38,6 +38,13 @@ def _order_desc(score: np.ndarray, ids: np.ndarray, size: int) -> np.ndarray:
 
 
 @nb.njit(**_OPTS)
+def _result_arrays(B: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Empty ``rows (B, k)`` int64 (-1), ``exact (B, k)`` float32 (-inf) and ``pair (B, k)`` int64 (-1)."""
+    return (np.full((B, k), -1, np.int64), np.full((B, k), -np.inf, np.float32),
+            np.full((B, k), -1, np.int64))
+
+
+@nb.njit(**_OPTS)
 def _mark(bits: np.ndarray, touched: np.ndarray, n_t: int, r: int) -> tuple[np.ndarray, int]:
     """Set row ``r`` in the seen-bitset and record it in ``touched[:n_t]`` (grown as needed) so the
     request can clear exactly the bits it set; returns ``(touched, n_t)``."""
@@ -244,9 +251,7 @@ def scan_rescore(luts: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarray,
     S = entry_codes.shape[1]
     D = emb.shape[1]
     T = bits.shape[0]
-    out_rows = np.full((B, k), -1, np.int64)
-    out_score = np.full((B, k), -np.inf, np.float32)
-    out_pair = np.full((B, k), -1, np.int64)
+    out_rows, out_score, out_pair = _result_arrays(B, k)
     n_entries = np.zeros(B, np.int64)
     n_rescored = np.zeros(B, np.int64)
     step = (B + T - 1) // T
@@ -371,9 +376,7 @@ def rescore_candidates(cand: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarra
     R = cand.shape[1]
     D = emb.shape[1]
     T = bits.shape[0]
-    out_rows = np.full((B, k), -1, np.int64)
-    out_score = np.full((B, k), -np.inf, np.float32)
-    out_pair = np.full((B, k), -1, np.int64)
+    out_rows, out_score, out_pair = _result_arrays(B, k)
     n_rescored = np.zeros(B, np.int64)
     step = (B + T - 1) // T
     for t in nb.prange(T):
