@@ -169,7 +169,6 @@ class ScanEngine:
         self._w = w
         self._unit_w = bool((w == 1).all())
         self._emb = index.embeddings.reshape(N, F * d)  # a view: the one copy of the vectors
-        self._item_ids = np.ascontiguousarray(index.item_ids, dtype=np.int64)
         self._cb = cb
         # (F, d, L * M): facet f's tables for all layers in one matmul
         self._cbT = np.ascontiguousarray(cb.transpose(1, 3, 0, 2).reshape(F, d, L * M))
@@ -380,10 +379,8 @@ class ScanEngine:
 
     def _result(self, out, pair_gid, source_of_pair, mode: str) -> EngineResult:
         rows, scores, pair, entries, rescored = out
-        if pair_gid.size == 0:  # no pair at all (no known trigger): every slot is padding
-            pair_gid, source_of_pair = np.zeros(1, np.int64), np.zeros(1, np.int64)
         ids, facet, cluster, source = self._K.explain_rows(
-            rows, pair, pair_gid, self._item_ids, self.col_facet, self.col_cluster,
+            rows, pair, pair_gid, self.index.item_ids, self.col_facet, self.col_cluster,
             np.ascontiguousarray(source_of_pair, dtype=np.int64))
         return EngineResult(item_ids=ids, scores=scores, facet=facet, cluster=cluster, source=source,
                             entries=entries, rescored=rescored, mode=mode, facet_names=self.facet_names)

@@ -74,3 +74,12 @@ def test_int8_routing_picks_what_blas_over_the_dequantised_centroids_picks():
         np.testing.assert_array_equal(rank, want_rank)
     gid, _ = K.route_small(q, q8, scale, facet_start, 6, False)
     assert ((gid < 120).sum(1) == 6).all() and ((gid >= 120).sum(1) == 6).all()  # n per facet
+
+
+def test_explain_rows_with_no_pair_at_all_is_all_padding():
+    """A trigger request with no known trigger has no (query, column) pair; every slot is padding."""
+    rows = np.full((2, 3), -1, np.int64)
+    out = K.explain_rows(rows, rows.copy(), np.zeros(0, np.int64), np.arange(5, dtype=np.int64),
+                         np.zeros(0, np.int16), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    for a in out:
+        assert a.shape == (2, 3) and (a == -1).all()
