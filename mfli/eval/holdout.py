@@ -146,9 +146,8 @@ def evaluate_holdout(snapshot: Any, dataset: Any, cutoff: pd.Timestamp, k_max: i
     for m in ("exact", "pop"):
         for k, v in out.per_method.get(m, {}).items():
             metrics[f"{m}_{k}"] = v
-    ex = metrics.get("exact_recall@100") or 0.0
-    metrics["recall@100_vs_exact"] = (metrics.get("recall@100") or 0.0) / ex if ex > 0 else None
     metrics.update(ratio_intervals(out.retrieved, positives, cold))
+    metrics.setdefault("recall@100_vs_exact", None)  # no test user: no ratio
     cb, ih = out.codebook, out.index
     metrics["codebook_utilisation"] = min(cb[f"f{f}.l{layer}.utilisation"] for f in range(F) for layer in range(L))
     metrics["codebook_perplexity"] = min(cb[f"f{f}.l{layer}.perplexity"] for f in range(F) for layer in range(L))
