@@ -14,34 +14,22 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 
 def main(data: str, split: str, model_dir: str, n_users: int = 1500, config: str | None = None) -> None:
-    from mfli.data.loaders import load_dataset
-    from mfli.data.split import make_split
     from mfli.eval.metrics import histories_by_user
+    from mfli.eval.split_model import split_and_model
     from mfli.index.build import build_from_encoded, encode_items, popularity_score
     from mfli.index.delta import apply_delta, assign_paths
     from mfli.index.inverted import encode_paths, lookup_sorted, pack_paths
     from mfli.serve.exact import exact_search
     from mfli.serve.retriever import Retriever, RetrieverConfig
-    from mfli.train import TrainConfig, TrainedModel, train
 
-    mdir = Path(model_dir)
-    ds = load_dataset(data)
-    sp = make_split(ds, split, seed=0)
-    if (mdir / "manifest.json").exists():
-        model = TrainedModel.load(mdir)
-    else:
-        over = json.loads(Path(config).read_text()) if config else {}
-        t0 = time.time()
-        model = train(ds, sp.train, TrainConfig.from_dict({"seed": 0, "progress": False, **over}))
-        print(f"trained in {time.time() - t0:.0f} s")
-        model.save(mdir)
+    over = json.loads(Path(config).read_text()) if config else {}
+    ds, sp, model = split_and_model(data, split, model_dir, {"progress": False, **over})
     known = np.sort(sp.train["item_id"].unique())
     items = ds.items
     known_items = items[items["item_id"].isin(known)].reset_index(drop=True)

@@ -16,8 +16,6 @@ validation split (simulated cold items) for the same weights.
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
@@ -28,23 +26,12 @@ def _q(x: np.ndarray) -> str:
 
 
 def main(data: str, split: str, model_dir: str, n_users: int = 0) -> None:
-    from mfli.data.loaders import load_dataset
-    from mfli.data.split import make_split
     from mfli.eval.metrics import histories_by_user, positives_by_user, recall_per_user
+    from mfli.eval.split_model import split_and_model
     from mfli.index.build import encode_items
     from mfli.serve.exact import exact_search
-    from mfli.train import TrainConfig, TrainedModel, train
 
-    mdir = Path(model_dir)
-    ds = load_dataset(data)
-    sp = make_split(ds, split, seed=0)
-    if (mdir / "manifest.json").exists():
-        model = TrainedModel.load(mdir)
-    else:
-        t0 = time.time()
-        model = train(ds, sp.train, TrainConfig.from_dict({"seed": 0, "num_threads": 1}))
-        print(f"trained in {time.time() - t0:.0f} s")
-        model.save(mdir)
+    ds, sp, model = split_and_model(data, split, model_dir, {"num_threads": 1})
     known = np.sort(sp.train["item_id"].unique())
     enc = encode_items(model, ds.items)
     E, ids = enc.embeddings, enc.item_ids  # (N, F, d)
