@@ -10,6 +10,7 @@ import dataclasses
 import faiss
 import numpy as np
 import pytest
+from topic_vectors import topic_vectors
 
 from mfli.eval.serving.data import kmeans_rq_codebooks
 from mfli.index.delta import apply_delta, assign_paths
@@ -25,13 +26,7 @@ N, F, D, L, M = 1500, 2, 8, 2, 16
 
 def _data(n: int, seed: int) -> np.ndarray:
     """``(n, F, D)`` unit vectors around 6 topics per facet."""
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, F, D), np.float32)
-    for f in range(F):
-        c = rng.standard_normal((6, D)).astype(np.float32)
-        x = c[rng.integers(0, 6, n)] + 0.6 * rng.standard_normal((n, D)).astype(np.float32)
-        out[:, f] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+    return topic_vectors(n, seed, F, D, topics=6)
 
 
 def _codebooks(emb: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+from topic_vectors import topic_vectors
 
 from mfli.index.delta import apply_delta, assign
 from mfli.index.inverted import MultiFacetIndex, encode_paths
@@ -16,13 +17,8 @@ F, D, L, M = 2, 6, 3, 4
 
 
 def _data(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, F, D), np.float32)
-    for f in range(F):
-        c = rng.standard_normal((5, D)).astype(np.float32)
-        x = c[rng.integers(0, 5, n)] + 0.5 * rng.standard_normal((n, D)).astype(np.float32)
-        out[:, f] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+    """``(n, F, D)`` unit vectors around 5 topics per facet."""
+    return topic_vectors(n, seed, F, D, topics=5, noise=0.5)
 
 
 def _codebooks(emb: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from topic_vectors import topic_vectors
 
 from mfli.eval.serving.data import kmeans_rq_codebooks
 from mfli.index.delta import apply_delta, assign_paths
@@ -26,13 +27,7 @@ ALL_PATHS = M * M  # a beam this wide reaches every path: the reference reads ev
 
 def _data(n: int, seed: int) -> np.ndarray:
     """``(n, F, D)`` unit vectors around 5 topics per facet."""
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, F, D), np.float32)
-    for f in range(F):
-        c = rng.standard_normal((5, D)).astype(np.float32)
-        x = c[rng.integers(0, 5, n)] + 0.6 * rng.standard_normal((n, D)).astype(np.float32)
-        out[:, f] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+    return topic_vectors(n, seed, F, D, topics=5)
 
 
 @pytest.fixture(scope="module")
