@@ -94,11 +94,14 @@ class EngineBenchConfig:
     trigger_batch: int = 64
     trigger_b1: int = 64
     mfli_trigger_sweep: tuple[tuple[int, int], ...] = ((0, 200), (2, 300), (4, 400), (8, 500))
-    ann_trigger_ivf: tuple[int, ...] = (4, 8, 16, 32)
+    # neighbour-list trigger mode (EngineConfig.neighbours = k): columns probed per column at build
+    mfli_trigger_lists: tuple[int, ...] = (4, 8, 16)
+    ann_trigger_ivf: tuple[int, ...] = (1, 2, 4, 8, 16)
     ann_trigger_hnsw: tuple[int, ...] = (120, 240)
-    ann_trigger_scann: tuple[tuple[int, int], ...] = ((10, 200), (20, 250), (40, 300), (80, 400))
+    ann_trigger_scann: tuple[tuple[int, int], ...] = ((5, 150), (10, 200), (20, 250), (40, 300), (80, 400))
     budget_s: float | None = None  # skip remaining sweep points once the run is this old
     targets: tuple[float, ...] = field(default=(0.8, 0.85, 0.9, 0.95))
+    trigger_targets: tuple[float, ...] = field(default=(0.8, 0.9, 0.95, 0.97, 0.99))
 
 
 # ------------------------------------------------------------------------------------------- timing
@@ -311,6 +314,22 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
             log(f"  trigger extra={extra} R={R}: " + ", ".join(
                 f"T={T} recall {v['recall']:.3f} {v[f'rps_b{cfg.trigger_batch}']:.0f} r/s" for T, v in pts.items()))
         result["trigger"][name] = tsweep
+        if name == variants[-1][0] and cfg.mfli_trigger_lists:
+            lsweep = []
+            for probe in cfg.mfli_trigger_lists:
+                if deadline.passed():
+                    break
+                t0 = time.perf_counter()
+                engine.build_lists(cfg.k, probe)
+                build = round(time.perf_counter() - t0, 1)
+                pts = trig_points(f"{name}_lists", lambda r, engine=engine: as_rows(engine.search_triggers(
+                    index.item_ids[r], cfg.k, lists=True).item_ids))
+                lsweep.append({"neighbours": cfg.k, "probe": probe, "build_seconds": build,
+                               "list_bytes": int(engine._nbr.nbytes), "by_T": pts})
+                log(f"  trigger lists probe={probe} (built in {build:.0f}s): " + ", ".join(
+                    f"T={T} recall {v['recall']:.3f} {v[f'rps_b{cfg.trigger_batch}']:.0f} r/s"
+                    for T, v in pts.items()))
+            result["trigger"]["mfli_lists"] = lsweep
         del engine
         gc.collect()
     if variants:
@@ -489,7 +508,7 @@ def equal_recall_tables(result: dict, cfg: EngineBenchConfig) -> dict:
     for T in cfg.trigger_counts:
         for key in ("rps_b1", tb):
             rows = []
-            for target in cfg.targets:
+            for target in cfg.trigger_targets:
                 row = {"recall": target}
                 for name, sweep in result["trigger"].items():
                     pts = [(p["by_T"][str(T)]["recall"], p["by_T"][str(T)][key]) for p in sweep]

@@ -7,6 +7,8 @@ split's cold items among them) through the delta path, from content alone. Metho
 - ``mfli``: user-to-item beam search over the codebook, items of the reached clusters scored by
   ``sum_f q_f . e_f`` (no ANN);
 - ``mfli_trigger``: the paper's trigger mode, the user's most recent training items as triggers;
+- ``mfli_trigger_lists``: trigger mode from the scan engine's neighbour lists (``EngineConfig.neighbours``):
+  items ranked by their best ``e_t . e_i`` over the same triggers; same model, index and delta;
 - ``exact``: exact maximum inner product search over the same embeddings (the embeddings' ceiling);
 - ``mfli_kmeans``: ablation, k-means RQ fitted after training instead of co-trained;
 - ``mfli_quota``: ablation, ``mfli`` with the per-facet quota merge instead of the summed score;
@@ -39,6 +41,7 @@ Queries come from each test user's training history; retrieval excludes the user
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -59,7 +62,7 @@ from mfli.eval.metrics import (
 
 PER_USER_KEYS = ("recall@100", "cold_recall@100")  # kept per user for the bootstrap intervals
 
-ALL_METHODS = ("mfli", "mfli_trigger", "mfli_scan", "mfli_neww", "mfli_new_sem0", "mfli_quota", "mfli_facets", "mfli_f1", "mfli_f3", "exact",
+ALL_METHODS = ("mfli", "mfli_trigger", "mfli_trigger_lists", "mfli_scan", "mfli_neww", "mfli_new_sem0", "mfli_quota", "mfli_facets", "mfli_f1", "mfli_f3", "exact",
                "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")
 BASELINES = ("hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")  # "best baseline" is the best of these
 K_MAX = 200  # the largest K any metric reads
@@ -220,8 +223,9 @@ def _mfli_index(run: _SeedRun, model):
 
 def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: str = "reference",
               merge: str = "sum", facets: str = "default", per_facet: bool = False,
-              new_item_weights: tuple[float, ...] | None = None) -> dict:
-    """MFLI in ``mode`` ("user" or "trigger"); ``per_facet`` adds, for each facet f, the recall of user
+              new_item_weights: tuple[float, ...] | None = None, lists: bool = False) -> dict:
+    """MFLI in ``mode`` ("user" or "trigger"); ``lists``: trigger mode from the engine's neighbour lists
+    (``engine="scan"``, ``neighbours`` = the largest K a metric reads); ``per_facet`` adds, for each facet f, the recall of user
     mode served from facet f alone (keys ``facet:{name}/{metric}``, per-user values too)."""
     from mfli.eval.metrics import index_health
     from mfli.serve.config import default_scan_config
@@ -234,7 +238,10 @@ def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: st
                           sampling="multinomial", seed=run.seed, new_item_facet_weights=new_item_weights)
     t0 = time.perf_counter()
     if engine == "scan":  # the serving default's engine settings (ServingConfig.scan)
-        retriever = EngineRetriever(view, model.codebooks, model.facets, cfg, default_scan_config())
+        scan = default_scan_config()
+        if lists:
+            scan = dataclasses.replace(scan, neighbours=K_MAX)
+        retriever = EngineRetriever(view, model.codebooks, model.facets, cfg, scan)
         build_s += time.perf_counter() - t0
     else:
         retriever = Retriever(view, model.codebooks, model.facets, cfg)
@@ -383,6 +390,7 @@ def _run_item_item(run: _SeedRun, model, chosen: str) -> dict:
 _RUNNERS = {
     "mfli": lambda r: _run_mfli(r, "user"),
     "mfli_trigger": lambda r: _run_mfli(r, "trigger"),
+    "mfli_trigger_lists": lambda r: _run_mfli(r, "trigger", engine="scan", lists=True),
     "mfli_scan": lambda r: _run_mfli(r, "user", engine="scan"),
     "mfli_quota": lambda r: _run_mfli(r, "user", merge="quota"),
     "mfli_neww": _run_mfli_neww,

@@ -53,7 +53,8 @@ class ServingConfig:
     # (mfli.serve.engine: centroid routing, code pre-rank, exact short list; needs merge="sum").
     # "scan" for new snapshots: recall@100 within 0.5% of the reference (ml-latest-small leave-last-out
     # 0.4000 vs 0.3967, synthetic 50k 0.3086 vs 0.3073) at 2-8x its queries/s at 100k items
-    # (docs/benchmarks_serving.md). Trigger mode and per-request quotas always take the reference path
+    # (docs/benchmarks_serving.md). Per-request quotas take the reference path; so does trigger mode
+    # unless scan.neighbours > 0 (then the engine's neighbour lists answer it, mfli.serve.neighbours)
     engine: str = "scan"
     scan: EngineConfig = field(default_factory=default_scan_config)  # the scan engine's settings (engine="scan")
 

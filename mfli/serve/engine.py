@@ -37,10 +37,17 @@ bytes a query reads), so clusters of different facets compare on one scale. ``ro
 reads the ``n_clusters`` best clusters over all facets (one budget); ``"per_facet"`` reads the
 ``n_clusters`` best of each facet.
 
-**Trigger mode** (item to item): each trigger item's own clusters (its cluster in every facet, no
-routing) plus optionally its ``extra_clusters`` nearest clusters by centroid are scanned with the
-trigger's tables into a short list of ``shortlist`` per trigger; each short-listed copy is rescored
-exactly against the trigger that reached it and an item keeps its best copy.
+**Trigger mode** (item to item), two paths:
+
+- *neighbour lists* (``neighbours > 0``, :mod:`mfli.serve.neighbours`): at build, every item's
+  ``neighbours`` best items are found by exact scoring in its own clusters and their
+  ``neighbour_probe - 1`` nearest; a request reads its triggers' lists and rescores them exactly
+  (no routing, no scan). At 1M items this is 4-10x the requests/s of per-trigger ANN searches at
+  equal recall (docs/benchmarks_serving.md) for ``4 * N * neighbours`` bytes;
+- *cluster scan* (no lists): each trigger item's own clusters (its cluster in every facet, no
+  routing) plus optionally its ``extra_clusters`` nearest clusters by centroid are scanned with the
+  trigger's tables into a short list of ``shortlist`` per trigger; each short-listed copy is rescored
+  exactly against the trigger that reached it and an item keeps its best copy.
 
 Every result is explained by the (facet, cluster) that first reached it and the routing rank of that
 cluster (user mode) or the trigger item (trigger mode).
@@ -93,6 +100,10 @@ class EngineConfig:
     pq_subquantizers: int | None = None
     pq_train_size: int = 65_536  # residuals sampled to fit the product quantiser
     extra_clusters: int = 0  # trigger mode: nearest clusters by centroid scanned per trigger, beyond its own
+    # trigger mode from per-item neighbour lists (mfli.serve.neighbours): K best items per item, found at
+    # build time in the item's clusters and their neighbour_probe - 1 nearest (0: no lists, triggers scan)
+    neighbours: int = 0
+    neighbour_probe: int = 8
     # pre-ranker of the short list: "codes" (learned code path + 8-bit residual PQ, numba scan) or
     # "fastscan" (4-bit residual-to-centroid PQ in faiss fast-scan blocks, mfli.serve.engine_fastscan)
     prerank: str = "codes"
@@ -111,6 +122,8 @@ class EngineConfig:
             raise ValueError("n_clusters, shortlist and threads must be >= 1")
         if (self.pq_subquantizers is not None and self.pq_subquantizers < 0) or self.extra_clusters < 0:
             raise ValueError("pq_subquantizers and extra_clusters must be >= 0")
+        if self.neighbours < 0 or self.neighbour_probe < 1:
+            raise ValueError("neighbours must be >= 0 and neighbour_probe >= 1")
         return self
 
 
@@ -264,9 +277,29 @@ class ScanEngine:
         for f, csr in enumerate(index.facets):
             own[:, f, :] = csr.positions(index.assignments[:, f, :]) + self.facet_start[f]
         self._own = own.reshape(N, F * m).astype(np.int32)
+        self._nbr: np.ndarray | None = None
+        if self.config.neighbours:
+            self.build_lists(self.config.neighbours, self.config.neighbour_probe)
         self._bits = np.zeros((self.config.threads, N // 8 + 1), np.uint8)
         self._none_removed = np.zeros(N // 8 + 1, np.uint8)
         self._first_entry: np.ndarray | None = None
+
+    @property
+    def has_lists(self) -> bool:
+        """Whether trigger mode can answer from neighbour lists (:meth:`build_lists`)."""
+        return self._nbr is not None
+
+    def build_lists(self, neighbours: int, probe: int) -> None:
+        """(Re)build the trigger-mode neighbour lists: every item's ``neighbours`` best items found in its
+        clusters and their ``probe - 1`` nearest (:func:`mfli.serve.neighbours.build_neighbour_lists`)."""
+        from mfli.serve.neighbours import build_neighbour_lists
+
+        if neighbours < 1 or probe < 1:
+            raise ValueError("neighbours and probe must be >= 1")
+        self._nbr = None  # the old lists are dropped before the new ones are built (peak memory)
+        self._nbr = build_neighbour_lists(self._emb, self.entry_rows, self.offsets, self._cent, neighbours, probe)
+        self.config.neighbours, self.config.neighbour_probe = neighbours, probe
+        self._slots = np.full((self.config.threads, self.N), -1, np.int32)  # trigger_lists' scratch
 
     # ------------------------------------------------------------------ helpers
     def _residual(self, rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -448,7 +481,9 @@ class ScanEngine:
         return self._result(out, pair_gid, np.asarray(rank, np.int64).reshape(-1), "user")
 
     def search_triggers(self, triggers: Sequence[Sequence[int]], k: int, extra_clusters: int | None = None,
-                        shortlist: int | None = None, exclude=None, exclude_triggers: bool = True) -> EngineResult:
+                        shortlist: int | None = None, exclude=None, exclude_triggers: bool = True,
+                        lists: bool | None = None, removed: np.ndarray | None = None,
+                        removed_bits: np.ndarray | None = None) -> EngineResult:
         """Item-to-item retrieval from B requests' trigger items.
 
         Args:
@@ -456,16 +491,28 @@ class ScanEngine:
             k: results per request.
             extra_clusters: nearest clusters by centroid scanned per trigger beyond its own (config default).
             exclude: B lists of item ids never to return; ``exclude_triggers`` also drops the triggers.
+            lists: answer from the neighbour lists (``config.neighbours``; default: when built) instead
+                of scanning the triggers' clusters; a trigger then reaches at most ``neighbours`` items.
+            removed: ``(N,)`` bool rows no request may return, or None; ``removed_bits``: the same as
+                :meth:`removed_bits` (prepared once per delta).
 
         Returns:
             :class:`EngineResult` ranked by ``max_t sum_f e_t,f . e_i,f`` over the triggers whose scanned
-            clusters hold the item; ``source`` = the trigger item id. ``shortlist`` is per trigger.
+            clusters (or lists) hold the item; ``source`` = the trigger item id. ``shortlist`` is per trigger.
         """
         cfg = self.config
         B = len(triggers)
         rows_all, counts = self._rows_ragged(triggers)
         req_q_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         Qn = rows_all.size
+        if removed_bits is None:
+            removed_bits = self.removed_bits(removed)
+        if lists is None:
+            lists = self._nbr is not None
+        if lists:
+            if self._nbr is None:
+                raise ValueError("this engine has no neighbour lists (EngineConfig.neighbours = 0)")
+            return self._search_lists(B, req_q_ptr, rows_all, k, exclude, exclude_triggers, removed_bits)
         qv = self._emb[rows_all].reshape(Qn, self.F, self.d)
         own = self._own[rows_all].astype(np.int64)  # (Qn, F * m)
         extra = cfg.extra_clusters if extra_clusters is None else extra_clusters
@@ -486,9 +533,28 @@ class ScanEngine:
         if self._fs is None:
             R *= max(1, int(counts.max()) if B else 1)
         out = self._run(luts, req_q_ptr, self._emb[rows_all], pair_ptr, pair_q, pair_gid,
-                        ex_ptr, ex_rows, R, k, dedup_scan=False)
+                        ex_ptr, ex_rows, R, k, dedup_scan=False, removed=removed_bits)
         source = self.index.item_ids[rows_all][pair_q] if Qn else np.zeros(0, np.int64)
         return self._result(out, pair_gid, source, "trigger")
+
+    def _search_lists(self, B: int, req_q_ptr: np.ndarray, rows_all: np.ndarray, k: int, exclude,
+                      exclude_triggers: bool, removed_bits: np.ndarray) -> EngineResult:
+        """:meth:`search_triggers` from the neighbour lists: a look-up and ``T * K`` exact dot products."""
+        from mfli.serve.neighbours import trigger_lists
+
+        ex_ptr, ex_rows = self._exclusions(B, exclude, (req_q_ptr, rows_all) if exclude_triggers else None)
+        T = self._chunks(B)
+        _numba_threads(T)
+        if self._slots.shape[0] < T:  # threads raised after the lists were built
+            self._slots = np.full((T, self.N), -1, np.int32)
+        rows, scores, trig, col, rescored = trigger_lists(
+            req_q_ptr, rows_all.astype(np.int64), self._nbr, self._emb, self._own, ex_ptr, ex_rows,
+            removed_bits, self._bits[:T], self._slots[:T], k)
+        ok = trig >= 0
+        src = np.where(ok, self.index.item_ids[rows_all[np.where(ok, trig, 0)]] if rows_all.size else -1, -1)
+        pair = np.where(ok, np.arange(trig.size, dtype=np.int64).reshape(trig.shape), -1)
+        n_ent = (np.diff(req_q_ptr) * self._nbr.shape[1]).astype(np.int64)
+        return self._result((rows, scores, pair, n_ent, rescored), col.reshape(-1), src.reshape(-1), "trigger")
 
     # ------------------------------------------------------------------ diagnostics
     def code_scores(self, query, rows) -> np.ndarray:
@@ -528,4 +594,6 @@ class ScanEngine:
             own += self._pqT.nbytes * 2  # faiss keeps the centroids too
         if self._fs is not None:
             own += self._fs.nbytes() + self._cent.nbytes + self.entry_col.nbytes
+        if self._nbr is not None:
+            own += self._nbr.nbytes + self._slots.nbytes
         return {"engine": int(own), "embeddings": int(self._emb.nbytes), "total": int(own + self._emb.nbytes)}

@@ -12,9 +12,12 @@ service:
   w', and merged with the engine's top k; tombstoned and replaced snapshot rows are
   skipped inside the kernel. Explanations: the (facet, cluster) that reached an item and that
   cluster's routing rank (``source``; 0 = best);
-- **trigger mode**, per-request facet quotas (``merge="quota"``) and an explicit ``beam`` are not what
-  the gates measure: they are answered by the reference :class:`Retriever` over the same view, built
-  on first use and shared by every view of the snapshot.
+- **trigger mode** with the engine's neighbour lists (``EngineConfig.neighbours > 0``): each trigger's
+  list, rescored exactly and merged (:meth:`ScanEngine.search_triggers`), plus a delta's new items in
+  the triggers' clusters; a new item as trigger routes its vector like a user query;
+- trigger mode without lists, per-request facet quotas (``merge="quota"``) and an explicit ``beam``
+  are not what the gates measure: they are answered by the reference :class:`Retriever` over the same
+  view, built on first use and shared by every view of the snapshot.
 
 A delta swap (:meth:`with_index`) costs O(delta): the engine is built once per snapshot and shared.
 
@@ -145,8 +148,114 @@ class EngineRetriever:
     # ------------------------------------------------------------------ answering
     def retrieve_triggers(self, trigger_lists: Sequence[Sequence[int]], k: int, exclude=None,
                           rng: np.random.Generator | None = None) -> RetrievalResult:
-        """Trigger mode: the reference path (:meth:`Retriever.retrieve_triggers`)."""
-        return self._reference().retrieve_triggers(trigger_lists, k, exclude=exclude, rng=rng)
+        """Trigger mode: from the engine's neighbour lists when it has them (``EngineConfig.neighbours``),
+        else the reference path (:meth:`Retriever.retrieve_triggers`, the paper's cluster histogram).
+
+        With lists, results are ranked by ``max_t e_t . e_i`` (full vectors) over the triggers; a delta
+        (:meth:`_delta_triggers`) adds its new items found in the triggers' own clusters, and a
+        trigger that is itself a new item reaches snapshot items through a routed scan with its vector.
+        """
+        engine = self.engine
+        if not engine.has_lists:
+            return self._reference().retrieve_triggers(trigger_lists, k, exclude=exclude, rng=rng)
+        space = self._space
+        B = len(trigger_lists)
+        lists = [np.asarray(t, np.int64).reshape(-1) for t in trigger_lists]
+        excl = [np.asarray(e, np.int64).reshape(-1) for e in exclude] if exclude is not None \
+            else [np.zeros(0, np.int64)] * B
+        if len(excl) != B:
+            raise ValueError(f"exclude must hold one list per request ({B}), got {len(excl)}")
+        if self.config.exclude_triggers:
+            excl = [np.concatenate([e, t]) for e, t in zip(excl, lists)]
+        N = engine.N
+        if space.item_ids.size == 0:
+            with self._shared.lock:
+                res = engine.search_triggers(lists, k, exclude=excl, exclude_triggers=False, lists=True,
+                                             removed_bits=self._removed)
+        else:  # snapshot triggers (live rows) take the lists; new-item triggers the delta path
+            rows = [space.rows_of(t) for t in lists]
+            with self._shared.lock:
+                res = engine.search_triggers([t[(r >= 0) & (r < N)] for t, r in zip(lists, rows)], k, exclude=excl,
+                                             exclude_triggers=False, lists=True, removed_bits=self._removed)
+                res = self._delta_triggers(res, lists, rows, excl, k)
+        return RetrievalResult(res.item_ids, res.scores, res.facet, res.cluster, res.source, "trigger",
+                               self.facet_names)
+
+    def _delta_triggers(self, res: EngineResult, lists: list[np.ndarray], rows: list[np.ndarray],
+                        excl: list[np.ndarray], k: int) -> EngineResult:
+        """Add a delta to list answers ``res (B, k)``: per trigger ``t`` (vector ``e_t``), the delta items
+        of its own clusters (a new trigger: the clusters its vector routes to) scored ``e_t . e_i``, and
+        for a new trigger the snapshot items a routed scan finds; each item once at its best score."""
+        engine, space = self.engine, self._space
+        N, B = engine.N, len(lists)
+        req = np.concatenate([np.full(r.size, b, np.int64) for b, r in enumerate(rows)]) if B else np.zeros(0, np.int64)
+        t_rows = np.concatenate(rows) if B else np.zeros(0, np.int64)
+        t_ids = np.concatenate(lists) if B else np.zeros(0, np.int64)
+        ok = t_rows >= 0
+        req, t_rows, t_ids = req[ok], t_rows[ok], t_ids[ok]
+        old = t_rows < N
+        vec = np.empty((t_rows.size, engine.D), np.float32)
+        vec[old] = engine._emb[t_rows[old]]
+        vec[~old] = self._demb[t_rows[~old] - N]
+        cfg = engine.config
+        # columns each trigger points at: its own (snapshot item) or its routed ones (new item)
+        parts = [(res.item_ids, res.scores, res.facet, res.cluster, res.source,
+                  np.repeat(np.arange(B, dtype=np.int64), res.item_ids.shape[1]).reshape(res.item_ids.shape))]
+        new = np.flatnonzero(~old)
+        width = max(engine._own.shape[1], cfg.n_clusters)
+        gid = np.full((t_rows.size, width), -1, np.int64)
+        gid[old, : engine._own.shape[1]] = engine._own[t_rows[old]]
+        if new.size:
+            qn = vec[new].reshape(new.size, engine.F, engine.d)
+            g, rank = engine.route(qn, cfg.n_clusters, "joint")
+            gid[new, : g.shape[1]] = g
+            scan = engine.scan_users(qn, g, rank, k, exclude=[excl[b] for b in req[new]],
+                                     removed_bits=self._removed)
+            parts.append((scan.item_ids, scan.scores, scan.facet, scan.cluster,
+                          np.where(scan.item_ids >= 0, t_ids[new][:, None], -1),
+                          np.repeat(req[new], k).reshape(-1, k)))
+        # delta items of those columns, scored exactly against the trigger
+        g = np.maximum(gid, 0).reshape(-1)
+        lens = np.where(gid.reshape(-1) >= 0, self._doff[g + 1] - self._doff[g], 0)
+        idx, pair = expand(self._doff[g], lens)
+        if idx.size:
+            drow = self._drows[idx]
+            trig = pair // width
+            score = np.einsum("nd,nd->n", vec[trig], self._demb[drow]).astype(np.float32)
+            col = gid.reshape(-1)[pair]
+            parts.append((space.item_ids[drow], score, engine.col_facet[col], engine.col_cluster[col], t_ids[trig],
+                          req[trig]))
+        return self._merge_parts(parts, excl, B, k, res)
+
+    def _merge_parts(self, parts, excl: list[np.ndarray], B: int, k: int, res: EngineResult) -> EngineResult:
+        """Per request the best k distinct items of candidate ``parts`` (ids, scores, facet, cluster, source,
+        request), excluded ids dropped; ties: lower item id. Each part is flat or ``(n, w)``."""
+        ids, sc, fa, cl, so, rq = (np.concatenate([np.asarray(p[j]).reshape(-1) for p in parts]) for j in range(6))
+        keep = ids >= 0
+        ids, sc, fa, cl, so, rq = ids[keep], sc[keep], fa[keep], cl[keep], so[keep], rq[keep]
+        # (request, item) keys over dense item codes: item ids may be any int64
+        ex_ids = np.concatenate(excl) if B else np.zeros(0, np.int64)
+        codes = np.unique(np.concatenate([ids, ex_ids]), return_inverse=True)[1].reshape(-1)
+        U = int(codes.max()) + 1 if codes.size else 1
+        key = rq * U + codes[: ids.size]
+        if ex_ids.size:
+            ex_req = np.repeat(np.arange(B, dtype=np.int64), [e.size for e in excl])
+            keep = ~np.isin(key, ex_req * U + codes[ids.size :])
+            ids, sc, fa, cl, so, rq, key = ids[keep], sc[keep], fa[keep], cl[keep], so[keep], rq[keep], key[keep]
+        o = np.lexsort((ids, -sc, rq))  # per request best first: an item's best copy comes first
+        ids, sc, fa, cl, so, rq, key = ids[o], sc[o], fa[o], cl[o], so[o], rq[o], key[o]
+        first = np.zeros(ids.size, bool)
+        first[np.unique(key, return_index=True)[1]] = True
+        ids, sc, fa, cl, so, rq = ids[first], sc[first], fa[first], cl[first], so[first], rq[first]
+        slot = np.arange(ids.size) - np.searchsorted(rq, rq)
+        top = slot < k
+        out = [np.full((B, k), v, dt) for v, dt in ((-1, np.int64), (-np.inf, np.float32), (-1, np.int16),
+                                                     (-1, np.int64), (-1, np.int64))]
+        for a, v in zip(out, (ids, sc, fa, cl, so)):
+            a[rq[top], slot[top]] = v[top]
+        return EngineResult(item_ids=out[0], scores=out[1], facet=out[2], cluster=out[3], source=out[4],
+                            mode="trigger", facet_names=self.facet_names, entries=res.entries,
+                            rescored=res.rescored)
 
     def retrieve_users(self, query_emb, k: int, beam: int | None = None, exclude=None) -> RetrievalResult:
         """User-to-item retrieval through the engine, delta items merged.

@@ -31,7 +31,7 @@ def test_tiny_run_produces_every_table():
                             mfli_sweep=((4, 50), (16, 100)), mfli_fs_sweep=((4, 50), (16, 100)), ivf_nprobe=(2, 32), trigger_counts=(1, 3),
                             trigger_requests=16, trigger_batch=8, trigger_b1=4,
                             mfli_trigger_sweep=((0, 50), (4, 100)), ann_trigger_ivf=(2, 8), threads=(1, 2),
-                            targets=(0.5, 0.7))
+                            targets=(0.5, 0.7), mfli_trigger_lists=(2, 64))
     res = run_engine_bench(cfg, log=lambda s: None)
     for name in ("mfli", "mfli_fs"):  # both pre-rankers over the same index
         mf = res["methods"][name]["sweep"]
@@ -45,5 +45,10 @@ def test_tiny_run_produces_every_table():
     ivf = res["methods"]["ivf"]["sweep"]
     assert ivf[-1]["recall"] > max(0.85, ivf[0]["recall"])
     assert all(p["by_T"]["3"]["recall"] > 0 for p in res["trigger"]["mfli"])
+    # neighbour lists: probing every column makes them exact, so trigger mode matches exact search
+    lists = res["trigger"]["mfli_lists"]
+    assert [p["probe"] for p in lists] == [2, 64] and lists[0]["list_bytes"] == 4000 * 10 * 4
+    assert lists[1]["by_T"]["1"]["recall"] == pytest.approx(1.0)
+    assert lists[1]["by_T"]["3"]["recall"] >= lists[0]["by_T"]["3"]["recall"]
     text = format_tables(res)
-    assert "Trigger mode" in text and "mfli/ivf" in text and "mfli_fs/ivf" in text
+    assert "Trigger mode" in text and "mfli/ivf" in text and "mfli_fs/ivf" in text and "mfli_lists/ivf" in text

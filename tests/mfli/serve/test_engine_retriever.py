@@ -13,7 +13,7 @@ import pytest
 from topic_vectors import topic_vectors
 
 from mfli.eval.serving.data import kmeans_rq_codebooks
-from mfli.index.delta import apply_delta, assign_paths
+from mfli.index.delta import DeltaIndex, apply_delta, assign_paths
 from mfli.index.inverted import MultiFacetIndex, encode_paths
 from mfli.index.split_merge import RebalanceConfig, rebalance
 from mfli.serve.engine import EngineConfig
@@ -161,3 +161,58 @@ def test_an_engine_rebuilt_from_the_same_snapshot_ranks_identically(world):
         faiss.omp_set_num_threads(before)
     np.testing.assert_array_equal(a.engine.entry_codes, b.engine.entry_codes)
     np.testing.assert_array_equal(a.retrieve_users(Q, 20).item_ids, b.retrieve_users(Q, 20).item_ids)
+
+
+def _trigger_reference(engine: EngineRetriever, view, trig: list, k: int, exclude: list) -> list[list[int]]:
+    """Brute force of list-based trigger mode over a view: per trigger, its live list items and the delta
+    items of its own clusters (a new trigger: every live item, when routing reads every cluster), scored
+    ``e_t . e_i``; best per item, triggers and exclusions dropped, top k (ties: lower id)."""
+    eng = engine.engine
+    Nb = view.base.n_items
+    live_ids, live_emb = _live(view)
+    live_emb = live_emb.reshape(len(live_ids), -1)
+    emb_of = dict(zip(live_ids.tolist(), live_emb))
+    out = []
+    for b, t_ids in enumerate(trig):
+        best: dict[int, float] = {}
+        for t in t_ids:
+            r = int(view.rows_of(np.array([t]))[0])
+            if r < 0:
+                continue
+            if r < Nb:
+                cand = [int(view.base.item_ids[j]) for j in eng._nbr[r] if j >= 0 and not view.removed[j]]
+                own = set(eng._own[r].tolist())
+                for c in own:
+                    lo, hi = engine._doff[c], engine._doff[c + 1]
+                    cand += view.item_ids[engine._drows[lo:hi]].tolist()
+            else:
+                cand = live_ids.tolist()
+            for i in cand:
+                if i in t_ids or i in exclude[b]:
+                    continue
+                best[i] = max(best.get(i, -np.inf), float(emb_of[t] @ emb_of[i]))
+        out.append(sorted(best, key=lambda i: (-best[i], i))[:k])
+    return out
+
+
+@pytest.mark.parametrize("with_delta", [False, True])
+def test_trigger_mode_from_neighbour_lists(world, with_delta):
+    ids, _, cb, index, view, _ = world
+    cfg = dataclasses.replace(EVERYTHING, prerank="fastscan", neighbours=200, neighbour_probe=6)
+    base = EngineRetriever(index, cb, config=SUM, engine_config=cfg)
+    served = base.with_index(view) if with_delta else base
+    # snapshot triggers, a new item as trigger, a replaced item (ids[3]: its new version), an unknown id
+    trig = [list(ids[[1, 50, 90]]), [int(view.item_ids[5])], [int(ids[3]), 77], list(ids[[200]])]
+    excl = [[int(ids[2])], [], [], [int(x) for x in view.item_ids[:30]]]
+    got = served.retrieve_triggers(trig, 25, exclude=excl)
+    assert got.mode == "trigger"
+    want = _trigger_reference(served, view if with_delta else DeltaIndex.over(index), trig, 25, excl)
+    for b in range(len(trig)):
+        n = len(want[b])
+        np.testing.assert_array_equal(got.item_ids[b, :n], want[b])
+        assert (got.item_ids[b, n:] == -1).all()
+        assert set(got.source[b, :n].tolist()) <= set(trig[b])
+    if with_delta:
+        assert not np.isin(got.item_ids, ids[10:25]).any()  # tombstoned
+        assert (got.item_ids[1] >= 0).sum() == 25  # a new trigger reaches items through its routed scan
+

@@ -1,0 +1,307 @@
+"""Item neighbour lists: every item's ``K`` best items, found in its own and nearby clusters at build time.
+
+Trigger mode (item to item) asks, for each trigger item, which items score best against it. The
+learned clusters already gather similar items, so each item's list is computed once, when the engine
+is built, by exact scoring inside the clusters:
+
+- every cluster column ``c`` is paired with its ``probe`` nearest columns (itself included) by
+  centroid inner product, over all facets (:func:`column_neighbours`);
+- the members of ``c`` are scored exactly against the (distinct) members of those columns in one
+  matrix product, and each member keeps its ``K`` best (one sorted list per item, merged over the
+  ``F * m`` columns the item sits in);
+- lists are stored best first as ``(N, K)`` int32 rows (-1 padding). Scores are not stored: a
+  request recomputes ``T * K`` exact dot products, which is cheaper than reading ``T * K`` stored
+  floats would save.
+
+Serving (:func:`trigger_lists`) is then a look-up: a request's triggers' lists, rescored exactly,
+each item once at its best trigger, triggers / excluded / removed rows dropped, top ``k``. No routing
+and no scan per request.
+
+Cost at build: ``sum_c |c| * |candidates(c)| * F * d`` multiply-adds (``probe`` times the members of a
+column's neighbourhood); memory ``4 * N * K`` bytes. A list holds the best items of the scanned
+neighbourhood, so its recall against exact search is bounded by how much of an item's true neighbour
+set the ``probe`` nearest clusters hold (measured in ``docs/benchmarks_serving.md``).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from mfli.serve.engine_kernels import _mark, _result_arrays, _top_unique
+
+_OPTS = {"nogil": True, "cache": True, "fastmath": {"reassoc", "contract", "arcp", "nsz"}}
+
+
+def column_neighbours(cent: np.ndarray, probe: int, block: int = 1024) -> np.ndarray:
+    """``(C, probe)`` int32: per column, the ``probe`` columns with the largest ``cent_c . cent_j``, itself first.
+
+    Args:
+        cent: ``(C, D)`` float32 column centroids (the engine's routing means).
+    """
+    C = cent.shape[0]
+    probe = max(1, min(probe, C))
+    out = np.empty((C, probe), np.int32)
+    for s in range(0, C, block):
+        sim = cent[s : s + block] @ cent.T  # (b, C)
+        rows = np.arange(s, min(C, s + block))
+        sim[rows - s, rows] = np.inf  # the column itself always comes first
+        top = np.argpartition(-sim, probe - 1, axis=1)[:, :probe] if probe < C else np.tile(np.arange(C), (len(rows), 1))
+        order = np.lexsort((top, -np.take_along_axis(sim, top, 1)), axis=1)  # best first, ties by lower column
+        out[s : s + block] = np.take_along_axis(top, order, 1)
+    return out
+
+
+@nb.njit(**_OPTS)
+def _worse(s1: float, i1: int, s2: float, i2: int) -> bool:
+    """(s1, i1) ranks below (s2, i2): lower score, or equal score and higher row."""
+    return s1 < s2 or (s1 == s2 and i1 > i2)
+
+
+@nb.njit(**_OPTS)
+def _sift_down(hs: np.ndarray, hi: np.ndarray, n: int, i: int) -> None:
+    """Min-heap (worst at 0) of ``n`` (score, row) pairs: move slot ``i`` down to its place."""
+    s0, r0 = hs[i], hi[i]
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and _worse(hs[c + 1], hi[c + 1], hs[c], hi[c]):
+            c += 1
+        if not _worse(hs[c], hi[c], s0, r0):
+            break
+        hs[i], hi[i] = hs[c], hi[c]
+        i = c
+    hs[i], hi[i] = s0, r0
+
+
+@nb.njit(**_OPTS)
+def _sift_up(hs: np.ndarray, hi: np.ndarray, i: int) -> None:
+    s0, r0 = hs[i], hi[i]
+    while i > 0:
+        p = (i - 1) // 2
+        if not _worse(s0, r0, hs[p], hi[p]):
+            break
+        hs[i], hi[i] = hs[p], hi[p]
+        i = p
+    hs[i], hi[i] = s0, r0
+
+
+@nb.njit(**_OPTS)
+def _merge_block(S: np.ndarray, qrows: np.ndarray, crows: np.ndarray, best_sc: np.ndarray,
+                 best_id: np.ndarray, mark: np.ndarray) -> None:
+    """Merge block scores ``S (n_q, n_c)`` of items ``qrows`` against ``crows`` into the items' lists.
+
+    ``best_sc, best_id (N, K)``: per item its best (score, row) so far, best first (-inf / -1 padding).
+    Better = higher score, then lower row. A row met again through another of the item's columns
+    keeps its first score. ``mark (N,)`` uint8 scratch, all zero between calls. Per item: a min-heap
+    of the block's K best new rows (O(n_c + accepted * log K)), then a merge of two sorted lists.
+    """
+    K = best_sc.shape[1]
+    hs = np.empty(K, np.float32)
+    hi = np.empty(K, np.int32)
+    os_ = np.empty(K, np.float32)
+    oi = np.empty(K, np.int32)
+    for i in range(qrows.size):
+        r = qrows[i]
+        n_old = 0
+        while n_old < K and best_id[r, n_old] >= 0:
+            mark[best_id[r, n_old]] = 1
+            n_old += 1
+        mark[r] = 1
+        # a full list's K-th best bounds what can still enter
+        tau = best_sc[r, K - 1] if n_old == K else -np.inf
+        n = 0
+        for j in range(crows.size):
+            s = S[i, j]
+            if s < tau:
+                continue
+            c = crows[j]
+            if mark[c]:
+                continue
+            if n < K:
+                hs[n], hi[n] = s, c
+                _sift_up(hs, hi, n)
+                n += 1
+            elif _worse(hs[0], hi[0], s, c):
+                hs[0], hi[0] = s, c
+                _sift_down(hs, hi, K, 0)
+        for t in range(n_old):
+            mark[best_id[r, t]] = 0
+        mark[r] = 0
+        # the heap popped worst first fills the new sorted run from its end
+        m = n
+        while m > 0:
+            os_[m - 1], oi[m - 1] = hs[0], hi[0]
+            m -= 1
+            hs[0], hi[0] = hs[m], hi[m]
+            _sift_down(hs, hi, m, 0)
+        # merge old (best_*[r, :n_old]) and new (o*[:n]) runs, best first, into K slots
+        a = n_old - 1
+        b = n - 1
+        total = min(K, n_old + n)
+        # walk from the best: copy old first to a buffer since it is overwritten in place
+        hs[:n_old] = best_sc[r, :n_old]
+        hi[:n_old] = best_id[r, :n_old]
+        a, b = 0, 0
+        for t in range(total):
+            if b >= n or (a < n_old and not _worse(hs[a], hi[a], os_[b], oi[b])):
+                best_sc[r, t], best_id[r, t] = hs[a], hi[a]
+                a += 1
+            else:
+                best_sc[r, t], best_id[r, t] = os_[b], oi[b]
+                b += 1
+
+
+def build_neighbour_lists(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.ndarray, cent: np.ndarray,
+                          K: int, probe: int) -> np.ndarray:
+    """``(N, K)`` int32: every item's ``K`` best other items (``emb`` inner product) in its clusters' neighbourhoods.
+
+    Args:
+        emb: ``(N, D)`` float32 full item vectors (all facets concatenated).
+        entry_rows, offsets: the engine's inverted file (column ``c`` holds ``entry_rows[offsets[c]:offsets[c + 1]]``).
+        cent: ``(C, D)`` float32 column centroids.
+        K: list length; probe: columns scored per column (itself and its ``probe - 1`` nearest).
+    """
+    N = emb.shape[0]
+    K = int(K)
+    best_sc = np.full((N, K), -np.inf, np.float32)
+    best_id = np.full((N, K), -1, np.int32)
+    mark = np.zeros(N, np.uint8)
+    nbr_cols = column_neighbours(cent, probe)
+    for c in range(offsets.size - 1):
+        q = entry_rows[offsets[c] : offsets[c + 1]]
+        if q.size == 0:
+            continue
+        cand = np.unique(np.concatenate([entry_rows[offsets[j] : offsets[j + 1]] for j in nbr_cols[c]]))
+        S = emb[q] @ emb[cand].T  # (|c|, |cand|) exact scores
+        _merge_block(S, q.astype(np.int32), cand.astype(np.int32), best_sc, best_id, mark)
+    return best_id
+
+
+@nb.njit(**_OPTS)
+def _offer(slot: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, size: int, r: int, q: int,
+           s: float) -> int:
+    """Keep row ``r`` once with its best score (ties: the lower trigger index); returns the new size."""
+    p = slot[r]
+    if p < 0:
+        slot[r] = size
+        hi[size], hq[size], hs[size] = r, q, s
+        return size + 1
+    if s > hs[p] or (s == hs[p] and q < hq[p]):
+        hq[p], hs[p] = q, s
+    return size
+
+
+@nb.njit(parallel=True, **_OPTS)
+def trigger_lists(req_q_ptr: np.ndarray, trig_rows: np.ndarray, nbr: np.ndarray, emb: np.ndarray, own: np.ndarray,
+                  ex_ptr: np.ndarray, ex_rows: np.ndarray, removed: np.ndarray, bits: np.ndarray,
+                  slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Trigger-mode answers from the neighbour lists: each request's triggers' lists, rescored exactly.
+
+    Two passes per request: the first ``ceil(k / T)`` entries of each of its ``T`` triggers' lists give
+    a floor ``tau`` (the k-th best distinct score so far, which the final k-th best can only exceed);
+    the rest of each list is read until an entry scores below ``tau`` (lists are sorted best first, so
+    nothing after it can enter). At ``T = 16`` this scores about a fifth of the ``T * K`` entries.
+
+    Args:
+        req_q_ptr: ``(B + 1,)`` request b's triggers are ``trig_rows[req_q_ptr[b]:req_q_ptr[b + 1]]``.
+        nbr: ``(N, K)`` int32 neighbour lists, best first (-1 padding).  emb: ``(N, D)`` float32 full vectors.
+        own: ``(N, F * m)`` int32 every item's own cluster columns (for explanations).
+        ex_ptr, ex_rows: rows request b never returns (``ex_rows[ex_ptr[b]:ex_ptr[b + 1]]``).
+        removed: ``(N // 8 + 1,)`` uint8 bitset of rows no request returns.
+        bits: ``(T, N // 8 + 1)`` uint8 and ``slots`` ``(T, N)`` int32 (-1) per-thread scratch, restored
+            after each request (one chunk of requests per thread).
+
+    Returns:
+        ``rows (B, k)`` int64 (-1 padding), ``scores (B, k)`` float32 best ``e_t . e_i`` over the
+        request's triggers (ties: lower row), ``trig (B, k)`` int64 index into ``trig_rows`` of that
+        best trigger, ``col (B, k)`` int64 the column explaining the item (a cluster it shares with
+        that trigger, else its own first one) and ``scored (B,)`` distinct candidates scored.
+    """
+    B = req_q_ptr.size - 1
+    K = nbr.shape[1]
+    D = emb.shape[1]
+    W = own.shape[1]
+    T = bits.shape[0]
+    out_rows, out_score, out_trig = _result_arrays(B, k)
+    out_col = np.full((B, k), -1, np.int64)
+    n_scored = np.zeros(B, np.int64)
+    step = (B + T - 1) // T
+    for t in nb.prange(T):
+        bt = bits[t]
+        slot = slots[t]
+        cap = K
+        hi = np.empty(cap, np.int64)
+        hq = np.empty(cap, np.int64)
+        hs = np.empty(cap, np.float32)
+        touched = np.empty(1024, np.int64)
+        for b in range(t * step, min(B, (t + 1) * step)):
+            n_t = 0
+            for j in range(ex_ptr[b], ex_ptr[b + 1]):
+                touched, n_t = _mark(bt, touched, n_t, ex_rows[j])
+            n_trig = req_q_ptr[b + 1] - req_q_ptr[b]
+            if n_trig * K > cap:
+                cap = n_trig * K
+                hi = np.empty(cap, np.int64)
+                hq = np.empty(cap, np.int64)
+                hs = np.empty(cap, np.float32)
+            h = min(K, (k + n_trig - 1) // max(n_trig, 1))
+            size = 0
+            for q in range(req_q_ptr[b], req_q_ptr[b + 1]):
+                tr = trig_rows[q]
+                for j in range(h):
+                    r = nbr[tr, j]
+                    if r < 0:
+                        break
+                    if (bt[r >> 3] | removed[r >> 3]) & np.uint8(1 << (r & 7)):
+                        continue
+                    acc = np.float32(0.0)
+                    for x in range(D):
+                        acc += emb[tr, x] * emb[r, x]
+                    size = _offer(slot, hi, hq, hs, size, r, q, acc)
+            tau = -np.inf
+            if size >= k and h < K:
+                tau = np.partition(hs[:size], size - k)[size - k]
+                # build-time and request-time dot products may differ in the last bits
+                tau -= 1e-5 * max(1.0, abs(tau))
+            if h < K:
+                for q in range(req_q_ptr[b], req_q_ptr[b + 1]):
+                    tr = trig_rows[q]
+                    for j in range(h, K):
+                        r = nbr[tr, j]
+                        if r < 0:
+                            break
+                        if (bt[r >> 3] | removed[r >> 3]) & np.uint8(1 << (r & 7)):
+                            continue
+                        acc = np.float32(0.0)
+                        for x in range(D):
+                            acc += emb[tr, x] * emb[r, x]
+                        if acc < tau:
+                            break
+                        size = _offer(slot, hi, hq, hs, size, r, q, acc)
+            for j in range(n_t):
+                bt[touched[j] >> 3] = 0
+            for j in range(size):
+                slot[hi[j]] = -1
+            n_scored[b] = size
+            sel = _top_unique(hs, hi, size, k)
+            for j in range(sel.size):
+                o = sel[j]
+                r = hi[o]
+                out_rows[b, j] = r
+                out_score[b, j] = hs[o]
+                out_trig[b, j] = hq[o]
+                tr = trig_rows[hq[o]]
+                c = own[r, 0]
+                found = False
+                for u in range(W):
+                    for v in range(W):
+                        if own[r, u] == own[tr, v]:
+                            c = own[r, u]
+                            found = True
+                            break
+                    if found:
+                        break
+                out_col[b, j] = c
+    return out_rows, out_score, out_trig, out_col, n_scored

@@ -1,0 +1,162 @@
+"""Neighbour lists of trigger mode: build-time exactness over the probed clusters, look-up serving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from topic_vectors import topic_vectors
+
+from mfli.eval.serving.data import kmeans_rq_codebooks
+from mfli.index.inverted import MultiFacetIndex, encode_paths
+from mfli.index.split_merge import RebalanceConfig, rebalance
+from mfli.serve.engine import EngineConfig, ScanEngine
+from mfli.serve.neighbours import build_neighbour_lists, column_neighbours
+
+F, D, L, M, N, K = 2, 8, 2, 16, 1200, 30
+
+
+@pytest.fixture(scope="module")
+def world():
+    emb = topic_vectors(N, 0, F, D, topics=6)
+    cb = kmeans_rq_codebooks(emb, L, M)
+    ids = np.arange(N, dtype=np.int64) * 5 + 2
+    codes = encode_paths(emb, cb)
+    index = rebalance(MultiFacetIndex.build(ids, emb, codes, cb), RebalanceConfig(floor=10, cap=60)).index
+    engine = ScanEngine(index, cb, EngineConfig(prerank="fastscan", threads=2, neighbours=K, neighbour_probe=4),
+                        codes=codes)
+    return ids, emb.reshape(N, F * D), index, engine
+
+
+def _exact_lists(x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """``(n, K)`` every item's K best other items by exact inner product (ties: lower row)."""
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    return np.stack([np.lexsort((np.arange(len(x)), -r))[:K] for r in s])
+
+
+def test_column_neighbours_self_first_then_by_centroid_product():
+    rng = np.random.default_rng(0)
+    cent = rng.standard_normal((40, 6)).astype(np.float32)
+    nb = column_neighbours(cent, 5, block=7)  # several blocks
+    assert nb.shape == (40, 5)
+    np.testing.assert_array_equal(nb[:, 0], np.arange(40))
+    s = cent @ cent.T
+    for c in range(40):
+        others = [j for j in np.lexsort((np.arange(40), -s[c])) if j != c][:4]
+        np.testing.assert_array_equal(nb[c, 1:], others)
+    assert column_neighbours(cent, 100).shape == (40, 40)  # probe capped at the column count
+
+
+def test_lists_are_exact_when_every_column_is_probed(world):
+    _, x, _, engine = world
+    C = engine.offsets.size - 1
+    nbr = build_neighbour_lists(x, engine.entry_rows, engine.offsets, engine._cent, K, C)
+    np.testing.assert_array_equal(nbr, _exact_lists(x))
+
+
+def test_lists_hold_the_best_of_the_probed_columns_best_first(world):
+    _, x, _, engine = world
+    nbr = engine._nbr
+    assert nbr.shape == (N, K) and nbr.dtype == np.int32
+    cols = column_neighbours(engine._cent, 4)
+    member_cols = [[] for _ in range(N)]
+    for c in range(engine.offsets.size - 1):
+        for r in engine.entry_rows[engine.offsets[c] : engine.offsets[c + 1]]:
+            member_cols[r].append(c)
+    for r in range(0, N, 37):
+        cand = np.unique(np.concatenate([engine.entry_rows[engine.offsets[j] : engine.offsets[j + 1]]
+                                         for c in member_cols[r] for j in cols[c]]))
+        cand = cand[cand != r]
+        s = x[cand] @ x[r]
+        want = cand[np.lexsort((cand, -s))[:K]]
+        got = nbr[r][nbr[r] >= 0]
+        np.testing.assert_array_equal(got, want)
+
+
+def _reference(x, nbr, trig_rows, k, excluded=(), drop_triggers=True):
+    """Best ``max_t e_t . e_i`` over the union of the triggers' lists, triggers and ``excluded`` dropped."""
+    best: dict[int, float] = {}
+    for t in trig_rows:
+        for r in nbr[t]:
+            if r < 0 or (drop_triggers and r in trig_rows) or r in excluded:
+                continue
+            best[int(r)] = max(best.get(int(r), -np.inf), float(x[t] @ x[r]))
+    return sorted(best, key=lambda r: (-best[r], r))[:k]
+
+
+@pytest.mark.parametrize("T", [1, 3, 8])
+def test_search_triggers_from_lists_equals_merged_lists(world, T):
+    ids, x, index, engine = world
+    rng = np.random.default_rng(T)
+    trig = [rng.choice(N, T, replace=False) for _ in range(12)]
+    k = 25
+    res = engine.search_triggers([ids[t] for t in trig], k)
+    assert res.mode == "trigger"
+    for b, t in enumerate(trig):
+        want = _reference(x, engine._nbr, set(t.tolist()), k)
+        got = index.rows_of(res.item_ids[b][res.item_ids[b] >= 0])
+        np.testing.assert_array_equal(got, want)
+        # the best score among the triggers whose lists hold the item
+        best = np.array([max(x[u] @ x[g] for u in t if g in engine._nbr[u]) for g in got])
+        np.testing.assert_allclose(res.scores[b, : len(got)], best, rtol=1e-5, atol=1e-5)
+        # explained by the trigger that scores it best, and a cluster the item sits in
+        src_rows = index.rows_of(res.source[b, : len(got)])
+        np.testing.assert_allclose([x[s] @ x[g] for s, g in zip(src_rows, got)], best, rtol=1e-5, atol=1e-5)
+        for j, g in enumerate(got):
+            assert (res.facet[b, j], res.cluster[b, j]) in {
+                (f, int(c)) for f in range(F) for c in index.assignments[g, f].reshape(-1)}
+
+
+def test_lists_honour_exclusions_and_removed_rows(world):
+    ids, x, index, engine = world
+    trig = [np.array([5, 900]), np.array([77])]
+    first = engine.search_triggers([ids[t] for t in trig], 10)
+    drop = index.rows_of(first.item_ids[:, :3].reshape(-1))
+    removed = np.zeros(N, bool)
+    removed[drop[:3]] = True  # request 0's three best, gone for every request
+    excl = [[], list(ids[drop[3:]])]  # request 1's three best, excluded for it alone
+    res = engine.search_triggers([ids[t] for t in trig], 10, exclude=excl, removed=removed)
+    for b, t in enumerate(trig):
+        want = _reference(x, engine._nbr, set(t.tolist()), 10, set(drop[:3].tolist()) | (
+            set(drop[3:].tolist()) if b == 1 else set()))
+        np.testing.assert_array_equal(index.rows_of(res.item_ids[b]), want)
+    # kept triggers come only through another trigger's list: an item is never in its own
+    trig = [np.array([5, engine._nbr[5, 0]])]
+    kept = engine.search_triggers([ids[t] for t in trig], 10, exclude_triggers=False)
+    np.testing.assert_array_equal(index.rows_of(kept.item_ids[0]),
+                                  _reference(x, engine._nbr, set(trig[0].tolist()), 10, drop_triggers=False))
+    assert trig[0][1] in index.rows_of(kept.item_ids[0])
+
+
+def test_lists_same_answers_for_any_batch_split_and_thread_count(world):
+    ids, _, _, engine = world
+    rng = np.random.default_rng(3)
+    trig = [ids[rng.choice(N, int(rng.integers(1, 6)), replace=False)] for _ in range(20)]
+    whole = engine.search_triggers(trig, 15)
+    engine.config.threads = 1
+    try:
+        one = [engine.search_triggers([t], 15) for t in trig]
+    finally:
+        engine.config.threads = 2
+    np.testing.assert_array_equal(whole.item_ids, np.concatenate([r.item_ids for r in one]))
+    np.testing.assert_array_equal(whole.scores, np.concatenate([r.scores for r in one]))
+    np.testing.assert_array_equal(whole.source, np.concatenate([r.source for r in one]))
+
+
+def test_unknown_triggers_and_empty_requests(world):
+    ids, _, _, engine = world
+    res = engine.search_triggers([[-999], [], [ids[4], -5]], 8)
+    assert (res.item_ids[:2] == -1).all() and np.isneginf(res.scores[:2]).all()
+    np.testing.assert_array_equal(res.item_ids[2], engine.search_triggers([[ids[4]]], 8).item_ids[0])
+
+
+def test_scan_path_still_answers_and_lists_need_building(world):
+    ids, _, index, engine = world
+    scan = engine.search_triggers([[ids[3]]], 10, lists=False, shortlist=500, extra_clusters=0)
+    assert scan.item_ids.shape == (1, 10) and (scan.item_ids >= 0).all()
+    bare = ScanEngine(index, engine._cb, EngineConfig(prerank="fastscan"))
+    with pytest.raises(ValueError, match="no neighbour lists"):
+        bare.search_triggers([[ids[3]]], 10, lists=True)
+    assert bare.nbytes()["engine"] < engine.nbytes()["engine"]
+    with pytest.raises(ValueError, match="neighbours"):
+        EngineConfig(neighbours=-1).validated()
