@@ -95,7 +95,8 @@ class EngineBenchConfig:
     trigger_b1: int = 64
     mfli_trigger_sweep: tuple[tuple[int, int], ...] = ((0, 200), (2, 300), (4, 400), (8, 500))
     # neighbour-list trigger mode (EngineConfig.neighbours = k): columns probed per column at build
-    mfli_trigger_lists: tuple[int, ...] = (4, 8, 16)
+    # (None: the engine's default, mfli.serve.neighbours.auto_probe)
+    mfli_trigger_lists: tuple[int | None, ...] = (4, None, 16)
     ann_trigger_ivf: tuple[int, ...] = (1, 2, 4, 8, 16)
     ann_trigger_hnsw: tuple[int, ...] = (120, 240)
     ann_trigger_scann: tuple[tuple[int, int], ...] = ((5, 150), (10, 200), (20, 250), (40, 300), (80, 400))
@@ -324,9 +325,10 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
                 build = round(time.perf_counter() - t0, 1)
                 pts = trig_points(f"{name}_lists", lambda r, engine=engine: as_rows(engine.search_triggers(
                     index.item_ids[r], cfg.k, lists=True).item_ids))
-                lsweep.append({"neighbours": cfg.k, "probe": probe, "build_seconds": build,
+                lsweep.append({"neighbours": cfg.k, "probe": engine.list_probe, "auto": probe is None,
+                               "build_seconds": build,
                                "list_bytes": int(engine._nbr.nbytes), "by_T": pts})
-                log(f"  trigger lists probe={probe} (built in {build:.0f}s): " + ", ".join(
+                log(f"  trigger lists probe={engine.list_probe} (built in {build:.0f}s): " + ", ".join(
                     f"T={T} recall {v['recall']:.3f} {v[f'rps_b{cfg.trigger_batch}']:.0f} r/s"
                     for T, v in pts.items()))
             result["trigger"]["mfli_lists"] = lsweep

@@ -101,9 +101,10 @@ class EngineConfig:
     pq_train_size: int = 65_536  # residuals sampled to fit the product quantiser
     extra_clusters: int = 0  # trigger mode: nearest clusters by centroid scanned per trigger, beyond its own
     # trigger mode from per-item neighbour lists (mfli.serve.neighbours): K best items per item, found at
-    # build time in the item's clusters and their neighbour_probe - 1 nearest (0: no lists, triggers scan)
+    # build time in the item's clusters and their neighbour_probe - 1 nearest (0: no lists, triggers scan);
+    # None: enough columns for about LIST_CANDIDATES * neighbours candidates per column (at least 8)
     neighbours: int = 0
-    neighbour_probe: int = 8
+    neighbour_probe: int | None = None
     # pre-ranker of the short list: "codes" (learned code path + 8-bit residual PQ, numba scan) or
     # "fastscan" (4-bit residual-to-centroid PQ in faiss fast-scan blocks, mfli.serve.engine_fastscan)
     prerank: str = "codes"
@@ -122,8 +123,8 @@ class EngineConfig:
             raise ValueError("n_clusters, shortlist and threads must be >= 1")
         if (self.pq_subquantizers is not None and self.pq_subquantizers < 0) or self.extra_clusters < 0:
             raise ValueError("pq_subquantizers and extra_clusters must be >= 0")
-        if self.neighbours < 0 or self.neighbour_probe < 1:
-            raise ValueError("neighbours must be >= 0 and neighbour_probe >= 1")
+        if self.neighbours < 0 or (self.neighbour_probe is not None and self.neighbour_probe < 1):
+            raise ValueError("neighbours must be >= 0 and neighbour_probe >= 1 (or None)")
         return self
 
 
@@ -289,16 +290,24 @@ class ScanEngine:
         """Whether trigger mode can answer from neighbour lists (:meth:`build_lists`)."""
         return self._nbr is not None
 
-    def build_lists(self, neighbours: int, probe: int) -> None:
-        """(Re)build the trigger-mode neighbour lists: every item's ``neighbours`` best items found in its
-        clusters and their ``probe - 1`` nearest (:func:`mfli.serve.neighbours.build_neighbour_lists`)."""
-        from mfli.serve.neighbours import build_neighbour_lists
+    @property
+    def list_length(self) -> int:
+        """Items per neighbour list (0 without lists)."""
+        return 0 if self._nbr is None else int(self._nbr.shape[1])
 
+    def build_lists(self, neighbours: int, probe: int | None = None) -> None:
+        """(Re)build the trigger-mode neighbour lists: every item's ``neighbours`` best items found in its
+        clusters and their ``probe - 1`` nearest (:func:`mfli.serve.neighbours.build_neighbour_lists`);
+        ``probe`` None: :func:`mfli.serve.neighbours.auto_probe`. The probe used is ``self.list_probe``."""
+        from mfli.serve.neighbours import auto_probe, build_neighbour_lists
+
+        if probe is None:
+            probe = auto_probe(self._col_len, neighbours)
         if neighbours < 1 or probe < 1:
             raise ValueError("neighbours and probe must be >= 1")
         self._nbr = None  # the old lists are dropped before the new ones are built (peak memory)
         self._nbr = build_neighbour_lists(self._emb, self.entry_rows, self.offsets, self._cent, neighbours, probe)
-        self.config.neighbours, self.config.neighbour_probe = neighbours, probe
+        self.list_probe = probe
         self._slots = np.full((self.config.threads, self.N), -1, np.int32)  # trigger_lists' scratch
 
     # ------------------------------------------------------------------ helpers
@@ -502,9 +511,6 @@ class ScanEngine:
         """
         cfg = self.config
         B = len(triggers)
-        rows_all, counts = self._rows_ragged(triggers)
-        req_q_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        Qn = rows_all.size
         if removed_bits is None:
             removed_bits = self.removed_bits(removed)
         if lists is None:
@@ -512,7 +518,10 @@ class ScanEngine:
         if lists:
             if self._nbr is None:
                 raise ValueError("this engine has no neighbour lists (EngineConfig.neighbours = 0)")
-            return self._search_lists(B, req_q_ptr, rows_all, k, exclude, exclude_triggers, removed_bits)
+            return self._search_lists(triggers, k, exclude, exclude_triggers, removed_bits)
+        rows_all, counts = self._rows_ragged(triggers)
+        req_q_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        Qn = rows_all.size
         qv = self._emb[rows_all].reshape(Qn, self.F, self.d)
         own = self._own[rows_all].astype(np.int64)  # (Qn, F * m)
         extra = cfg.extra_clusters if extra_clusters is None else extra_clusters
@@ -537,24 +546,35 @@ class ScanEngine:
         source = self.index.item_ids[rows_all][pair_q] if Qn else np.zeros(0, np.int64)
         return self._result(out, pair_gid, source, "trigger")
 
-    def _search_lists(self, B: int, req_q_ptr: np.ndarray, rows_all: np.ndarray, k: int, exclude,
-                      exclude_triggers: bool, removed_bits: np.ndarray) -> EngineResult:
-        """:meth:`search_triggers` from the neighbour lists: a look-up and ``T * K`` exact dot products."""
-        from mfli.serve.neighbours import trigger_lists
+    def _search_lists(self, triggers: Sequence[Sequence[int]], k: int, exclude, exclude_triggers: bool,
+                      removed_bits: np.ndarray) -> EngineResult:
+        """:meth:`search_triggers` from the neighbour lists: a look-up and exact dot products, explained in
+        the kernel (at batch 1 numpy's per-call cost would be most of the time)."""
+        from mfli.serve.neighbours import lookup_rows, trigger_lists, trigger_lists_serial
 
-        ex_ptr, ex_rows = self._exclusions(B, exclude, (req_q_ptr, rows_all) if exclude_triggers else None)
+        B = len(triggers)
+        ptr = np.zeros(B + 1, np.int64)
+        if B == 1:
+            ids = np.asarray(triggers[0], np.int64).reshape(-1)
+            ptr[1] = ids.size
+        else:
+            np.cumsum(np.fromiter((len(t) for t in triggers), np.int64, count=B), out=ptr[1:])
+            ids = (np.concatenate([np.asarray(t, np.int64).reshape(-1) for t in triggers]) if ptr[-1]
+                   else np.zeros(0, np.int64))
+        # -1 for unknown ids: skipped by the kernel
+        rows = lookup_rows(self.index._sorted_ids, self.index._sorted_rows, ids)
+        ex_ptr, ex_rows = self._exclusions(B, exclude)
         T = self._chunks(B)
-        _numba_threads(T)
+        if T > 1:
+            _numba_threads(T)
         if self._slots.shape[0] < T:  # threads raised after the lists were built
             self._slots = np.full((T, self.N), -1, np.int32)
-        rows, scores, trig, col, rescored = trigger_lists(
-            req_q_ptr, rows_all.astype(np.int64), self._nbr, self._emb, self._own, ex_ptr, ex_rows,
-            removed_bits, self._bits[:T], self._slots[:T], k)
-        ok = trig >= 0
-        src = np.where(ok, self.index.item_ids[rows_all[np.where(ok, trig, 0)]] if rows_all.size else -1, -1)
-        pair = np.where(ok, np.arange(trig.size, dtype=np.int64).reshape(trig.shape), -1)
-        n_ent = (np.diff(req_q_ptr) * self._nbr.shape[1]).astype(np.int64)
-        return self._result((rows, scores, pair, n_ent, rescored), col.reshape(-1), src.reshape(-1), "trigger")
+        ids_o, scores, facet, cluster, source, scored = (trigger_lists if T > 1 else trigger_lists_serial)(
+            ptr, rows, self._nbr, self._emb, self._own, ex_ptr, ex_rows, exclude_triggers, removed_bits,
+            self._bits[:T], self._slots[:T], k, self.index.item_ids, self.col_facet, self.col_cluster)
+        return EngineResult(item_ids=ids_o, scores=scores, facet=facet, cluster=cluster, source=source,
+                            entries=(ptr[1:] - ptr[:-1]) * self._nbr.shape[1], rescored=scored, mode="trigger",
+                            facet_names=self.facet_names)
 
     # ------------------------------------------------------------------ diagnostics
     def code_scores(self, query, rows) -> np.ndarray:

@@ -148,15 +148,17 @@ class EngineRetriever:
     # ------------------------------------------------------------------ answering
     def retrieve_triggers(self, trigger_lists: Sequence[Sequence[int]], k: int, exclude=None,
                           rng: np.random.Generator | None = None) -> RetrievalResult:
-        """Trigger mode: from the engine's neighbour lists when it has them (``EngineConfig.neighbours``),
-        else the reference path (:meth:`Retriever.retrieve_triggers`, the paper's cluster histogram).
+        """Trigger mode: from the engine's neighbour lists when it has them (``EngineConfig.neighbours``)
+        and ``k`` is at most their length, else the reference path (:meth:`Retriever.retrieve_triggers`,
+        the paper's cluster histogram).
 
         With lists, results are ranked by ``max_t e_t . e_i`` (full vectors) over the triggers; a delta
         (:meth:`_delta_triggers`) adds its new items found in the triggers' own clusters, and a
         trigger that is itself a new item reaches snapshot items through a routed scan with its vector.
         """
         engine = self.engine
-        if not engine.has_lists:
+        # a list holds `neighbours` items: a larger k (up to ServingConfig.max_k) takes the reference path
+        if not engine.has_lists or k > engine.list_length:
             return self._reference().retrieve_triggers(trigger_lists, k, exclude=exclude, rng=rng)
         space = self._space
         B = len(trigger_lists)

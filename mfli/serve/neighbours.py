@@ -28,9 +28,24 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from mfli.serve.engine_kernels import _mark, _result_arrays, _top_unique
+from mfli.serve.engine_kernels import _mark, _top_unique
+
+#: with ``neighbour_probe=None``, columns are probed until a column's neighbourhood holds about this
+#: many candidates per list slot: at 1M items (480 items per column, lists of 100) that is 9 columns,
+#: where 8 gave recall@100 0.976 against exact per-item neighbours and 16 gave 0.99 (the 200k check
+#: in docs/benchmarks_serving.md); small catalogues have small clusters and need more of them
+LIST_CANDIDATES = 40
+MIN_PROBE = 8
 
 _OPTS = {"nogil": True, "cache": True, "fastmath": {"reassoc", "contract", "arcp", "nsz"}}
+
+
+def auto_probe(col_len: np.ndarray, neighbours: int) -> int:
+    """Columns to probe per column: ``LIST_CANDIDATES * neighbours`` candidates at the mean column size,
+    at least ``MIN_PROBE``, at most every column."""
+    C = max(1, col_len.size)
+    mean = max(1.0, float(np.mean(col_len)) if col_len.size else 1.0)
+    return int(min(C, max(MIN_PROBE, np.ceil(LIST_CANDIDATES * neighbours / mean))))
 
 
 def column_neighbours(cent: np.ndarray, probe: int, block: int = 1024) -> np.ndarray:
@@ -193,64 +208,64 @@ def _offer(slot: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, siz
     return size
 
 
-@nb.njit(parallel=True, **_OPTS)
-def trigger_lists(req_q_ptr: np.ndarray, trig_rows: np.ndarray, nbr: np.ndarray, emb: np.ndarray, own: np.ndarray,
-                  ex_ptr: np.ndarray, ex_rows: np.ndarray, removed: np.ndarray, bits: np.ndarray,
-                  slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Trigger-mode answers from the neighbour lists: each request's triggers' lists, rescored exactly.
-
-    Two passes per request: the first ``ceil(k / T)`` entries of each of its ``T`` triggers' lists give
-    a floor ``tau`` (the k-th best distinct score so far, which the final k-th best can only exceed);
-    the rest of each list is read until an entry scores below ``tau`` (lists are sorted best first, so
-    nothing after it can enter). At ``T = 16`` this scores about a fifth of the ``T * K`` entries.
-
-    Args:
-        req_q_ptr: ``(B + 1,)`` request b's triggers are ``trig_rows[req_q_ptr[b]:req_q_ptr[b + 1]]``.
-        nbr: ``(N, K)`` int32 neighbour lists, best first (-1 padding).  emb: ``(N, D)`` float32 full vectors.
-        own: ``(N, F * m)`` int32 every item's own cluster columns (for explanations).
-        ex_ptr, ex_rows: rows request b never returns (``ex_rows[ex_ptr[b]:ex_ptr[b + 1]]``).
-        removed: ``(N // 8 + 1,)`` uint8 bitset of rows no request returns.
-        bits: ``(T, N // 8 + 1)`` uint8 and ``slots`` ``(T, N)`` int32 (-1) per-thread scratch, restored
-            after each request (one chunk of requests per thread).
-
-    Returns:
-        ``rows (B, k)`` int64 (-1 padding), ``scores (B, k)`` float32 best ``e_t . e_i`` over the
-        request's triggers (ties: lower row), ``trig (B, k)`` int64 index into ``trig_rows`` of that
-        best trigger, ``col (B, k)`` int64 the column explaining the item (a cluster it shares with
-        that trigger, else its own first one) and ``scored (B,)`` distinct candidates scored.
-    """
-    B = req_q_ptr.size - 1
+@nb.njit(**_OPTS)
+def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr: np.ndarray, trig_rows: np.ndarray,
+                  nbr: np.ndarray, emb: np.ndarray, own: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray,
+                  exclude_triggers: bool, removed: np.ndarray, k: int, item_ids: np.ndarray,
+                  col_facet: np.ndarray, col_cluster: np.ndarray, out_ids: np.ndarray, out_score: np.ndarray,
+                  out_facet: np.ndarray, out_cluster: np.ndarray, out_source: np.ndarray,
+                  n_scored: np.ndarray) -> None:
+    """Requests ``b0 .. b1 - 1`` of :func:`trigger_lists` on one thread (scratch ``bt``, ``slot``)."""
     K = nbr.shape[1]
     D = emb.shape[1]
     W = own.shape[1]
-    T = bits.shape[0]
-    out_rows, out_score, out_trig = _result_arrays(B, k)
-    out_col = np.full((B, k), -1, np.int64)
-    n_scored = np.zeros(B, np.int64)
-    step = (B + T - 1) // T
-    for t in nb.prange(T):
-        bt = bits[t]
-        slot = slots[t]
-        cap = K
-        hi = np.empty(cap, np.int64)
-        hq = np.empty(cap, np.int64)
-        hs = np.empty(cap, np.float32)
-        touched = np.empty(1024, np.int64)
-        for b in range(t * step, min(B, (t + 1) * step)):
-            n_t = 0
-            for j in range(ex_ptr[b], ex_ptr[b + 1]):
-                touched, n_t = _mark(bt, touched, n_t, ex_rows[j])
-            n_trig = req_q_ptr[b + 1] - req_q_ptr[b]
-            if n_trig * K > cap:
-                cap = n_trig * K
-                hi = np.empty(cap, np.int64)
-                hq = np.empty(cap, np.int64)
-                hs = np.empty(cap, np.float32)
-            h = min(K, (k + n_trig - 1) // max(n_trig, 1))
-            size = 0
+    cap = K
+    hi = np.empty(cap, np.int64)
+    hq = np.empty(cap, np.int64)
+    hs = np.empty(cap, np.float32)
+    touched = np.empty(1024, np.int64)
+    for b in range(b0, b1):
+        n_t = 0
+        for j in range(ex_ptr[b], ex_ptr[b + 1]):
+            touched, n_t = _mark(bt, touched, n_t, ex_rows[j])
+        n_trig = 0
+        for q in range(req_q_ptr[b], req_q_ptr[b + 1]):
+            if trig_rows[q] >= 0:
+                n_trig += 1
+                if exclude_triggers:
+                    touched, n_t = _mark(bt, touched, n_t, trig_rows[q])
+        if n_trig * K > cap:
+            cap = n_trig * K
+            hi = np.empty(cap, np.int64)
+            hq = np.empty(cap, np.int64)
+            hs = np.empty(cap, np.float32)
+        h = min(K, (k + n_trig - 1) // max(n_trig, 1))
+        size = 0
+        for q in range(req_q_ptr[b], req_q_ptr[b + 1]):
+            tr = trig_rows[q]
+            if tr < 0:
+                continue
+            for j in range(h):
+                r = nbr[tr, j]
+                if r < 0:
+                    break
+                if (bt[r >> 3] | removed[r >> 3]) & np.uint8(1 << (r & 7)):
+                    continue
+                acc = np.float32(0.0)
+                for x in range(D):
+                    acc += emb[tr, x] * emb[r, x]
+                size = _offer(slot, hi, hq, hs, size, r, q, acc)
+        tau = -np.inf
+        if size >= k and h < K:
+            tau = np.partition(hs[:size], size - k)[size - k]
+            # build-time and request-time dot products may differ in the last bits
+            tau -= 1e-5 * max(1.0, abs(tau))
+        if h < K:
             for q in range(req_q_ptr[b], req_q_ptr[b + 1]):
                 tr = trig_rows[q]
-                for j in range(h):
+                if tr < 0:
+                    continue
+                for j in range(h, K):
                     r = nbr[tr, j]
                     if r < 0:
                         break
@@ -259,49 +274,108 @@ def trigger_lists(req_q_ptr: np.ndarray, trig_rows: np.ndarray, nbr: np.ndarray,
                     acc = np.float32(0.0)
                     for x in range(D):
                         acc += emb[tr, x] * emb[r, x]
-                    size = _offer(slot, hi, hq, hs, size, r, q, acc)
-            tau = -np.inf
-            if size >= k and h < K:
-                tau = np.partition(hs[:size], size - k)[size - k]
-                # build-time and request-time dot products may differ in the last bits
-                tau -= 1e-5 * max(1.0, abs(tau))
-            if h < K:
-                for q in range(req_q_ptr[b], req_q_ptr[b + 1]):
-                    tr = trig_rows[q]
-                    for j in range(h, K):
-                        r = nbr[tr, j]
-                        if r < 0:
-                            break
-                        if (bt[r >> 3] | removed[r >> 3]) & np.uint8(1 << (r & 7)):
-                            continue
-                        acc = np.float32(0.0)
-                        for x in range(D):
-                            acc += emb[tr, x] * emb[r, x]
-                        if acc < tau:
-                            break
-                        size = _offer(slot, hi, hq, hs, size, r, q, acc)
-            for j in range(n_t):
-                bt[touched[j] >> 3] = 0
-            for j in range(size):
-                slot[hi[j]] = -1
-            n_scored[b] = size
-            sel = _top_unique(hs, hi, size, k)
-            for j in range(sel.size):
-                o = sel[j]
-                r = hi[o]
-                out_rows[b, j] = r
-                out_score[b, j] = hs[o]
-                out_trig[b, j] = hq[o]
-                tr = trig_rows[hq[o]]
-                c = own[r, 0]
-                found = False
-                for u in range(W):
-                    for v in range(W):
-                        if own[r, u] == own[tr, v]:
-                            c = own[r, u]
-                            found = True
-                            break
-                    if found:
+                    if acc < tau:
                         break
-                out_col[b, j] = c
-    return out_rows, out_score, out_trig, out_col, n_scored
+                    size = _offer(slot, hi, hq, hs, size, r, q, acc)
+        for j in range(n_t):
+            bt[touched[j] >> 3] = 0
+        for j in range(size):
+            slot[hi[j]] = -1
+        n_scored[b] = size
+        sel = _top_unique(hs, hi, size, k)
+        for j in range(sel.size):
+            o = sel[j]
+            r = hi[o]
+            tr = trig_rows[hq[o]]
+            c = own[r, 0]
+            found = False
+            for u in range(W):
+                for v in range(W):
+                    if own[r, u] == own[tr, v]:
+                        c = own[r, u]
+                        found = True
+                        break
+                if found:
+                    break
+            out_ids[b, j] = item_ids[r]
+            out_score[b, j] = hs[o]
+            out_facet[b, j] = col_facet[c]
+            out_cluster[b, j] = col_cluster[c]
+            out_source[b, j] = item_ids[tr]
+
+
+@nb.njit(**_OPTS)
+def lookup_rows(sorted_ids: np.ndarray, sorted_rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``(n,)`` int64 rows of item ``ids`` (-1: unknown) from the index's sorted id table: one compiled call,
+    where numpy's searchsorted / compare / where cost ~13 us at batch 1."""
+    out = np.full(ids.size, -1, np.int64)
+    n = sorted_ids.size
+    for i in range(ids.size):
+        p = np.searchsorted(sorted_ids, ids[i])
+        if p < n and sorted_ids[p] == ids[i]:
+            out[i] = sorted_rows[p]
+    return out
+
+
+@nb.njit(**_OPTS)
+def _outputs(B: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (np.full((B, k), -1, np.int64), np.full((B, k), -np.inf, np.float32), np.full((B, k), -1, np.int16),
+            np.full((B, k), -1, np.int64), np.full((B, k), -1, np.int64), np.zeros(B, np.int64))
+
+
+@nb.njit(parallel=True, **_OPTS)
+def trigger_lists(req_q_ptr: np.ndarray, trig_rows: np.ndarray, nbr: np.ndarray, emb: np.ndarray, own: np.ndarray,
+                  ex_ptr: np.ndarray, ex_rows: np.ndarray, exclude_triggers: bool, removed: np.ndarray,
+                  bits: np.ndarray, slots: np.ndarray, k: int, item_ids: np.ndarray, col_facet: np.ndarray,
+                  col_cluster: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Trigger-mode answers from the neighbour lists: each request's triggers' lists, rescored exactly.
+
+    Two passes per request: the first ``ceil(k / T)`` entries of each of its ``T`` triggers' lists give
+    a floor ``tau`` (the k-th best distinct score so far, which the final k-th best can only exceed);
+    the rest of each list is read until an entry scores below ``tau`` (lists are sorted best first, so
+    nothing after it can enter). At ``T = 16`` this scores about a fifth of the ``T * K`` entries.
+
+    Args:
+        req_q_ptr: ``(B + 1,)`` request b's triggers are ``trig_rows[req_q_ptr[b]:req_q_ptr[b + 1]]``
+            (rows; -1: an id unknown to the index, skipped).
+        nbr: ``(N, K)`` int32 neighbour lists, best first (-1 padding).  emb: ``(N, D)`` float32 full vectors.
+        own: ``(N, F * m)`` int32 every item's own cluster columns (for explanations).
+        ex_ptr, ex_rows: rows request b never returns (``ex_rows[ex_ptr[b]:ex_ptr[b + 1]]``);
+            ``exclude_triggers``: nor its triggers.
+        removed: ``(N // 8 + 1,)`` uint8 bitset of rows no request returns.
+        bits: ``(T, N // 8 + 1)`` uint8 and ``slots`` ``(T, N)`` int32 (-1) per-thread scratch, restored
+            after each request (one chunk of requests per thread).
+        item_ids: ``(N,)`` row -> id; col_facet, col_cluster: ``(C,)`` column -> facet, cluster id.
+
+    Returns:
+        ``(B, k)`` item ids (-1 padding), scores (float32 best ``e_t . e_i`` over the request's triggers;
+        ties: lower row), facet (int16) and cluster of the column explaining the item (a cluster it
+        shares with its best trigger, else its own first one), source (that trigger's id), and
+        ``scored (B,)`` distinct candidates scored.
+    """
+    B = req_q_ptr.size - 1
+    T = bits.shape[0]
+    o_ids, o_score, o_facet, o_cluster, o_source, n_scored = _outputs(B, k)
+    step = (B + T - 1) // T
+    for t in nb.prange(T):
+        _answer_chunk(t * step, min(B, (t + 1) * step), bits[t], slots[t], req_q_ptr, trig_rows, nbr, emb, own,
+                      ex_ptr, ex_rows, exclude_triggers, removed, k, item_ids, col_facet, col_cluster,
+                      o_ids, o_score, o_facet, o_cluster, o_source, n_scored)
+    return o_ids, o_score, o_facet, o_cluster, o_source, n_scored
+
+
+@nb.njit(**_OPTS)
+def trigger_lists_serial(req_q_ptr: np.ndarray, trig_rows: np.ndarray, nbr: np.ndarray, emb: np.ndarray,
+                         own: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray, exclude_triggers: bool,
+                         removed: np.ndarray, bits: np.ndarray, slots: np.ndarray, k: int, item_ids: np.ndarray,
+                         col_facet: np.ndarray, col_cluster: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`trigger_lists` on the calling thread (scratch row 0): a batch-1 request skips ~15 us of
+    thread-pool launch."""
+    B = req_q_ptr.size - 1
+    o_ids, o_score, o_facet, o_cluster, o_source, n_scored = _outputs(B, k)
+    _answer_chunk(0, B, bits[0], slots[0], req_q_ptr, trig_rows, nbr, emb, own, ex_ptr, ex_rows, exclude_triggers,
+                  removed, k, item_ids, col_facet, col_cluster, o_ids, o_score, o_facet, o_cluster, o_source,
+                  n_scored)
+    return o_ids, o_score, o_facet, o_cluster, o_source, n_scored

@@ -212,6 +212,11 @@ def test_trigger_mode_from_neighbour_lists(world, with_delta):
         np.testing.assert_array_equal(got.item_ids[b, :n], want[b])
         assert (got.item_ids[b, n:] == -1).all()
         assert set(got.source[b, :n].tolist()) <= set(trig[b])
+    # a k beyond the lists' length takes the reference path (the paper's cluster histogram)
+    assert served.retrieve_triggers(trig[:1], 201).item_ids.shape == (1, 201)
+    np.testing.assert_array_equal(
+        served.retrieve_triggers(trig, 201, exclude=excl, rng=np.random.default_rng(0)).item_ids,
+        served._reference().retrieve_triggers(trig, 201, exclude=excl, rng=np.random.default_rng(0)).item_ids)
     if with_delta:
         assert not np.isin(got.item_ids, ids[10:25]).any()  # tombstoned
         assert (got.item_ids[1] >= 0).sum() == 25  # a new trigger reaches items through its routed scan

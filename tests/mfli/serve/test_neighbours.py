@@ -10,7 +10,7 @@ from mfli.eval.serving.data import kmeans_rq_codebooks
 from mfli.index.inverted import MultiFacetIndex, encode_paths
 from mfli.index.split_merge import RebalanceConfig, rebalance
 from mfli.serve.engine import EngineConfig, ScanEngine
-from mfli.serve.neighbours import build_neighbour_lists, column_neighbours
+from mfli.serve.neighbours import MIN_PROBE, auto_probe, build_neighbour_lists, column_neighbours, lookup_rows
 
 F, D, L, M, N, K = 2, 8, 2, 16, 1200, 30
 
@@ -160,3 +160,17 @@ def test_scan_path_still_answers_and_lists_need_building(world):
     assert bare.nbytes()["engine"] < engine.nbytes()["engine"]
     with pytest.raises(ValueError, match="neighbours"):
         EngineConfig(neighbours=-1).validated()
+
+
+def test_auto_probe_reads_enough_candidates_per_list():
+    assert auto_probe(np.full(4000, 480), 100) == 9  # 1M items in ~4,000 columns: 40 * 100 candidates
+    assert auto_probe(np.full(4000, 5000), 100) == MIN_PROBE
+    assert auto_probe(np.full(30, 20), 100) == 30  # a small catalogue: every column
+    assert auto_probe(np.zeros(0, np.int64), 10) == 1
+
+
+def test_lookup_rows_matches_the_index(world):
+    ids, _, index, _ = world
+    q = np.array([ids[7], -3, ids[0], 2**62, ids[-1], 4], np.int64)  # 4: between two ids
+    np.testing.assert_array_equal(lookup_rows(index._sorted_ids, index._sorted_rows, q), index.rows_of(q))
+    assert lookup_rows(index._sorted_ids, index._sorted_rows, np.zeros(0, np.int64)).size == 0
