@@ -40,11 +40,12 @@ def default_scan_config() -> EngineConfig:
     (docs/benchmarks_serving.md, "Fast-scan pre-ranker").
 
     Trigger mode is answered from neighbour lists of 100 items (``neighbours=100``; requests with k >
-    100 take the reference path): on ml-latest-small and amazon-scientific (leave-last-out, the
-    user's 10 most recent items as triggers) they raised trigger-mode recall@100 from 0.261 / 0.208
-    (the paper's cluster histogram) to 0.326 / 0.263, and at 1M items they answer 5-20x the requests/s
-    of per-trigger IVF / ScaNN / HNSW searches at equal recall, for ``4 * 100`` bytes per item and a
-    build of about a minute (docs/benchmarks_serving.md, "Trigger mode").
+    100 take the reference path): with the user's 10 most recent items as triggers they raised
+    trigger-mode recall@100 over the paper's cluster histogram from 0.269 to 0.327 on ml-latest-small /
+    last, 0.208 to 0.269 on amazon-scientific / last and 0.265 to 0.295 on its cold split
+    (docs/benchmarks.md), and at 1M items they answer 4.4-25x the requests/s of the fastest
+    per-trigger IVF / ScaNN / HNSW search at equal recall, for 400 bytes per item and a build of
+    76 s on one thread (docs/benchmarks_serving.md, "Trigger mode at 1,000,000 items").
     """
     return EngineConfig(n_clusters=48, shortlist=400, prerank="fastscan", neighbours=100)
 

@@ -42,8 +42,8 @@ reads the ``n_clusters`` best clusters over all facets (one budget); ``"per_face
 - *neighbour lists* (``neighbours > 0``, :mod:`mfli.serve.neighbours`): at build, every item's
   ``neighbours`` best items are found by exact scoring in its own clusters and their
   ``neighbour_probe - 1`` nearest; a request reads its triggers' lists and rescores them exactly
-  (no routing, no scan). At 1M items this is 4-10x the requests/s of per-trigger ANN searches at
-  equal recall (docs/benchmarks_serving.md) for ``4 * N * neighbours`` bytes;
+  (no routing, no scan). At 1M items this is 4.4-25x the requests/s of the fastest per-trigger ANN
+  search at equal recall (docs/benchmarks_serving.md) for ``4 * N * neighbours`` bytes;
 - *cluster scan* (no lists): each trigger item's own clusters (its cluster in every facet, no
   routing) plus optionally its ``extra_clusters`` nearest clusters by centroid are scanned with the
   trigger's tables into a short list of ``shortlist`` per trigger; each short-listed copy is rescored
@@ -299,14 +299,17 @@ class ScanEngine:
         """(Re)build the trigger-mode neighbour lists: every item's ``neighbours`` best items found in its
         clusters and their ``probe - 1`` nearest (:func:`mfli.serve.neighbours.build_neighbour_lists`);
         ``probe`` None: :func:`mfli.serve.neighbours.auto_probe`. The probe used is ``self.list_probe``."""
-        from mfli.serve.neighbours import auto_probe, build_neighbour_lists
+        from mfli.serve.neighbours import auto_probe, build_neighbour_lists, column_neighbours
 
         if probe is None:
             probe = auto_probe(self._col_len, neighbours)
         if neighbours < 1 or probe < 1:
             raise ValueError("neighbours and probe must be >= 1")
         self._nbr = None  # the old lists are dropped before the new ones are built (peak memory)
-        self._nbr = build_neighbour_lists(self._emb, self.entry_rows, self.offsets, self._cent, neighbours, probe)
+        # (C, probe) every column's nearest columns, itself first (also where a delta's new items are looked for)
+        self.col_neighbours = column_neighbours(self._cent, probe)
+        self._nbr = build_neighbour_lists(self._emb, self.entry_rows, self.offsets, self._cent, neighbours, probe,
+                                          self.col_neighbours)
         self.list_probe = probe
         self._slots = np.full((self.config.threads, self.N), -1, np.int32)  # trigger_lists' scratch
 

@@ -169,7 +169,7 @@ def _merge_block(S: np.ndarray, qrows: np.ndarray, crows: np.ndarray, best_sc: n
 
 
 def build_neighbour_lists(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.ndarray, cent: np.ndarray,
-                          K: int, probe: int) -> np.ndarray:
+                          K: int, probe: int, nbr_cols: np.ndarray | None = None) -> np.ndarray:
     """``(N, K)`` int32: every item's ``K`` best other items (``emb`` inner product) in its clusters' neighbourhoods.
 
     Args:
@@ -177,13 +177,14 @@ def build_neighbour_lists(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.n
         entry_rows, offsets: the engine's inverted file (column ``c`` holds ``entry_rows[offsets[c]:offsets[c + 1]]``).
         cent: ``(C, D)`` float32 column centroids.
         K: list length; probe: columns scored per column (itself and its ``probe - 1`` nearest).
+        nbr_cols: :func:`column_neighbours` ``(C, >= probe)`` if already computed.
     """
     N = emb.shape[0]
     K = int(K)
     best_sc = np.full((N, K), -np.inf, np.float32)
     best_id = np.full((N, K), -1, np.int32)
     mark = np.zeros(N, np.uint8)
-    nbr_cols = column_neighbours(cent, probe)
+    nbr_cols = column_neighbours(cent, probe) if nbr_cols is None else nbr_cols[:, :probe]
     for c in range(offsets.size - 1):
         q = entry_rows[offsets[c] : offsets[c + 1]]
         if q.size == 0:

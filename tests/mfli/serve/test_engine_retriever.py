@@ -17,7 +17,7 @@ from mfli.index.delta import DeltaIndex, apply_delta, assign_paths
 from mfli.index.inverted import MultiFacetIndex, encode_paths
 from mfli.index.split_merge import RebalanceConfig, rebalance
 from mfli.serve.engine import EngineConfig
-from mfli.serve.engine_retriever import EngineRetriever
+from mfli.serve.engine_retriever import DELTA_PROBE, EngineRetriever
 from mfli.serve.exact import exact_search
 from mfli.serve.retriever import Retriever, RetrieverConfig
 
@@ -165,7 +165,7 @@ def test_an_engine_rebuilt_from_the_same_snapshot_ranks_identically(world):
 
 def _trigger_reference(engine: EngineRetriever, view, trig: list, k: int, exclude: list) -> list[list[int]]:
     """Brute force of list-based trigger mode over a view: per trigger, its live list items and the delta
-    items of its own clusters (a new trigger: every live item, when routing reads every cluster), scored
+    items of its own clusters and their nearest (a new trigger: every live item, when routing reads every cluster), scored
     ``e_t . e_i``; best per item, triggers and exclusions dropped, top k (ties: lower id)."""
     eng = engine.engine
     Nb = view.base.n_items
@@ -181,7 +181,7 @@ def _trigger_reference(engine: EngineRetriever, view, trig: list, k: int, exclud
                 continue
             if r < Nb:
                 cand = [int(view.base.item_ids[j]) for j in eng._nbr[r] if j >= 0 and not view.removed[j]]
-                own = set(eng._own[r].tolist())
+                own = set(eng.col_neighbours[eng._own[r], :DELTA_PROBE].reshape(-1).tolist())
                 for c in own:
                     lo, hi = engine._doff[c], engine._doff[c + 1]
                     cand += view.item_ids[engine._drows[lo:hi]].tolist()
