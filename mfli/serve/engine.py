@@ -553,7 +553,7 @@ class ScanEngine:
                       removed_bits: np.ndarray) -> EngineResult:
         """:meth:`search_triggers` from the neighbour lists: a look-up and exact dot products, explained in
         the kernel (at batch 1 numpy's per-call cost would be most of the time)."""
-        from mfli.serve.neighbours import lookup_rows, trigger_lists, trigger_lists_serial
+        from mfli.serve.neighbours import trigger_lists, trigger_lists_serial
 
         B = len(triggers)
         ptr = np.zeros(B + 1, np.int64)
@@ -564,8 +564,6 @@ class ScanEngine:
             np.cumsum(np.fromiter((len(t) for t in triggers), np.int64, count=B), out=ptr[1:])
             ids = (np.concatenate([np.asarray(t, np.int64).reshape(-1) for t in triggers]) if ptr[-1]
                    else np.zeros(0, np.int64))
-        # -1 for unknown ids: skipped by the kernel
-        rows = lookup_rows(self.index._sorted_ids, self.index._sorted_rows, ids)
         ex_ptr, ex_rows = self._exclusions(B, exclude)
         T = self._chunks(B)
         if T > 1:
@@ -573,7 +571,7 @@ class ScanEngine:
         if self._slots.shape[0] < T:  # threads raised after the lists were built
             self._slots = np.full((T, self.N), -1, np.int32)
         ids_o, scores, facet, cluster, source, scored = (trigger_lists if T > 1 else trigger_lists_serial)(
-            ptr, rows, self._nbr, self._emb, self._own, ex_ptr, ex_rows, exclude_triggers, removed_bits,
+            ptr, ids, self.index._sorted_ids, self.index._sorted_rows, self._nbr, self._emb, self._own, ex_ptr, ex_rows, exclude_triggers, removed_bits,
             self._bits[:T], self._slots[:T], k, self.index.item_ids, self.col_facet, self.col_cluster)
         return EngineResult(item_ids=ids_o, scores=scores, facet=facet, cluster=cluster, source=source,
                             entries=(ptr[1:] - ptr[:-1]) * self._nbr.shape[1], rescored=scored, mode="trigger",

@@ -210,6 +210,22 @@ def _offer(slot: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, siz
 
 
 @nb.njit(**_OPTS)
+def _sorted_run(score: np.ndarray, rows: np.ndarray, size: int, k: int) -> np.ndarray:
+    """Positions of the best ``k`` of ``score[:size]`` (ties: lower row), as :func:`_top_unique` orders them,
+    by insertion sort: linear when the input is already almost in order (one trigger's list)."""
+    o = np.arange(size)
+    for a in range(1, size):
+        x = o[a]
+        s, r = score[x], rows[x]
+        j = a - 1
+        while j >= 0 and (score[o[j]] < s or (score[o[j]] == s and rows[o[j]] > r)):
+            o[j + 1] = o[j]
+            j -= 1
+        o[j + 1] = x
+    return o[: min(k, size)]
+
+
+@nb.njit(**_OPTS)
 def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr: np.ndarray, trig_rows: np.ndarray,
                   nbr: np.ndarray, emb: np.ndarray, own: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray,
                   exclude_triggers: bool, removed: np.ndarray, k: int, item_ids: np.ndarray,
@@ -283,7 +299,8 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
         for j in range(size):
             slot[hi[j]] = -1
         n_scored[b] = size
-        sel = _top_unique(hs, hi, size, k)
+        # one trigger: its list order is (nearly) the exact order, so an insertion sort is ~linear
+        sel = _sorted_run(hs, hi, size, k) if n_trig == 1 else _top_unique(hs, hi, size, k)
         for j in range(sel.size):
             o = sel[j]
             r = hi[o]
@@ -325,7 +342,8 @@ def _outputs(B: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 
 @nb.njit(parallel=True, **_OPTS)
-def trigger_lists(req_q_ptr: np.ndarray, trig_rows: np.ndarray, nbr: np.ndarray, emb: np.ndarray, own: np.ndarray,
+def trigger_lists(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.ndarray, sorted_rows: np.ndarray,
+                  nbr: np.ndarray, emb: np.ndarray, own: np.ndarray,
                   ex_ptr: np.ndarray, ex_rows: np.ndarray, exclude_triggers: bool, removed: np.ndarray,
                   bits: np.ndarray, slots: np.ndarray, k: int, item_ids: np.ndarray, col_facet: np.ndarray,
                   col_cluster: np.ndarray
@@ -338,8 +356,9 @@ def trigger_lists(req_q_ptr: np.ndarray, trig_rows: np.ndarray, nbr: np.ndarray,
     nothing after it can enter). At ``T = 16`` this scores about a fifth of the ``T * K`` entries.
 
     Args:
-        req_q_ptr: ``(B + 1,)`` request b's triggers are ``trig_rows[req_q_ptr[b]:req_q_ptr[b + 1]]``
-            (rows; -1: an id unknown to the index, skipped).
+        req_q_ptr: ``(B + 1,)`` request b's triggers are ``trig_ids[req_q_ptr[b]:req_q_ptr[b + 1]]``
+            (ids unknown to the index are skipped); sorted_ids, sorted_rows: the index's id -> row table
+            (:func:`lookup_rows`, inside the call: one compiled call per batch).
         nbr: ``(N, K)`` int32 neighbour lists, best first (-1 padding).  emb: ``(N, D)`` float32 full vectors.
         own: ``(N, F * m)`` int32 every item's own cluster columns (for explanations).
         ex_ptr, ex_rows: rows request b never returns (``ex_rows[ex_ptr[b]:ex_ptr[b + 1]]``);
@@ -357,6 +376,7 @@ def trigger_lists(req_q_ptr: np.ndarray, trig_rows: np.ndarray, nbr: np.ndarray,
     """
     B = req_q_ptr.size - 1
     T = bits.shape[0]
+    trig_rows = lookup_rows(sorted_ids, sorted_rows, trig_ids)
     o_ids, o_score, o_facet, o_cluster, o_source, n_scored = _outputs(B, k)
     step = (B + T - 1) // T
     for t in nb.prange(T):
@@ -367,14 +387,15 @@ def trigger_lists(req_q_ptr: np.ndarray, trig_rows: np.ndarray, nbr: np.ndarray,
 
 
 @nb.njit(**_OPTS)
-def trigger_lists_serial(req_q_ptr: np.ndarray, trig_rows: np.ndarray, nbr: np.ndarray, emb: np.ndarray,
-                         own: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray, exclude_triggers: bool,
+def trigger_lists_serial(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.ndarray,
+                         sorted_rows: np.ndarray, nbr: np.ndarray, emb: np.ndarray, own: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray, exclude_triggers: bool,
                          removed: np.ndarray, bits: np.ndarray, slots: np.ndarray, k: int, item_ids: np.ndarray,
                          col_facet: np.ndarray, col_cluster: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`trigger_lists` on the calling thread (scratch row 0): a batch-1 request skips ~15 us of
     thread-pool launch."""
     B = req_q_ptr.size - 1
+    trig_rows = lookup_rows(sorted_ids, sorted_rows, trig_ids)
     o_ids, o_score, o_facet, o_cluster, o_source, n_scored = _outputs(B, k)
     _answer_chunk(0, B, bits[0], slots[0], req_q_ptr, trig_rows, nbr, emb, own, ex_ptr, ex_rows, exclude_triggers,
                   removed, k, item_ids, col_facet, col_cluster, o_ids, o_score, o_facet, o_cluster, o_source,

@@ -174,3 +174,18 @@ def test_lookup_rows_matches_the_index(world):
     q = np.array([ids[7], -3, ids[0], 2**62, ids[-1], 4], np.int64)  # 4: between two ids
     np.testing.assert_array_equal(lookup_rows(index._sorted_ids, index._sorted_rows, q), index.rows_of(q))
     assert lookup_rows(index._sorted_ids, index._sorted_rows, np.zeros(0, np.int64)).size == 0
+
+
+def test_sorted_run_orders_like_the_partial_sort():
+    from mfli.serve.engine_kernels import _top_unique
+    from mfli.serve.neighbours import _sorted_run
+
+    rng = np.random.default_rng(5)
+    for n, k in ((1, 1), (40, 10), (100, 100), (120, 100)):
+        score = np.sort(rng.standard_normal(n).astype(np.float32))[::-1].copy()
+        score[rng.integers(0, n, n // 4)] = 0.5  # ties
+        if n > 3:
+            score[1], score[2] = -0.0, 0.0  # -0.0 ties with +0.0
+            score[[0, 3]] = score[[3, 0]]  # slightly out of order, as rescored lists are
+        rows = rng.permutation(10 * n)[:n].astype(np.int64)
+        np.testing.assert_array_equal(_sorted_run(score, rows, n, k), _top_unique(score, rows, n, k))
