@@ -42,7 +42,7 @@ reads the ``n_clusters`` best clusters over all facets (one budget); ``"per_face
 - *neighbour lists* (``neighbours > 0``, :mod:`mfli.serve.neighbours`): at build, every item's
   ``neighbours`` best items are found by exact scoring in its own clusters and their
   ``neighbour_probe - 1`` nearest; a request reads its triggers' lists and rescores them exactly
-  (no routing, no scan). At 1M items this is 4.4-25x the requests/s of the fastest per-trigger ANN
+  (no routing, no scan). At 1M items this is 3.6-18x the requests/s of the fastest per-trigger ANN
   search at equal recall (docs/benchmarks_serving.md) for ``4 * N * neighbours`` bytes;
 - *cluster scan* (no lists): each trigger item's own clusters (its cluster in every facet, no
   routing) plus optionally its ``extra_clusters`` nearest clusters by centroid are scanned with the
