@@ -210,6 +210,32 @@ def _offer(slot: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, siz
 
 
 @nb.njit(**_OPTS)
+def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.ndarray, nbr: np.ndarray,
+                emb: np.ndarray, bt: np.ndarray, removed: np.ndarray, slot: np.ndarray, hi: np.ndarray,
+                hq: np.ndarray, hs: np.ndarray, size: int) -> int:
+    """Entries ``j0 .. j1 - 1`` of the lists of triggers ``q0 .. q1 - 1``, each scored exactly and offered
+    (:func:`_offer`) until one scores below ``tau`` (lists run best first); returns the new size."""
+    D = emb.shape[1]
+    for q in range(q0, q1):
+        tr = trig_rows[q]
+        if tr < 0:
+            continue
+        for j in range(j0, j1):
+            r = nbr[tr, j]
+            if r < 0:
+                break
+            if (bt[r >> 3] | removed[r >> 3]) & np.uint8(1 << (r & 7)):
+                continue
+            acc = np.float32(0.0)
+            for x in range(D):
+                acc += emb[tr, x] * emb[r, x]
+            if acc < tau:
+                break
+            size = _offer(slot, hi, hq, hs, size, r, q, acc)
+    return size
+
+
+@nb.njit(**_OPTS)
 def _sorted_run(score: np.ndarray, rows: np.ndarray, size: int, k: int) -> np.ndarray:
     """Positions of the best ``k`` of ``score[:size]`` (ties: lower row), as :func:`_top_unique` orders them,
     by insertion sort: linear when the input is already almost in order (one trigger's list)."""
@@ -234,7 +260,6 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
                   n_scored: np.ndarray) -> None:
     """Requests ``b0 .. b1 - 1`` of :func:`trigger_lists` on one thread (scratch ``bt``, ``slot``)."""
     K = nbr.shape[1]
-    D = emb.shape[1]
     W = own.shape[1]
     cap = K
     hi = np.empty(cap, np.int64)
@@ -257,43 +282,15 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
             hq = np.empty(cap, np.int64)
             hs = np.empty(cap, np.float32)
         h = min(K, (k + n_trig - 1) // max(n_trig, 1))
-        size = 0
-        for q in range(req_q_ptr[b], req_q_ptr[b + 1]):
-            tr = trig_rows[q]
-            if tr < 0:
-                continue
-            for j in range(h):
-                r = nbr[tr, j]
-                if r < 0:
-                    break
-                if (bt[r >> 3] | removed[r >> 3]) & np.uint8(1 << (r & 7)):
-                    continue
-                acc = np.float32(0.0)
-                for x in range(D):
-                    acc += emb[tr, x] * emb[r, x]
-                size = _offer(slot, hi, hq, hs, size, r, q, acc)
-        tau = -np.inf
-        if size >= k and h < K:
-            tau = np.partition(hs[:size], size - k)[size - k]
-            # build-time and request-time dot products may differ in the last bits
-            tau -= 1e-5 * max(1.0, abs(tau))
+        q0, q1 = req_q_ptr[b], req_q_ptr[b + 1]
+        size = _read_lists(q0, q1, 0, h, -np.inf, trig_rows, nbr, emb, bt, removed, slot, hi, hq, hs, 0)
         if h < K:
-            for q in range(req_q_ptr[b], req_q_ptr[b + 1]):
-                tr = trig_rows[q]
-                if tr < 0:
-                    continue
-                for j in range(h, K):
-                    r = nbr[tr, j]
-                    if r < 0:
-                        break
-                    if (bt[r >> 3] | removed[r >> 3]) & np.uint8(1 << (r & 7)):
-                        continue
-                    acc = np.float32(0.0)
-                    for x in range(D):
-                        acc += emb[tr, x] * emb[r, x]
-                    if acc < tau:
-                        break
-                    size = _offer(slot, hi, hq, hs, size, r, q, acc)
+            tau = -np.inf
+            if size >= k:
+                tau = np.partition(hs[:size], size - k)[size - k]
+                # build-time and request-time dot products may differ in the last bits
+                tau -= 1e-5 * max(1.0, abs(tau))
+            size = _read_lists(q0, q1, h, K, tau, trig_rows, nbr, emb, bt, removed, slot, hi, hq, hs, size)
         for j in range(n_t):
             bt[touched[j] >> 3] = 0
         for j in range(size):
