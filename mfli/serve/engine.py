@@ -571,8 +571,9 @@ class ScanEngine:
         if self._slots.shape[0] < T:  # threads raised after the lists were built
             self._slots = np.full((T, self.N), -1, np.int32)
         ids_o, scores, facet, cluster, source, scored = (trigger_lists if T > 1 else trigger_lists_serial)(
-            ptr, ids, self.index._sorted_ids, self.index._sorted_rows, self._nbr, self._emb, self._own, ex_ptr, ex_rows, exclude_triggers, removed_bits,
-            self._bits[:T], self._slots[:T], k, self.index.item_ids, self.col_facet, self.col_cluster)
+            ptr, ids, self.index._sorted_ids, self.index._sorted_rows, self._nbr, self._emb, self._own, ex_ptr,
+            ex_rows, exclude_triggers, removed_bits, self._bits[:T], self._slots[:T], k, self.index.item_ids,
+            self.col_facet, self.col_cluster)
         return EngineResult(item_ids=ids_o, scores=scores, facet=facet, cluster=cluster, source=source,
                             entries=(ptr[1:] - ptr[:-1]) * self._nbr.shape[1], rescored=scored, mode="trigger",
                             facet_names=self.facet_names)
