@@ -292,6 +292,11 @@ up() {
   wait_for seaweedfs "S3 list as publisher" "$BIN/python" "$ROOT/infra/local/platform_setup.py" s3-check publisher
   wait_for seaweedfs "S3 list as serving" "$BIN/python" "$ROOT/infra/local/platform_setup.py" s3-check serving
 
+  # the serving kernels into numba's cache: a fresh install otherwise compiles them in the first task or
+  # snapshot load (about a minute); under a second when already cached
+  log "mfli precompile (serving kernels)"
+  nice -n "$NICE" "$BIN/mfli" precompile > "$LOGS/precompile.log" 2>&1 || die "mfli precompile failed; see $LOGS/precompile.log"
+
   log "airflow db migrate (PostgreSQL)"
   nice -n "$NICE" "$BIN/airflow" db migrate > "$LOGS/airflow-db-migrate.log" 2>&1 \
     || die "airflow db migrate failed; see $LOGS/airflow-db-migrate.log"

@@ -225,6 +225,23 @@ def request_summary(samples: list[tuple[float, float, int]], outages: list[tuple
             "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "max_ms": max(lat) if lat else None}
 
 
+def serve_log_errors(path: Path, limit: int = 80) -> list[str]:
+    """The last ``limit`` lines of the service log that report an error or belong to a traceback."""
+    if not path.exists():
+        return []
+    keep, in_tb = [], False
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("Traceback"):
+            in_tb = True
+        elif in_tb and line and not line.startswith((" ", "\t")):
+            keep.append(line)
+            in_tb = False
+            continue
+        if in_tb or "ERROR" in line or "WARNING" in line:
+            keep.append(line)
+    return keep[-limit:]
+
+
 def targets_missed(report: dict) -> list[str]:
     """The targets of the scenario that the report misses (empty = all met)."""
     miss = []
@@ -348,6 +365,7 @@ class Load(threading.Thread):
         self.url, self.items, self.users, self.period = url, items, users, 1.0 / rps
         self.rng = random.Random(seed)
         self.samples: list[tuple[float, float, int]] = []
+        self.errors: list[dict] = []  # the first 50 non-200 answers, for the report
         self.stop_event = threading.Event()
         self.snapshots: list[str] = []
 
@@ -365,6 +383,7 @@ class Load(threading.Thread):
                             "mode": "user"}
                 t = time.time()
                 t0 = time.perf_counter()
+                detail = ""
                 try:
                     r = client.post(f"{self.url}/retrieve", json=body)
                     status = r.status_code
@@ -372,9 +391,15 @@ class Load(threading.Thread):
                         sid = r.json().get("snapshot_id")
                         if not self.snapshots or self.snapshots[-1] != sid:
                             self.snapshots.append(sid)
-                except httpx.HTTPError:
-                    status = 0
-                self.samples.append((t, (time.perf_counter() - t0) * 1e3, status))
+                    else:
+                        detail = r.text[:300]
+                except httpx.HTTPError as exc:
+                    status, detail = 0, f"{type(exc).__name__}: {exc}"[:300]
+                ms = (time.perf_counter() - t0) * 1e3
+                self.samples.append((t, ms, status))
+                if status != 200 and len(self.errors) < 50:
+                    self.errors.append({"at": t, "ms": round(ms, 1), "status": status, "detail": detail,
+                                        "request": body})
                 nxt += self.period
                 self.stop_event.wait(max(0.0, nxt - time.monotonic()))
 
@@ -821,6 +846,7 @@ class Scenario:
             "every_snapshot_verifies": bool(snaps) and all(v is True for v in verifies.values()),
             "snapshot_verification": verifies,
             **reqs,
+            "request_error_details": load.errors,
             "load_rps": self.cfg.rps,
             "snapshots_seen_by_load": load.snapshots,
             "stack_up_s": round(t_up, 1),
@@ -834,6 +860,8 @@ class Scenario:
             "faults": self.faults.as_list(),
         }
         report["targets_missed"] = targets_missed(report)
+        if report.get("request_errors"):
+            report["serve_log_errors"] = serve_log_errors(self.stack.home / "logs" / "serve.log")
         return report
 
     def served_equals_gated(self, store, latest: str, items: list[int], users: list[int]) -> tuple[bool, dict]:

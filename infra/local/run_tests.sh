@@ -55,6 +55,10 @@ if [ "$shuffle" -eq 1 ]; then
   echo "run_tests: shuffled order, randomly seed $seed (replay: infra/local/run_tests.sh --seed $seed)"
 fi
 
+# Compile the serving kernels into numba's cache first (about a minute on a fresh clone, under a second
+# after): otherwise whichever test loads a snapshot first pays it, and one with a bounded wait can time out.
+.venv/bin/mfli precompile || exit 1
+
 # Tests get their own MFLI/Airflow/Feast homes and object stores under temp dirs (see tests/conftest.py).
 .venv/bin/python -m pytest "${order[@]}" "$@"
 rc=$?

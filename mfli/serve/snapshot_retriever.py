@@ -37,6 +37,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -273,6 +274,36 @@ class SnapshotRetriever:
                 out[p.pos] = {"mode": mode, "items": _items(res, j, p.k)}
         return out  # type: ignore[return-value]
 
+    def warm_up(self) -> float:
+        """Answer a few throw-away requests so that compiled kernels and lazy structures are ready
+        before this object serves: with an empty compile cache the first trigger request otherwise
+        takes seconds, which a live request would pay (or time out on). Covers batches of one and
+        two (serial and parallel kernels) in trigger mode (a snapshot item, and a delta item when
+        there are deltas) and user mode. Never raises: a failure is logged and left to real requests.
+
+        Returns:
+            seconds spent.
+        """
+        t0 = time.perf_counter()
+        base_ids = self.base.item_ids[:2]
+        new_ids = self.index.item_ids[:2] if isinstance(self.index, DeltaIndex) else base_ids[:0]
+        k = min(10, self.config.max_k)
+        triggers = [[int(i)] for i in (*base_ids, *new_ids)]
+        for batch in ([triggers[:1], triggers[:2]] + ([triggers[-1:], triggers[-2:]] if new_ids.size else [])):
+            if not batch:
+                continue
+            reqs = [RetrievalRequest(recent_items=t, k=k, mode="trigger") for t in batch]
+            reqs_user = [RetrievalRequest(user_features={"history_item_ids": t}, k=k, mode="user") for t in batch]
+            for rs in (reqs, reqs_user):
+                try:
+                    for out in self.retrieve_batch(rs):
+                        if isinstance(out, RequestError):
+                            raise out
+                except Exception as exc:  # noqa: BLE001 - warm-up must not fail a load; real requests report it
+                    log.warning("warm-up %s request failed on %s: %s: %s", rs[0].mode, self.snapshot_id,
+                                type(exc).__name__, exc)
+        return time.perf_counter() - t0
+
     def _plan(self, pos: int, req: RetrievalRequest) -> _Plan:
         k = req.k
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.config.max_k:
@@ -424,11 +455,13 @@ class SnapshotBuilder:
     changed) reuses its model, index and prepared retriever and re-applies the deltas, without
     touching the object already serving.
 
-    Every object serves with the :class:`ServingConfig` stored in its snapshot.
+    Every object serves with the :class:`ServingConfig` stored in its snapshot, and is warmed up
+    (:meth:`SnapshotRetriever.warm_up`) before it is returned, so no live request pays a compile.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, warm_up: bool = True) -> None:
         self._last: tuple[str, SnapshotRetriever] | None = None
+        self.warm_up = warm_up  # answer throw-away requests before the object serves (SnapshotRetriever.warm_up)
 
     def __call__(self, snapshot_dir: str | Path, delta_paths: Sequence[str | Path] = ()) -> SnapshotRetriever:
         snapshot_dir = Path(snapshot_dir)
@@ -436,10 +469,17 @@ class SnapshotBuilder:
         last = self._last
         if last is not None and last[0] == key:  # same snapshot, new deltas: reuse the delta-free object
             prev = last[1]
-            return SnapshotRetriever(prev.snapshot, delta_paths, prev.base_retriever)
+            return self._warm(SnapshotRetriever(prev.snapshot, delta_paths, prev.base_retriever))
         obj = SnapshotRetriever.load(snapshot_dir)
         self._last = (key, obj)
-        return SnapshotRetriever(obj.snapshot, delta_paths, obj.base_retriever) if delta_paths else obj
+        return self._warm(SnapshotRetriever(obj.snapshot, delta_paths, obj.base_retriever) if delta_paths else obj)
+
+    def _warm(self, obj: SnapshotRetriever) -> SnapshotRetriever:
+        if self.warm_up:
+            spent = obj.warm_up()
+            if spent > 1.0:  # compiled kernels this time (an empty compile cache): say where the time went
+                log.info("warm-up of %s took %.1fs", obj.snapshot_id, spent)
+        return obj
 
 
 def build_snapshot_retriever(snapshot_dir: str | Path, delta_paths: Sequence[str | Path] = ()) -> SnapshotRetriever:

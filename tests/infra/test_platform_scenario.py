@@ -157,7 +157,8 @@ def test_scenario_one_day_end_to_end(tmp_path):
                         "--port-base", port_base, "--delta-hours", "4"], capture_output=True, text=True, timeout=1450, check=False)
     assert out.exists(), p.stderr[-4000:]
     r = json.loads(out.read_text())
-    assert p.returncode == 0, (r.get("targets_missed"), p.stderr[-4000:])
+    assert p.returncode == 0, (r.get("targets_missed"), r.get("request_error_details"), r.get("serve_log_errors"),
+                               p.stderr[-4000:])
     assert r["lost_items"] == 0 and r["catalogue"]["window_items"] > 100
     assert r["latest_monotonic"] and r["served_equals_gated"] and r["every_snapshot_verifies"]
     assert r["snapshots_published"] == 1 and r["deltas_published"] >= 1

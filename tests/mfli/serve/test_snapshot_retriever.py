@@ -269,3 +269,42 @@ def _table_bytes() -> bytes:
     buf = io.BytesIO()
     pq.write_table(pa.table({"item_id": pa.array([1], pa.int64())}), buf)
     return buf.getvalue()
+
+
+def test_builder_warms_up_every_object_in_both_modes_and_batch_sizes(artifacts, tiny_dataset, store, tmp_path,
+                                                                     monkeypatch):
+    """The first request after a load must not pay a kernel compile: the builder answers throw-away
+    requests (trigger and user mode, batches of 1 and 2, a delta item as trigger) before returning."""
+    calls: list[tuple[str, int, tuple[int, ...]]] = []
+    real = SnapshotRetriever.retrieve_batch
+
+    def spy(self, requests, user_features=None):
+        calls.append((requests[0].mode, len(requests), tuple(int(i) for r in requests for i in r.recent_items)))
+        return real(self, requests, user_features)
+
+    monkeypatch.setattr(SnapshotRetriever, "retrieve_batch", spy)
+    build = SnapshotBuilder()
+    obj = build(artifacts)
+    assert {(m, b) for m, b, _ in calls} == {("trigger", 1), ("trigger", 2), ("user", 1), ("user", 2)}
+    assert all(i in set(obj.base.item_ids.tolist()) for _, _, ids in calls for i in ids)
+
+    data, _ = _delta_parquet(artifacts, tiny_dataset.items)
+    delta = tmp_path / "d.parquet"
+    delta.write_bytes(data)
+    calls.clear()
+    build(artifacts, [delta])
+    assert any(m == "trigger" and set(ids) <= set(NEW_IDS.tolist()) for m, _, ids in calls)
+
+    calls.clear()
+    assert SnapshotBuilder(warm_up=False)(artifacts) is not None and calls == []
+
+
+def test_warm_up_failure_is_logged_and_never_fails_the_load(artifacts, monkeypatch, caplog):
+    def broken(self, requests, user_features=None):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(SnapshotRetriever, "retrieve_batch", broken)
+    with caplog.at_level("WARNING", logger="mfli.serve.snapshot_retriever"):
+        obj = SnapshotBuilder()(artifacts)
+    assert isinstance(obj, SnapshotRetriever)
+    assert "warm-up trigger request failed" in caplog.text and "kernel exploded" in caplog.text
