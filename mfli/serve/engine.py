@@ -79,6 +79,19 @@ PRERANKS = ("codes", "fastscan")
 _SMALL_BATCH = 16  # routing scores of at most this many queries are computed without BLAS
 
 
+def _neighbours():
+    """:mod:`mfli.serve.neighbours`, imported on first use (its kernels load only for engines with lists)."""
+    global _NEIGHBOURS
+    if _NEIGHBOURS is None:
+        from mfli.serve import neighbours
+
+        _NEIGHBOURS = neighbours
+    return _NEIGHBOURS
+
+
+_NEIGHBOURS = None
+
+
 def _numba_threads(n: int) -> None:
     """Set numba's thread count only when it differs (a set costs ~3 us, a get ~2 us: both count at batch 1)."""
     import numba
@@ -283,6 +296,7 @@ class ScanEngine:
             self.build_lists(self.config.neighbours, self.config.neighbour_probe)
         self._bits = np.zeros((self.config.threads, N // 8 + 1), np.uint8)
         self._none_removed = np.zeros(N // 8 + 1, np.uint8)
+        self._no_exclusions = (np.zeros(2, np.int64), np.zeros(0, np.int64))  # batch 1, nothing excluded
         self._first_entry: np.ndarray | None = None
 
     @property
@@ -552,31 +566,35 @@ class ScanEngine:
     def _search_lists(self, triggers: Sequence[Sequence[int]], k: int, exclude, exclude_triggers: bool,
                       removed_bits: np.ndarray) -> EngineResult:
         """:meth:`search_triggers` from the neighbour lists: a look-up and exact dot products, explained in
-        the kernel (at batch 1 numpy's per-call cost would be most of the time)."""
-        from mfli.serve.neighbours import trigger_lists, trigger_lists_serial
-
+        the kernel. At batch 1 every numpy call counts (~0.5-1 us each against a ~10 us kernel), so that
+        case builds its arguments with as few as it can."""
         B = len(triggers)
-        ptr = np.zeros(B + 1, np.int64)
+        K = self._nbr.shape[1]
         if B == 1:
             ids = np.asarray(triggers[0], np.int64).reshape(-1)
-            ptr[1] = ids.size
+            ptr = np.array((0, ids.size), np.int64)
+            entries = np.array((ids.size * K,), np.int64)
         else:
+            ptr = np.zeros(B + 1, np.int64)
             np.cumsum(np.fromiter((len(t) for t in triggers), np.int64, count=B), out=ptr[1:])
             ids = (np.concatenate([np.asarray(t, np.int64).reshape(-1) for t in triggers]) if ptr[-1]
                    else np.zeros(0, np.int64))
-        ex_ptr, ex_rows = self._exclusions(B, exclude)
+            entries = (ptr[1:] - ptr[:-1]) * K
+        ex_ptr, ex_rows = self._no_exclusions if exclude is None and B == 1 else self._exclusions(B, exclude)
         T = self._chunks(B)
         if T > 1:
             _numba_threads(T)
-        if self._slots.shape[0] < T:  # threads raised after the lists were built
-            self._slots = np.full((T, self.N), -1, np.int32)
-        ids_o, scores, facet, cluster, source, scored = (trigger_lists if T > 1 else trigger_lists_serial)(
-            ptr, ids, self.index._sorted_ids, self.index._sorted_rows, self._nbr, self._emb, self._own, ex_ptr,
-            ex_rows, exclude_triggers, removed_bits, self._bits[:T], self._slots[:T], k, self.index.item_ids,
-            self.col_facet, self.col_cluster)
+            if self._slots.shape[0] < T:  # threads raised after the lists were built
+                self._slots = np.full((T, self.N), -1, np.int32)
+            kernel, bits, slots = _neighbours().trigger_lists, self._bits[:T], self._slots[:T]
+        else:
+            kernel, bits, slots = _neighbours().trigger_lists_serial, self._bits, self._slots
+        index = self.index
+        ids_o, scores, facet, cluster, source, scored = kernel(
+            ptr, ids, index._sorted_ids, index._sorted_rows, self._nbr, self._emb, self._own, ex_ptr, ex_rows,
+            exclude_triggers, removed_bits, bits, slots, k, index.item_ids, self.col_facet, self.col_cluster)
         return EngineResult(item_ids=ids_o, scores=scores, facet=facet, cluster=cluster, source=source,
-                            entries=(ptr[1:] - ptr[:-1]) * self._nbr.shape[1], rescored=scored, mode="trigger",
-                            facet_names=self.facet_names)
+                            entries=entries, rescored=scored, mode="trigger", facet_names=self.facet_names)
 
     # ------------------------------------------------------------------ diagnostics
     def code_scores(self, query, rows) -> np.ndarray:

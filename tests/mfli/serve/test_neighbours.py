@@ -141,6 +141,12 @@ def test_lists_same_answers_for_any_batch_split_and_thread_count(world):
     np.testing.assert_array_equal(whole.item_ids, np.concatenate([r.item_ids for r in one]))
     np.testing.assert_array_equal(whole.scores, np.concatenate([r.scores for r in one]))
     np.testing.assert_array_equal(whole.source, np.concatenate([r.source for r in one]))
+    np.testing.assert_array_equal(whole.entries, np.concatenate([r.entries for r in one]))
+    np.testing.assert_array_equal(whole.rescored, np.concatenate([r.rescored for r in one]))
+    np.testing.assert_array_equal(whole.cluster, np.concatenate([r.cluster for r in one]))
+    # batch 1 reuses one pair of empty exclusion arrays: the kernel must leave them as they were
+    ptr, rows = engine._no_exclusions
+    assert ptr.tolist() == [0, 0] and rows.size == 0
 
 
 def test_unknown_triggers_and_empty_requests(world):
