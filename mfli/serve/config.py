@@ -43,9 +43,10 @@ def default_scan_config() -> EngineConfig:
     100 take the reference path): with the user's 10 most recent items as triggers they raised
     trigger-mode recall@100 over the paper's cluster histogram from 0.269 to 0.327 on ml-latest-small /
     last, 0.208 to 0.269 on amazon-scientific / last and 0.265 to 0.295 on its cold split
-    (docs/benchmarks.md), and at 1M items they answer 3.6-18x the requests/s of the fastest
-    per-trigger IVF / ScaNN / HNSW search at equal recall (below 5x only for one trigger, one request at
-    a time, at recall 0.80), for 400 bytes per item and a build of 76-92 s on one thread (docs/benchmarks_serving.md, "Trigger mode at 1,000,000 items").
+    (docs/benchmarks.md), and at 1M items they answer 5.3-20x the requests/s of the fastest
+    per-trigger IVF / ScaNN / HNSW search at equal recall (one trigger at recall 0.80 is the narrow
+    cell: 3.6-4.4x in two earlier runs), for 400 bytes per item and a build of 76-92 s on one thread
+    (docs/benchmarks_serving.md, "Trigger mode at 1,000,000 items").
     """
     return EngineConfig(n_clusters=48, shortlist=400, prerank="fastscan", neighbours=100)
 
