@@ -226,7 +226,8 @@ def request_summary(samples: list[tuple[float, float, int]], outages: list[tuple
 
 
 def serve_log_errors(path: Path, limit: int = 80) -> list[str]:
-    """The last ``limit`` lines of the service log that report an error or belong to a traceback."""
+    """The last ``limit`` lines of the service log that report an error or a warning, or belong to a
+    traceback."""
     if not path.exists():
         return []
     keep, in_tb = [], False

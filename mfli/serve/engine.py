@@ -42,8 +42,9 @@ reads the ``n_clusters`` best clusters over all facets (one budget); ``"per_face
 - *neighbour lists* (``neighbours > 0``, :mod:`mfli.serve.neighbours`): at build, every item's
   ``neighbours`` best items are found by exact scoring in its own clusters and their
   ``neighbour_probe - 1`` nearest; a request reads its triggers' lists and rescores them exactly
-  (no routing, no scan). At 1M items this is 3.6-18x the requests/s of the fastest per-trigger ANN
-  search at equal recall (docs/benchmarks_serving.md) for ``4 * N * neighbours`` bytes;
+  (no routing, no scan). At 1M items this is 5.3-20x the requests/s of the fastest per-trigger ANN
+  search at equal recall (3.6x in the narrowest cell of an earlier run; docs/benchmarks_serving.md)
+  for ``4 * N * neighbours`` bytes;
 - *cluster scan* (no lists): each trigger item's own clusters (its cluster in every facet, no
   routing) plus optionally its ``extra_clusters`` nearest clusters by centroid are scanned with the
   trigger's tables into a short list of ``shortlist`` per trigger; each short-listed copy is rescored
@@ -77,19 +78,6 @@ from mfli.serve.retriever import RetrievalResult
 
 PRERANKS = ("codes", "fastscan")
 _SMALL_BATCH = 16  # routing scores of at most this many queries are computed without BLAS
-
-
-def _neighbours():
-    """:mod:`mfli.serve.neighbours`, imported on first use (its kernels load only for engines with lists)."""
-    global _NEIGHBOURS
-    if _NEIGHBOURS is None:
-        from mfli.serve import neighbours
-
-        _NEIGHBOURS = neighbours
-    return _NEIGHBOURS
-
-
-_NEIGHBOURS = None
 
 
 def _numba_threads(n: int) -> None:
@@ -313,8 +301,10 @@ class ScanEngine:
         """(Re)build the trigger-mode neighbour lists: every item's ``neighbours`` best items found in its
         clusters and their ``probe - 1`` nearest (:func:`mfli.serve.neighbours.build_neighbour_lists`);
         ``probe`` None: :func:`mfli.serve.neighbours.auto_probe`. The probe used is ``self.list_probe``."""
+        from mfli.serve import neighbours as NB
         from mfli.serve.neighbours import auto_probe, build_neighbour_lists, column_neighbours
 
+        self._NB = NB  # the serving kernels, kept like ``self._K`` (an import per request costs at batch 1)
         if probe is None:
             probe = auto_probe(self._col_len, neighbours)
         if neighbours < 1 or probe < 1:
@@ -586,9 +576,9 @@ class ScanEngine:
             _numba_threads(T)
             if self._slots.shape[0] < T:  # threads raised after the lists were built
                 self._slots = np.full((T, self.N), -1, np.int32)
-            kernel, bits, slots = _neighbours().trigger_lists, self._bits[:T], self._slots[:T]
+            kernel, bits, slots = self._NB.trigger_lists, self._bits[:T], self._slots[:T]
         else:
-            kernel, bits, slots = _neighbours().trigger_lists_serial, self._bits, self._slots
+            kernel, bits, slots = self._NB.trigger_lists_serial, self._bits, self._slots
         index = self.index
         ids_o, scores, facet, cluster, source, scored = kernel(
             ptr, ids, index._sorted_ids, index._sorted_rows, self._nbr, self._emb, self._own, ex_ptr, ex_rows,

@@ -385,8 +385,8 @@ def trigger_lists(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.nd
 
 @nb.njit(**_OPTS)
 def trigger_lists_serial(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.ndarray,
-                         sorted_rows: np.ndarray, nbr: np.ndarray, emb: np.ndarray, own: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray, exclude_triggers: bool,
-                         removed: np.ndarray, bits: np.ndarray, slots: np.ndarray, k: int, item_ids: np.ndarray,
+                         sorted_rows: np.ndarray, nbr: np.ndarray, emb: np.ndarray, own: np.ndarray,
+                         ex_ptr: np.ndarray, ex_rows: np.ndarray, exclude_triggers: bool, removed: np.ndarray, bits: np.ndarray, slots: np.ndarray, k: int, item_ids: np.ndarray,
                          col_facet: np.ndarray, col_cluster: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`trigger_lists` on the calling thread (scratch row 0): a batch-1 request skips ~15 us of

@@ -285,23 +285,23 @@ class SnapshotRetriever:
             seconds spent.
         """
         t0 = time.perf_counter()
-        base_ids = self.base.item_ids[:2]
-        new_ids = self.index.item_ids[:2] if isinstance(self.index, DeltaIndex) else base_ids[:0]
+        snap = [[int(i)] for i in self.base.item_ids[:2]]
+        new = [[int(i)] for i in self.index.item_ids[:2]] if isinstance(self.index, DeltaIndex) else []
+        both = snap + new  # the delta batches end on delta items (a mixed pair when there is only one)
+        batches = [snap[:1], snap] + ([both[-1:], both[-2:]] if new else [])
         k = min(10, self.config.max_k)
-        triggers = [[int(i)] for i in (*base_ids, *new_ids)]
-        for batch in ([triggers[:1], triggers[:2]] + ([triggers[-1:], triggers[-2:]] if new_ids.size else [])):
-            if not batch:
-                continue
-            reqs = [RetrievalRequest(recent_items=t, k=k, mode="trigger") for t in batch]
-            reqs_user = [RetrievalRequest(user_features={"history_item_ids": t}, k=k, mode="user") for t in batch]
-            for rs in (reqs, reqs_user):
+        for batch in filter(None, batches):
+            for mode, reqs in (("trigger", [RetrievalRequest(recent_items=t, k=k, mode="trigger") for t in batch]),
+                               ("user", [RetrievalRequest(user_features={"history_item_ids": t}, k=k, mode="user")
+                                         for t in batch])):
                 try:
-                    for out in self.retrieve_batch(rs):
-                        if isinstance(out, RequestError):
-                            raise out
+                    outs = self.retrieve_batch(reqs)
                 except Exception as exc:  # noqa: BLE001 - warm-up must not fail a load; real requests report it
-                    log.warning("warm-up %s request failed on %s: %s: %s", rs[0].mode, self.snapshot_id,
-                                type(exc).__name__, exc)
+                    outs = [exc]
+                failed = next((o for o in outs if isinstance(o, Exception)), None)  # RequestError included
+                if failed is not None:
+                    log.warning("warm-up %s request failed on %s: %s: %s", mode, self.snapshot_id,
+                                type(failed).__name__, failed)
         return time.perf_counter() - t0
 
     def _plan(self, pos: int, req: RetrievalRequest) -> _Plan:
