@@ -6,6 +6,10 @@ split's cold items among them) through the delta path, from content alone. Metho
 
 - ``mfli``: user-to-item beam search over the codebook, items of the reached clusters scored by
   ``sum_f q_f . e_f`` (no ANN);
+- ``mfli_blend``: blend mode (:mod:`mfli.serve.blend`): user mode through the scan engine, the
+  co-engagement lists of the user's history (:mod:`mfli.index.coengagement`) and trigger mode from the
+  neighbour lists, fused by weighted reciprocal rank, weights chosen on the validation split; reports
+  each list's own recall (``part:{list}/...``) and the chosen weights (``blend_w:...``);
 - ``mfli_trigger``: the paper's trigger mode, the user's most recent training items as triggers;
 - ``mfli_trigger_lists``: trigger mode from the scan engine's neighbour lists (``EngineConfig.neighbours``):
   items ranked by their best ``e_t . e_i`` over the same triggers; same model, index and delta;
@@ -62,7 +66,7 @@ from mfli.eval.metrics import (
 
 PER_USER_KEYS = ("recall@100", "cold_recall@100")  # kept per user for the bootstrap intervals
 
-ALL_METHODS = ("mfli", "mfli_trigger", "mfli_trigger_lists", "mfli_scan", "mfli_neww", "mfli_new_sem0", "mfli_quota", "mfli_facets", "mfli_f1", "mfli_f3", "exact",
+ALL_METHODS = ("mfli", "mfli_blend", "mfli_trigger", "mfli_trigger_lists", "mfli_scan", "mfli_neww", "mfli_new_sem0", "mfli_quota", "mfli_facets", "mfli_f1", "mfli_f3", "exact",
                "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")
 BASELINES = ("hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")  # "best baseline" is the best of these
 K_MAX = 200  # the largest K any metric reads
@@ -280,6 +284,60 @@ def _run_mfli_neww(run: _SeedRun) -> dict:
     return out
 
 
+def _run_mfli_blend(run: _SeedRun) -> dict:
+    """Blend mode (:mod:`mfli.serve.blend`): user mode + co-engagement lists + trigger lists, fused by
+    weighted reciprocal rank with the weights chosen on the validation split.
+
+    The co-engagement table is learned on the training events (its hyper-parameter chosen on the
+    validation split); the weights are chosen with a second table fitted on the validation split's
+    fit events alone (the same hyper-parameter), so no held-out event is seen while choosing.
+    """
+    from mfli.index.coengagement import CoEngagementConfig, build_coengagement
+    from mfli.serve.blend import blend, choose_blend_weights
+    from mfli.serve.config import default_scan_config
+    from mfli.serve.engine_retriever import EngineRetriever
+    from mfli.serve.retriever import RetrieverConfig
+
+    model, train_s = run.model("joint")
+    _, view, build_s = _mfli_index(run, model)
+    cfg = RetrieverConfig(beam=run.cfg.beam, merge="sum", seed=run.seed)
+    scan = dataclasses.replace(default_scan_config(), neighbours=K_MAX)
+    t0 = time.perf_counter()
+    retriever = EngineRetriever(view, model.codebooks, model.facets, cfg, scan)
+    build_s += time.perf_counter() - t0
+    ccfg = CoEngagementConfig(num_threads=run.cfg.num_threads)
+    t0 = time.perf_counter()
+    vs = run.validation
+    co = build_coengagement(run.split.train, valid=vs, cfg=ccfg)
+    co_fit = build_coengagement(vs.fit, cfg=ccfg, param=co.param)
+    co_s = time.perf_counter() - t0
+
+    def lists(table, users, histories):
+        q = model.user_embeddings(users, histories).numpy()
+        u = retriever.retrieve_users(q, K_MAX, exclude=histories).item_ids
+        t = retriever.retrieve_triggers([h[-run.cfg.triggers:] for h in histories], K_MAX, exclude=histories).item_ids
+        return u, table.retrieve(histories, K_MAX, exclude=histories)[0], t
+
+    t0 = time.perf_counter()
+    weights, table = choose_blend_weights(*lists(co_fit, vs.users, vs.histories), co_fit.item_ids, vs.positives)
+    choose_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    u, c, t = lists(co, run.users, run.histories)
+    ids, _ = blend(u, c, t, weights, co.item_ids, K_MAX)
+    query_s = time.perf_counter() - t0
+    out = run.evaluate(ids)
+    for name, part in (("user", u), ("coengagement", c), ("trigger", t)):
+        res = run.evaluate(part)
+        out[f"part:{name}/recall@100"] = res["recall@100"]
+        out[f"part:{name}/cold_recall@100"] = res["cold_recall@100"]
+    out.update({f"blend_w:{k}": float(v) for k, v in weights.to_dict().items()})
+    out.update({f"valid_recall:{k}": v for k, v in table.items()})
+    out.update(train_s=train_s + co_s, coengagement_s=co_s, coengagement_is_ease=float(co.method == "ease"),
+               coengagement_param=co.param, coengagement_mb=co.nbytes / 2**20, build_s=build_s,
+               choose_s=choose_s, query_s=query_s, n_facets=len(model.facets))
+    return out
+
+
 def _per_facet(run: _SeedRun, retriever, queries: np.ndarray, cfg, facet_names: list[str]) -> dict:
     """Recall of user mode served from one facet at a time: the quota merge with the whole quota on
     facet f reads only the clusters facet f's beam reaches and ranks them by ``q_f . e_f`` alone."""
@@ -394,6 +452,7 @@ _RUNNERS = {
     "mfli_scan": lambda r: _run_mfli(r, "user", engine="scan"),
     "mfli_quota": lambda r: _run_mfli(r, "user", merge="quota"),
     "mfli_neww": _run_mfli_neww,
+    "mfli_blend": _run_mfli_blend,
     "mfli_new_sem0": lambda r: _run_mfli(r, "user", new_item_weights=tuple(
         0.0 if fc.kind == "semantic" else 1.0 for fc in r.model("joint")[0].model.cfg.facets)),
     "mfli_facets": lambda r: _run_mfli(r, "user", per_facet=True),

@@ -1,0 +1,198 @@
+"""Co-engagement lists: each item's strongest item-item neighbours learned from the training events.
+
+The towers score a user against items through one inner product; what they compress away is the
+sparse, item-specific "people who engaged with i engaged with j" signal a closed-form item-item
+model keeps (EASE is the strongest simple baseline on MovieLens). This table keeps that signal in a
+form the serving path can read without a dense ``(N, N)`` matrix: for every item with training
+events, its ``neighbours`` largest item-item weights, as CSR rows.
+
+The weights come from EASE (Steck 2019) when its dense solve fits ``max_dense_gb``, otherwise from
+item-kNN cosine similarity (sparse, any size): both via :mod:`mfli.baselines`, with their
+hyper-parameter chosen on a validation split when one is given. A history scores item j by
+``sum over history items i of W[i, j]`` restricted to the kept rows; items without training events
+have no row and never appear (the blend gives them their item-item share from the embedding
+neighbour lists, :mod:`mfli.serve.blend`). Usage::
+
+    co = build_coengagement(train_events, valid=validation_set(train_events))
+    ids, scores = co.retrieve(histories, k=200)          # (B, k) ids, -1 padding; history excluded
+    co.save("coengagement.npz"); CoEngagement.load("coengagement.npz")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+NPZ_KEYS = ("item_ids", "indptr", "cols", "weights")
+
+
+@dataclass
+class CoEngagementConfig:
+    """How the co-engagement table is learned."""
+
+    neighbours: int = 200  # kept per item when sparse: 8 bytes x neighbours per item with events
+    method: str = "auto"  # "auto": EASE when its dense solve fits max_dense_gb, else "itemknn"
+    max_dense_gb: float = 4.0  # EASE's dense Gram, inverse and weights must fit this
+    # EASE's full (N, N) matrix is kept, negative weights included, when it takes at most this much;
+    # truncating it to the top rows lost 8% of its recall on a 10k-item catalogue (docs/benchmarks.md)
+    keep_dense_gb: float = 0.5
+    num_threads: int = 0  # torch threads for the EASE solve (0: process default)
+
+
+@dataclass
+class CoEngagement:
+    """Per-item top-``neighbours`` item-item weights over the items with training events.
+
+    Attributes:
+        item_ids: ``(N,)`` sorted int64 ids of the items with training events (the rows).
+        indptr: ``(N + 1,)`` int64 CSR row offsets.
+        cols: ``(nnz,)`` int32 neighbour positions into ``item_ids``.
+        weights: ``(nnz,)`` float32 weights (> 0), each row sorted best first.
+        method: "ease" or "itemknn"; param: its chosen lambda or neighbourhood.
+        dense: ``(N, N)`` float32 full weights (small EASE catalogues) or None; when set, the CSR
+            arrays are empty and every weight, negative ones included, scores.
+    """
+
+    item_ids: np.ndarray
+    indptr: np.ndarray
+    cols: np.ndarray
+    weights: np.ndarray
+    method: str = ""
+    param: float = 0.0
+    dense: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.item_ids, self.indptr, self.cols, self.weights, self.dense)
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def rows(self, history: Iterable[int]) -> np.ndarray:
+        """Positions of the history's items that have a row (unknown ids dropped)."""
+        h = np.unique(np.asarray(list(history) if not isinstance(history, np.ndarray) else history, np.int64))
+        pos = np.searchsorted(self.item_ids, h)
+        ok = pos < len(self.item_ids)
+        ok[ok] = self.item_ids[pos[ok]] == h[ok]
+        return pos[ok]
+
+    def retrieve(self, histories: Sequence[Iterable[int]], k: int,
+                 exclude: str | Sequence[Iterable[int]] | None = "history") -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items per history by summed neighbour weight.
+
+        Returns:
+            ids ``(B, k)`` int64 (-1 padding where fewer items have a positive score) and scores ``(B, k)``
+            float32 (-inf padding).
+        """
+        B = len(histories)
+        excl = histories if exclude == "history" else exclude
+        ids = np.full((B, k), -1, np.int64)
+        sc = np.full((B, k), -np.inf, np.float32)
+        for b, hist in enumerate(histories):
+            r = self.rows(hist)
+            if not len(r):
+                continue
+            if self.dense is not None:
+                score = self.dense[r].sum(0)
+                cols = np.arange(len(self.item_ids))
+                if excl is not None:
+                    score[self.rows(excl[b])] = -np.inf
+            else:
+                at = np.concatenate([np.arange(self.indptr[i], self.indptr[i + 1]) for i in r])
+                cols, inv = np.unique(self.cols[at], return_inverse=True)
+                score = np.bincount(inv, weights=self.weights[at]).astype(np.float32)
+                if excl is not None:
+                    score[np.isin(cols, self.rows(excl[b]))] = -np.inf
+            n = min(k, int(np.isfinite(score).sum()))
+            top = np.argpartition(-score, n - 1)[:n] if 0 < n < len(score) else np.arange(n)
+            top = top[np.argsort(-score[top], kind="stable")]
+            ids[b, :n] = self.item_ids[cols[top]]
+            sc[b, :n] = score[top]
+        return ids, sc
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table as an npz (no pickles); returns the path."""
+        path = Path(path)
+        extra = {} if self.dense is None else {"dense": self.dense}
+        np.savez(path, item_ids=self.item_ids, indptr=self.indptr, cols=self.cols, weights=self.weights,
+                 meta=np.array([self.method, repr(float(self.param))]), **extra)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CoEngagement:
+        with np.load(Path(path), allow_pickle=False) as z:
+            missing = [key for key in (*NPZ_KEYS, "meta") if key not in z.files]
+            if missing:
+                raise ValueError(f"{path}: not a co-engagement table (missing arrays {missing})")
+            method, param = (str(x) for x in z["meta"])
+            dense = z["dense"] if "dense" in z.files else None
+            return cls(z["item_ids"], z["indptr"], z["cols"], z["weights"], method, float(param), dense)
+
+
+def _top_rows(W, neighbours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR (indptr, cols, weights) of each row's ``neighbours`` largest positive entries, best first.
+
+    ``W`` is a dense ``(N, N)`` array or a scipy sparse matrix.
+    """
+    import scipy.sparse as sp
+
+    N = W.shape[0]
+    indptr, cols, vals = [0], [], []
+    Wr = W.tocsr() if sp.issparse(W) else None
+    for a in range(0, N, 1024):
+        block = Wr[a:a + 1024].toarray() if Wr is not None else np.asarray(W[a:a + 1024])
+        kk = min(neighbours, N)
+        part = np.argpartition(-block, kk - 1, axis=1)[:, :kk] if kk < N else np.tile(np.arange(N), (len(block), 1))
+        v = np.take_along_axis(block, part, 1)
+        order = np.argsort(-v, axis=1, kind="stable")
+        part, v = np.take_along_axis(part, order, 1), np.take_along_axis(v, order, 1)
+        for r in range(len(block)):
+            keep = v[r] > 0
+            cols.append(part[r][keep].astype(np.int32))
+            vals.append(v[r][keep].astype(np.float32))
+            indptr.append(indptr[-1] + int(keep.sum()))
+    return (np.asarray(indptr, np.int64), np.concatenate(cols) if cols else np.zeros(0, np.int32),
+            np.concatenate(vals) if vals else np.zeros(0, np.float32))
+
+
+def build_coengagement(train: pd.DataFrame, valid=None, cfg: CoEngagementConfig | None = None,
+                       param: float | None = None) -> CoEngagement:
+    """Learn the table from ``train`` events (user_id, item_id).
+
+    Args:
+        valid: a :class:`~mfli.eval.validation.ValidationSet` of ``train``: chooses EASE's lambda or
+            item-kNN's neighbourhood (each model's own grid), then refits on all of ``train``.
+        param: that hyper-parameter, fixed (skips the selection; e.g. the value a fit with ``valid`` chose).
+    """
+    from mfli.baselines.ease import Ease, EaseConfig
+    from mfli.baselines.itemknn import ItemKNN, ItemKNNConfig
+
+    cfg = cfg or CoEngagementConfig()
+    if cfg.method not in ("auto", "ease", "itemknn"):
+        raise ValueError(f"CoEngagementConfig.method must be auto, ease or itemknn, got {cfg.method!r}")
+    n_items = int(train["item_id"].nunique())
+    ease = Ease(EaseConfig(l2=param, max_memory_gb=cfg.max_dense_gb, num_threads=cfg.num_threads))
+    method = cfg.method
+    if method == "auto":
+        try:
+            ease.check_size(n_items)
+            method = "ease"
+        except ValueError:
+            method = "itemknn"
+    if method == "ease":
+        ease.fit(train, valid=valid if param is None else None)
+        item_ids, W, chosen = ease.item_ids, ease.B, ease.l2
+        if W.nbytes <= cfg.keep_dense_gb * 2**30:
+            empty = (np.zeros(len(item_ids) + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+            return CoEngagement(np.asarray(item_ids, np.int64), *empty, "ease", float(chosen), W)
+    else:
+        knn = ItemKNN(ItemKNNConfig(neighbours=None if param is None else int(param)))
+        knn.fit(train, valid=valid if param is None else None)
+        item_ids, W, chosen = knn.item_ids, knn.S, knn.neighbours
+    indptr, cols, weights = _top_rows(W, cfg.neighbours)
+    return CoEngagement(np.asarray(item_ids, np.int64), indptr, cols, weights, method, float(chosen))
