@@ -71,8 +71,9 @@ def blend(user: np.ndarray, coengagement: np.ndarray | None, trigger: np.ndarray
                 new = pos >= len(known)
                 new[~new] = known[pos[~new]] != row[~new]
                 w[new] += weights.coengagement
-            parts.append(row)
-            gains.append(w / (RRF_K + np.arange(len(row))))
+            keep = w > 0  # a list with no weight adds no candidates
+            parts.append(row[keep])
+            gains.append(w[keep] / (RRF_K + np.flatnonzero(keep)))
         allid = np.concatenate(parts)
         if not len(allid):
             continue

@@ -170,3 +170,35 @@ def test_new_item_weight_methods_serve_mfli_model_and_index(small_catalogue, mon
     mfli_cold, sem0_cold = (res[m]["per_user"]["cold_recall@100"][0] for m in ("mfli", "mfli_new_sem0"))
     assert mfli_cold != sem0_cold
     assert "mfli_neww" in ALL_METHODS and "mfli_new_sem0" in ALL_METHODS
+
+
+def test_blend_serves_mfli_model_and_reports_its_lists_and_chosen_weights(small_catalogue, monkeypatch):
+    """mfli_blend fuses user mode, co-engagement and trigger lists of mfli's own model (trained once),
+    with the weights at the best validation point of the grid."""
+    import mfli.train
+    from mfli.serve.blend import COENGAGEMENT_GRID, TRIGGER_GRID
+
+    trained: list[int] = []
+    real_train = mfli.train.train
+
+    def counting_train(ds, train, cfg):
+        trained.append(1)
+        return real_train(ds, train, cfg)
+
+    monkeypatch.setattr(mfli.train, "train", counting_train)
+    cfg = QualityConfig(methods=("mfli", "mfli_blend", "ease"), split="time", seeds=1, epochs=1, num_threads=1,
+                        train_overrides={"max_steps": 12, "batch_size": 256, "progress": False})
+    res = run_quality(small_catalogue, cfg, log=lambda s: None)
+    assert len(trained) == 1
+    b = res["mfli_blend"]
+    wc, wt = b["blend_w:coengagement"]["mean"], b["blend_w:trigger"]["mean"]
+    assert wc in COENGAGEMENT_GRID and wt in TRIGGER_GRID
+    table = {k.split(":", 1)[1]: v["mean"] for k, v in b.items() if k.startswith("valid_recall:")}
+    assert len(table) == len(COENGAGEMENT_GRID) * len(TRIGGER_GRID)
+    assert table[f"{wc:g}/{wt:g}"] == max(table.values())
+    for part in ("user", "coengagement", "trigger"):
+        assert 0.0 <= b[f"part:{part}/recall@100"]["mean"] <= 1.0
+    # the co-engagement list is EASE's ranking on this small catalogue (dense table, same lambda grid)
+    assert b["coengagement_is_ease"]["mean"] == 1.0
+    assert b["part:coengagement/recall@100"]["mean"] == pytest.approx(res["ease"]["recall@100"]["mean"], abs=1e-9)
+    assert len(b["per_user"]["recall@100"][0]) == len(res["mfli"]["per_user"]["recall@100"][0])

@@ -1,0 +1,83 @@
+"""Co-engagement lists: EASE or item-kNN rows learned from events, served without a dense solve per request."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mfli.baselines.ease import Ease, EaseConfig
+from mfli.index.coengagement import CoEngagement, CoEngagementConfig, build_coengagement
+
+
+@pytest.fixture(scope="module")
+def events() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(300):
+        group = u % 3  # three taste groups over items 100-159, so co-engagement is learnable
+        items = rng.choice(np.arange(100 + 20 * group, 120 + 20 * group), size=6, replace=False)
+        rows += [(u, int(i)) for i in items]
+    return pd.DataFrame(rows, columns=["user_id", "item_id"])
+
+
+def test_dense_ease_table_ranks_exactly_as_ease(events):
+    co = build_coengagement(events, param=50.0)
+    assert co.method == "ease" and co.dense is not None and co.param == 50.0
+    ease = Ease(EaseConfig(l2=50.0)).fit(events)
+    hist = [np.array([100, 101, 102]), np.array([145, 150]), np.array([999])]
+    ids, sc = co.retrieve(hist, 10)
+    ref_ids, ref_sc = ease.retrieve(hist[:2], 10)
+    np.testing.assert_allclose(sc[:2], ref_sc, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ids[:2], ref_ids)
+    # an unknown history scores nothing: padding, never an arbitrary item
+    assert (ids[2] == -1).all() and np.isneginf(sc[2]).all()
+
+
+def test_sparse_rows_keep_the_largest_positive_weights_best_first(events):
+    co = build_coengagement(events, cfg=CoEngagementConfig(neighbours=5, keep_dense_gb=0.0), param=50.0)
+    assert co.dense is None and len(co) == events["item_id"].nunique()
+    ease = Ease(EaseConfig(l2=50.0)).fit(events)
+    for r in range(len(co)):
+        w = co.weights[co.indptr[r]:co.indptr[r + 1]]
+        cols = co.cols[co.indptr[r]:co.indptr[r + 1]]
+        assert 0 < len(w) <= 5 and (w > 0).all() and (np.diff(w) <= 0).all()
+        top = np.sort(ease.B[r])[::-1][: len(w)]
+        np.testing.assert_allclose(w, top, rtol=1e-6)
+        assert r not in cols  # an item never explains itself
+    hist = [np.array([100, 101])]
+    ids, _ = co.retrieve(hist, 8)
+    assert not np.isin(ids[0], hist[0]).any()
+    assert np.isin(ids[0][ids[0] >= 0], np.arange(100, 120)).all()  # its own taste group
+    ids_all, _ = co.retrieve(hist, 8, exclude=None)
+    assert np.isin(hist[0], ids_all[0]).any() or len(ids_all[0][ids_all[0] >= 0]) == 8
+
+
+def test_itemknn_when_the_dense_solve_does_not_fit(events):
+    co = build_coengagement(events, cfg=CoEngagementConfig(max_dense_gb=1e-9, neighbours=10))
+    assert co.method == "itemknn" and co.dense is None
+    ids, _ = co.retrieve([np.array([140, 141])], 5)
+    assert np.isin(ids[0][ids[0] >= 0], np.arange(140, 160)).all()
+    with pytest.raises(ValueError, match="method"):
+        build_coengagement(events, cfg=CoEngagementConfig(method="svd"))
+
+
+def test_validation_chooses_the_hyper_parameter(events):
+    from mfli.eval.validation import validation_set
+
+    ts = events.assign(event_ts=pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(np.arange(len(events)), unit="s"))
+    co = build_coengagement(ts, valid=validation_set(ts, seed=0))
+    assert co.param in EaseConfig().l2_grid
+
+
+@pytest.mark.parametrize("keep_dense_gb", [0.5, 0.0])
+def test_save_load_round_trip(events, tmp_path, keep_dense_gb):
+    co = build_coengagement(events, cfg=CoEngagementConfig(keep_dense_gb=keep_dense_gb), param=50.0)
+    back = CoEngagement.load(co.save(tmp_path / "co.npz"))
+    assert (back.method, back.param) == (co.method, co.param)
+    assert (back.dense is None) == (co.dense is None)
+    hist = [np.array([100, 103]), np.array([150])]
+    np.testing.assert_array_equal(back.retrieve(hist, 7)[0], co.retrieve(hist, 7)[0])
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="other.npz.*missing"):
+        CoEngagement.load(tmp_path / "other.npz")

@@ -1,0 +1,67 @@
+"""Blend mode: weighted reciprocal-rank fusion of user mode, co-engagement and trigger lists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mfli.serve.blend import RRF_K, BlendWeights, blend, choose_blend_weights
+
+KNOWN = np.array([1, 2, 3, 4, 5, 6], np.int64)  # items with training events; 50 and 51 are new
+
+
+def _rows(*lists: list[int], width: int = 5) -> np.ndarray:
+    out = np.full((len(lists), width), -1, np.int64)
+    for b, row in enumerate(lists):
+        out[b, : len(row)] = row
+    return out
+
+
+def test_user_mode_alone_when_the_other_weights_are_zero():
+    user = _rows([3, 1, 2], [6, 5])
+    ids, sc = blend(user, _rows([4, 1], [1]), _rows([2, 50], [51]),
+                    BlendWeights(coengagement=0.0, trigger=0.0), KNOWN, 4)
+    np.testing.assert_array_equal(ids, [[3, 1, 2, -1], [6, 5, -1, -1]])
+    assert np.isneginf(sc[0, 3])
+    assert sc[0, 0] == pytest.approx(1 / RRF_K)
+
+
+def test_an_item_on_two_lists_outranks_the_head_of_one():
+    user = _rows([3, 1, 2])
+    co = _rows([4, 2])
+    ids, sc = blend(user, co, None, BlendWeights(coengagement=1.0, trigger=0.0), KNOWN, 5)
+    # 2: 1/(K+2) + 1/(K+1) beats 3's 1/K and 4's 1/K
+    assert ids[0, 0] == 2
+    assert sc[0, 0] == pytest.approx(1 / (RRF_K + 2) + 1 / (RRF_K + 1))
+    assert set(ids[0][ids[0] >= 0]) == {1, 2, 3, 4}
+
+
+def test_new_items_take_the_coengagement_share_from_the_trigger_list():
+    user = _rows([3, 50])
+    co = _rows([3])
+    trig = _rows([50, 3])
+    w = BlendWeights(coengagement=1.0, trigger=0.0)
+    ids, sc = blend(user, co, trig, w, KNOWN, 3)
+    # new item 50: user rank 1 + the co-engagement weight at its trigger rank 0; 3 (known) gets no
+    # trigger term, as trigger weight is 0
+    s50 = 1 / (RRF_K + 1) + 1 / RRF_K
+    s3 = 1 / RRF_K + 1 / RRF_K
+    assert dict(zip(ids[0].tolist(), sc[0].tolist()))[50] == pytest.approx(s50)
+    assert dict(zip(ids[0].tolist(), sc[0].tolist()))[3] == pytest.approx(s3)
+    off = BlendWeights(coengagement=1.0, trigger=0.0, new_items_from_trigger=False)
+    ids_off, sc_off = blend(user, co, trig, off, KNOWN, 3)
+    assert dict(zip(ids_off[0].tolist(), sc_off[0].tolist()))[50] == pytest.approx(1 / (RRF_K + 1))
+
+
+def test_weights_are_chosen_on_validation_recall():
+    # validation positives are the co-engagement list's items: any co-engagement weight > 0 helps
+    user = _rows([1, 2, 3, 4, 5], [6, 5, 4, 3, 2], width=5)
+    co = _rows([6], [1])
+    pos = [np.array([6]), np.array([1])]
+    w, table = choose_blend_weights(user, co, None, KNOWN, pos, k=1, coengagement_grid=(0.0, 0.5, 2.0),
+                                    trigger_grid=(0.0, 0.3))
+    assert table["0/0"] == 0.0 and table["2/0"] == 1.0
+    assert w.coengagement == 2.0 and w.trigger == 0.0
+    # ties go to the first (smallest) grid point
+    w2, _ = choose_blend_weights(user, co, None, KNOWN, [np.array([99]), np.array([99])], k=1)
+    assert (w2.coengagement, w2.trigger) == (0.0, 0.0)
