@@ -29,6 +29,30 @@ def cold_ratio(results: dict, num: str = "mfli", den: str = "hnsw") -> str:
     return f"{a / b:.2f}x"
 
 
+def blend_table(results: dict) -> str:
+    """mfli_blend: each fused list's own recall, the chosen weights, and the cold ratios of the targets."""
+    b = results["mfli_blend"]
+
+    def m(key: str) -> str:
+        v = b[key]
+        return f"{v['mean']:.4f}" + (f" ± {v['std']:.4f}" if len(v["values"]) > 1 else "")
+
+    rows = ["| list | recall@100 | cold_recall@100 |", "|---|---|---|"]
+    for part in ("user", "coengagement", "trigger"):
+        rows.append(f"| {part} | {m(f'part:{part}/recall@100')} | {m(f'part:{part}/cold_recall@100')} |")
+    rows.append(f"| **blend** | {m('recall@100')} | {m('cold_recall@100')} |")
+    w = ", ".join(f"{k.split(':')[1]} {v}" for k, v in
+                  ((k, "/".join(f"{x:g}" for x in b[k]["values"])) for k in ("blend_w:coengagement", "blend_w:trigger")))
+    kind = "EASE" if b["coengagement_is_ease"]["mean"] == 1 else "item-kNN"
+    extra = [f"weights chosen per seed: {w}; co-engagement from {kind} "
+             f"({'/'.join(f'{x:g}' for x in b['coengagement_param']['values'])}), "
+             f"{b['coengagement_mb']['mean']:.0f} MB"]
+    for den in ("hnsw_add", "exact"):
+        if den in results:
+            extra.append(f"blend cold recall@100 / {den}: {cold_ratio(results, 'mfli_blend', den)}")
+    return "\n".join(rows) + "\n\n" + "; ".join(extra)
+
+
 def main(paths: list[str]) -> None:
     compact = "--compact" in paths
     paths = [p for p in paths if p != "--compact"]
@@ -38,9 +62,11 @@ def main(paths: list[str]) -> None:
         print(f"### {Path(path).stem} ({seeds} seed{'s' if seeds != 1 else ''})\n")
         print(format_table(results, metrics=("recall@100", "cold_recall@100")) if compact else format_table(results))
         print(f"\nmfli cold recall@100 / hnsw (rebuild at snapshot): {cold_ratio(results)}\n")
-        facets = format_facet_table(results)
-        if facets:  # facet ablation runs (mfli_facets, mfli_f1, mfli_f3)
+        facets = format_facet_table(results) if {"mfli_facets", "mfli_f1", "mfli_f3"} & set(results) else ""
+        if facets:  # facet ablation runs
             print(f"{facets}\n")
+        if "mfli_blend" in results:
+            print(f"{blend_table(results)}\n")
 
 
 if __name__ == "__main__":
