@@ -12,8 +12,8 @@ They are fused by weighted reciprocal-rank fusion (Cormack et al. 2009): item i 
 ``sum_l w_l / (RRF_K + rank_l(i))`` over the lists it appears in (rank 0 = best; ``w_user`` = 1).
 Ranks, not scores, because the three scores live on unrelated scales. Items without training events
 have no co-engagement row, so the co-engagement weight would always pass them by; they take that share
-from their rank in the trigger list instead (:attr:`BlendWeights.new_items_from_trigger`), which keeps
-new items reachable. The weights are chosen on the validation split (:func:`choose_blend_weights`).
+at their better rank in the user and trigger lists instead (:attr:`BlendWeights.new_items_best_rank`),
+as if the co-engagement list agreed with the list that ranks them best, which keeps new items reachable. The weights are chosen on the validation split (:func:`choose_blend_weights`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ class BlendWeights:
 
     coengagement: float = 0.5
     trigger: float = 0.2
-    new_items_from_trigger: bool = True  # new items take the co-engagement share from the trigger list
+    # items without training events take the co-engagement weight at their better rank in the user and
+    # trigger lists (the co-engagement table cannot rank them)
+    new_items_best_rank: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,26 +56,33 @@ def blend(user: np.ndarray, coengagement: np.ndarray | None, trigger: np.ndarray
     B = user.shape[0]
     ids = np.full((B, k), -1, np.int64)
     sc = np.full((B, k), -np.inf, np.float32)
-    lists = [(user, 1.0)]
-    if coengagement is not None and weights.coengagement:
-        lists.append((coengagement, weights.coengagement))
+    credit_new = weights.new_items_best_rank and weights.coengagement > 0
     for b in range(B):
         parts, gains = [], []
-        for arr, w in lists:
-            row = arr[b][arr[b] >= 0]
-            parts.append(row)
-            gains.append(w / (RRF_K + np.arange(len(row))))
-        if trigger is not None and (weights.trigger or weights.new_items_from_trigger):
-            row = trigger[b][trigger[b] >= 0]
-            w = np.full(len(row), weights.trigger)
-            if weights.new_items_from_trigger and weights.coengagement:
-                pos = np.searchsorted(known, row)
-                new = pos >= len(known)
-                new[~new] = known[pos[~new]] != row[~new]
-                w[new] += weights.coengagement
-            keep = w > 0  # a list with no weight adds no candidates
-            parts.append(row[keep])
-            gains.append(w[keep] / (RRF_K + np.flatnonzero(keep)))
+        urow = user[b][user[b] >= 0]
+        parts.append(urow)
+        gains.append(1.0 / (RRF_K + np.arange(len(urow))))
+        if coengagement is not None and weights.coengagement:
+            crow = coengagement[b][coengagement[b] >= 0]
+            parts.append(crow)
+            gains.append(weights.coengagement / (RRF_K + np.arange(len(crow))))
+        trow = trigger[b][trigger[b] >= 0] if trigger is not None else np.zeros(0, np.int64)
+        if weights.trigger and len(trow):
+            parts.append(trow)
+            gains.append(weights.trigger / (RRF_K + np.arange(len(trow))))
+        if credit_new:
+            # items without a co-engagement row get its weight at their better rank in the other lists
+            cand = np.concatenate([urow, trow])
+            rank = np.concatenate([np.arange(len(urow)), np.arange(len(trow))])
+            new = ~_isin_sorted(cand, known)
+            if new.any():
+                cand, rank = cand[new], rank[new]
+                order = np.lexsort((rank, cand))
+                cand, rank = cand[order], rank[order]
+                first = np.ones(len(cand), bool)
+                first[1:] = cand[1:] != cand[:-1]
+                parts.append(cand[first])
+                gains.append(weights.coengagement / (RRF_K + rank[first]))
         allid = np.concatenate(parts)
         if not len(allid):
             continue
@@ -84,6 +93,13 @@ def blend(user: np.ndarray, coengagement: np.ndarray | None, trigger: np.ndarray
         ids[b, :n] = uniq[top]
         sc[b, :n] = score[top]
     return ids, sc
+
+
+def _isin_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    pos = np.searchsorted(sorted_ids, values)
+    ok = pos < len(sorted_ids)
+    ok[ok] = sorted_ids[pos[ok]] == values[ok]
+    return ok
 
 
 def choose_blend_weights(user: np.ndarray, coengagement: np.ndarray, trigger: np.ndarray | None,

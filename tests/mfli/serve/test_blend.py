@@ -36,19 +36,19 @@ def test_an_item_on_two_lists_outranks_the_head_of_one():
     assert set(ids[0][ids[0] >= 0]) == {1, 2, 3, 4}
 
 
-def test_new_items_take_the_coengagement_share_from_the_trigger_list():
+def test_new_items_take_the_coengagement_share_at_their_better_rank_elsewhere():
     user = _rows([3, 50])
     co = _rows([3])
     trig = _rows([50, 3])
     w = BlendWeights(coengagement=1.0, trigger=0.0)
     ids, sc = blend(user, co, trig, w, KNOWN, 3)
-    # new item 50: user rank 1 + the co-engagement weight at its trigger rank 0; 3 (known) gets no
-    # trigger term, as trigger weight is 0
+    # new item 50: user rank 1 + the co-engagement weight at its better rank (trigger, 0); 3 (known)
+    # gets no trigger term, as the trigger weight is 0
     s50 = 1 / (RRF_K + 1) + 1 / RRF_K
     s3 = 1 / RRF_K + 1 / RRF_K
     assert dict(zip(ids[0].tolist(), sc[0].tolist()))[50] == pytest.approx(s50)
     assert dict(zip(ids[0].tolist(), sc[0].tolist()))[3] == pytest.approx(s3)
-    off = BlendWeights(coengagement=1.0, trigger=0.0, new_items_from_trigger=False)
+    off = BlendWeights(coengagement=1.0, trigger=0.0, new_items_best_rank=False)
     ids_off, sc_off = blend(user, co, trig, off, KNOWN, 3)
     assert dict(zip(ids_off[0].tolist(), sc_off[0].tolist()))[50] == pytest.approx(1 / (RRF_K + 1))
 
@@ -65,3 +65,13 @@ def test_weights_are_chosen_on_validation_recall():
     # ties go to the first (smallest) grid point
     w2, _ = choose_blend_weights(user, co, None, KNOWN, [np.array([99]), np.array([99])], k=1)
     assert (w2.coengagement, w2.trigger) == (0.0, 0.0)
+
+
+def test_a_new_item_only_user_mode_found_takes_the_share_at_its_user_rank():
+    user = _rows([3, 51, 1])
+    w = BlendWeights(coengagement=0.5, trigger=0.0)
+    ids, sc = blend(user, _rows([1]), None, w, KNOWN, 3)
+    got = dict(zip(ids[0].tolist(), sc[0].tolist()))
+    assert got[51] == pytest.approx(1.5 / (RRF_K + 1))
+    assert got[1] == pytest.approx(1 / (RRF_K + 2) + 0.5 / RRF_K)
+    assert got[3] == pytest.approx(1 / RRF_K)
