@@ -44,9 +44,9 @@ def blend_table(results: dict) -> str:
     w = ", ".join(f"{k.split(':')[1]} {v}" for k, v in
                   ((k, "/".join(f"{x:g}" for x in b[k]["values"])) for k in ("blend_w:coengagement", "blend_w:trigger")))
     kind = "EASE" if b["coengagement_is_ease"]["mean"] == 1 else "item-kNN"
-    extra = [f"weights chosen per seed: {w}; co-engagement from {kind} "
+    extra = [(f"weights chosen per seed: {w}; co-engagement from {kind} "
              f"({'/'.join(f'{x:g}' for x in b['coengagement_param']['values'])}), "
-             f"{b['coengagement_mb']['mean']:.0f} MB"]
+             f"{b['coengagement_mb']['mean']:.0f} MB")]
     for den in ("hnsw_add", "exact"):
         if den in results:
             extra.append(f"blend cold recall@100 / {den}: {cold_ratio(results, 'mfli_blend', den)}")

@@ -2,16 +2,15 @@
 
 The towers score a user against items through one inner product; what they compress away is the
 sparse, item-specific "people who engaged with i engaged with j" signal a closed-form item-item
-model keeps (EASE is the strongest simple baseline on MovieLens). This table keeps that signal in a
-form the serving path can read without a dense ``(N, N)`` matrix: for every item with training
-events, its ``neighbours`` largest item-item weights, as CSR rows.
-
-The weights come from EASE (Steck 2019) when its dense solve fits ``max_dense_gb``, otherwise from
-item-kNN cosine similarity (sparse, any size): both via :mod:`mfli.baselines`, with their
-hyper-parameter chosen on a validation split when one is given. A history scores item j by
-``sum over history items i of W[i, j]`` restricted to the kept rows; items without training events
-have no row and never appear (the blend gives them their item-item share from the embedding
-neighbour lists, :mod:`mfli.serve.blend`). Usage::
+model keeps (EASE is the strongest simple baseline on MovieLens). This table keeps that signal for
+the serving path: EASE's full ``(N, N)`` weights when they take at most ``keep_dense_gb`` (negative
+weights matter: cutting rows to their top 2,000 cost 5% of EASE's recall on ml-latest-small,
+``bench/coengagement_rows.py``), else each item's ``neighbours`` largest weights as CSR rows, from EASE
+when its dense solve fits ``max_dense_gb`` and from item-kNN cosine similarity (sparse, any size)
+beyond. Both come from :mod:`mfli.baselines`, their hyper-parameter chosen on a validation split when
+one is given. A history scores item j by ``sum over history items i of W[i, j]``; items without
+training events have no row and never appear (the blend credits them from the other lists,
+:mod:`mfli.serve.blend`). Usage::
 
     co = build_coengagement(train_events, valid=validation_set(train_events))
     ids, scores = co.retrieve(histories, k=200)          # (B, k) ids, -1 padding; history excluded
@@ -37,8 +36,8 @@ class CoEngagementConfig:
     neighbours: int = 200  # kept per item when sparse: 8 bytes x neighbours per item with events
     method: str = "auto"  # "auto": EASE when its dense solve fits max_dense_gb, else "itemknn"
     max_dense_gb: float = 4.0  # EASE's dense Gram, inverse and weights must fit this
-    # EASE's full (N, N) matrix is kept, negative weights included, when it takes at most this much;
-    # truncating it to the top rows lost 8% of its recall on a 10k-item catalogue (docs/benchmarks.md)
+    # EASE's full (N, N) matrix is kept, negative weights included, when it takes at most this much
+    # (0.5 GB: about 11,500 items); cut rows lose recall (bench/coengagement_rows.py)
     keep_dense_gb: float = 0.5
     num_threads: int = 0  # torch threads for the EASE solve (0: process default)
 
