@@ -47,8 +47,12 @@ def blend_table(results: dict) -> str:
     extra = [(f"weights chosen per seed: {w}; co-engagement from {kind} "
              f"({'/'.join(f'{x:g}' for x in b['coengagement_param']['values'])}), "
              f"{b['coengagement_mb']['mean']:.0f} MB")]
+    ratios = b.get("ratios", {})
     for den in ("hnsw_add", "exact"):
-        if den in results:
+        r = ratios.get(f"cold_recall@100 / {den}")
+        if r is not None and r["ratio"] == r["ratio"]:  # an interval: paired bootstrap over users
+            extra.append(f"blend cold recall@100 / {den}: {r['ratio']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]")
+        elif den in results:
             extra.append(f"blend cold recall@100 / {den}: {cold_ratio(results, 'mfli_blend', den)}")
     return "\n".join(rows) + "\n\n" + "; ".join(extra)
 
