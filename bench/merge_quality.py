@@ -46,5 +46,5 @@ if __name__ == "__main__":
         args = args[:i] + args[i + 2:]
     if len(args) < 3:
         raise SystemExit(__doc__)
-    Path(args[0]).write_text(json.dumps(merge(args[1:], replace), indent=1))
+    Path(args[0]).write_text(json.dumps(merge(args[1:], replace)))
     print(f"wrote {args[0]}")
