@@ -143,20 +143,28 @@ def test_facet_ablation_per_facet_recall_and_facet_counts(small_catalogue, monke
     assert format_facet_table({"exact": {k: v for k, v in res["mfli"].items() if k != "n_facets"}}) == ""
 
 
-def test_new_item_weight_methods_serve_mfli_model_and_index(small_catalogue, monkeypatch):
-    """mfli_neww chooses the new items' facet weights on the validation split and serves mfli's model and
-    index with them; mfli_new_sem0 drops the semantic facet from new items' scores; one model in all."""
+@pytest.fixture
+def training_runs(monkeypatch) -> list[int]:
+    """One entry per call of ``mfli.train.train`` during the test (each still trains)."""
     import mfli.train
-    from mfli.eval.new_item_weights import GRID
 
-    trained: list[int] = []
+    runs: list[int] = []
     real_train = mfli.train.train
 
     def counting_train(ds, train, cfg):
-        trained.append(1)
+        runs.append(1)
         return real_train(ds, train, cfg)
 
     monkeypatch.setattr(mfli.train, "train", counting_train)
+    return runs
+
+
+def test_new_item_weight_methods_serve_mfli_model_and_index(small_catalogue, training_runs):
+    """mfli_neww chooses the new items' facet weights on the validation split and serves mfli's model and
+    index with them; mfli_new_sem0 drops the semantic facet from new items' scores; one model in all."""
+    from mfli.eval.new_item_weights import GRID
+
+    trained = training_runs
     cfg = QualityConfig(methods=("mfli", "mfli_neww", "mfli_new_sem0"), split="cold", seeds=1, epochs=1,
                         num_threads=1, train_overrides={"max_steps": 12, "batch_size": 256, "progress": False})
     res = run_quality(small_catalogue, cfg, log=lambda s: None)
@@ -172,20 +180,12 @@ def test_new_item_weight_methods_serve_mfli_model_and_index(small_catalogue, mon
     assert "mfli_neww" in ALL_METHODS and "mfli_new_sem0" in ALL_METHODS
 
 
-def test_blend_serves_mfli_model_and_reports_its_lists_and_chosen_weights(small_catalogue, monkeypatch):
+def test_blend_serves_mfli_model_and_reports_its_lists_and_chosen_weights(small_catalogue, training_runs):
     """mfli_blend fuses user mode, co-engagement and trigger lists of mfli's own model (trained once),
     with the weights at the best validation point of the grid."""
-    import mfli.train
     from mfli.serve.blend import COENGAGEMENT_GRID, TRIGGER_GRID
 
-    trained: list[int] = []
-    real_train = mfli.train.train
-
-    def counting_train(ds, train, cfg):
-        trained.append(1)
-        return real_train(ds, train, cfg)
-
-    monkeypatch.setattr(mfli.train, "train", counting_train)
+    trained = training_runs
     cfg = QualityConfig(methods=("mfli", "mfli_blend", "ease"), split="time", seeds=1, epochs=1, num_threads=1,
                         train_overrides={"max_steps": 12, "batch_size": 256, "progress": False})
     res = run_quality(small_catalogue, cfg, log=lambda s: None)
