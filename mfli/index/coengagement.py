@@ -85,8 +85,9 @@ class CoEngagement:
         """Top-k items per history by summed neighbour weight.
 
         Returns:
-            ids ``(B, k)`` int64 (-1 padding where fewer items have a positive score) and scores ``(B, k)``
-            float32 (-inf padding).
+            ids ``(B, k)`` int64 and scores ``(B, k)`` float32; -1 / -inf padding where fewer items are
+            scored (sparse rows: the neighbours of the history; dense: every item, negative scores
+            included) and for histories with no known item.
         """
         B = len(histories)
         excl = histories if exclude == "history" else exclude
