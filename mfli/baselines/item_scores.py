@@ -15,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from mfli.data.errors import DataError
+from mfli.index.lookup import positions_in_sorted
 
 
 def interaction_matrix(train_interactions: pd.DataFrame) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
@@ -41,8 +42,7 @@ def history_rows(histories: Sequence[Iterable[int]], item_ids: np.ndarray) -> sp
     indptr, indices = [0], []
     for h in histories:
         h = np.unique(np.asarray(list(h) if not isinstance(h, np.ndarray) else h, dtype=np.int64))
-        pos = np.searchsorted(item_ids, h)
-        ok = (pos < len(item_ids)) & (item_ids[np.minimum(pos, len(item_ids) - 1)] == h)
+        pos, ok = positions_in_sorted(item_ids, h)
         indices.append(pos[ok])
         indptr.append(indptr[-1] + int(ok.sum()))
     idx = np.concatenate(indices) if indices else np.zeros(0, np.int64)
