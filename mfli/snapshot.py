@@ -9,6 +9,7 @@ stored in the snapshot. This module is the one place that knows a snapshot's fol
     report/         optional evaluation report (markdown, plots)
     metrics.json    the evaluation's metrics
     serving.json    the ServingConfig the gates measured
+    coengagement.npz  optional co-engagement table of blend mode (CoEngagement.save; no pickles)
     snapshot.json   the manifest: format, sha256 + size of every top-level file and report file, and of
                     model/manifest.json and index/index.json (whose own checksums cover the rest)
 
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from mfli.checksums import sha256_file
+from mfli.index.coengagement import CoEngagement
 from mfli.index.delta import DeltaIndex, apply_delta, delta_from_table
 from mfli.index.inverted import MultiFacetIndex
 from mfli.model.trained import TrainedModel
@@ -55,13 +57,14 @@ INDEX_DIR = "index"
 REPORT_DIR = "report"
 METRICS_FILE = "metrics.json"
 SERVING_FILE = "serving.json"
+COENGAGEMENT_FILE = "coengagement.npz"
 MANIFEST_FILE = "snapshot.json"
 SNAPSHOT_FORMAT = "mfli-snapshot-folder/1"
 # the sub-manifests whose checksums cover model/ and index/
 _SUB_MANIFESTS = (f"{MODEL_DIR}/manifest.json", f"{INDEX_DIR}/index.json")
 
 __all__ = [
-    "INDEX_DIR", "MANIFEST_FILE", "METRICS_FILE", "MODEL_DIR", "REPORT_DIR", "SERVING_FILE",
+    "COENGAGEMENT_FILE", "INDEX_DIR", "MANIFEST_FILE", "METRICS_FILE", "MODEL_DIR", "REPORT_DIR", "SERVING_FILE",
     "Snapshot", "SnapshotLoadError", "apply_delta_files", "content_key",
 ]
 
@@ -94,6 +97,8 @@ class Snapshot:
         metrics: the evaluation's figures (JSON values).
         serving: the :class:`ServingConfig` the gates measured and the service uses.
         path: the folder it was loaded from or saved to (None while only in memory).
+        coengagement: blend mode's :class:`~mfli.index.coengagement.CoEngagement` table (needed when
+            ``serving.blend`` is set), or None.
     """
 
     model: TrainedModel
@@ -101,6 +106,7 @@ class Snapshot:
     metrics: dict[str, Any] = field(default_factory=dict)
     serving: ServingConfig = field(default_factory=ServingConfig)
     path: Path | None = None
+    coengagement: CoEngagement | None = None
     # scan engines built for this snapshot, by their config (building one fits a residual quantiser)
     _engines: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -119,6 +125,9 @@ class Snapshot:
         if cb != (idx.L, idx.n_facets, idx.M, idx.dim):
             raise SnapshotLoadError(f"{where}: model codebooks {cb} do not match the index "
                                     f"(L={idx.L}, F={idx.n_facets}, M={idx.M}, d={idx.dim})")
+        if self.serving.blend is not None and self.coengagement is None:
+            raise SnapshotLoadError(f"{where}: the serving config asks for blend mode but the snapshot has no "
+                                    f"co-engagement table ({COENGAGEMENT_FILE})")
 
     @property
     def snapshot_id(self) -> str | None:
@@ -164,6 +173,8 @@ class Snapshot:
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save(folder / MODEL_DIR)
         self.index.save(folder / INDEX_DIR)
+        if self.coengagement is not None:
+            self.coengagement.save(folder / COENGAGEMENT_FILE)
         if report_dir is not None:
             shutil.copytree(report_dir, folder / REPORT_DIR, dirs_exist_ok=True)
         (folder / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, sort_keys=True, default=str))
@@ -226,6 +237,8 @@ class Snapshot:
         try:
             index = MultiFacetIndex.load(folder / INDEX_DIR)
             model = TrainedModel.load(folder / MODEL_DIR, device="cpu")
+            co_path = folder / COENGAGEMENT_FILE
+            coengagement = CoEngagement.load(co_path) if co_path.is_file() else None
         except (ValueError, OSError, KeyError) as exc:
             raise SnapshotLoadError(f"{folder}: {exc}") from exc
         metrics = _read_json(folder / METRICS_FILE, {})
@@ -233,7 +246,7 @@ class Snapshot:
             serving = ServingConfig.from_dict(_read_json(folder / SERVING_FILE, None))
         except (TypeError, ValueError) as exc:
             raise SnapshotLoadError(f"{folder / SERVING_FILE}: {exc}") from exc
-        return cls(model, index, metrics, serving, folder)
+        return cls(model, index, metrics, serving, folder, coengagement)
 
     # ------------------------------------------------------------------------------ object store
     def publish(self, store: Any, snapshot_id: str, *, report_dir: str | Path | None = None, config: Any = None,

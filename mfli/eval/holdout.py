@@ -6,10 +6,12 @@ cutoff (they are in the index from content alone). Queries are the test users' t
 retrieval excludes their training items. MFLI is scored with :meth:`mfli.snapshot.Snapshot.retriever`,
 so the lists the quality gate judges are the lists the service returns for the same users. Baselines in
 the same pass: exact search over the same embeddings (the embeddings' ceiling) and popularity (the floor).
-MFLI's ratios to them carry paired bootstrap 95% intervals over the test users
+A snapshot served in blend mode (``serving.blend``) is scored by its blended lists
+(:func:`mfli.serve.blend.retrieve_blend`, the service's call); its user-mode lists are reported beside
+them as ``mfli_user``. MFLI's ratios to them carry paired bootstrap 95% intervals over the test users
 (:func:`ratio_intervals`, the quality benchmark's :class:`mfli.eval.bootstrap.PairedBootstrap`):
 ``recall@100_vs_exact`` with ``recall@100_vs_exact_lo`` / ``_hi``, likewise ``recall@100_vs_pop`` and
-``cold_recall@100_vs_exact``.
+``cold_recall@100_vs_exact`` and, in blend mode, ``recall@100_vs_user``.
 
 Example::
 
@@ -35,7 +37,8 @@ class HoldoutResult:
 
     Attributes:
         users: ``(U,)`` test user ids, ascending; histories: their training histories (item ids, oldest first).
-        retrieved: per method (``mfli``, ``exact``, ``pop``) ``(U, k_max)`` item ids (-1 padding).
+        retrieved: per method (``mfli``, ``exact``, ``pop``; ``mfli_user`` in blend mode) ``(U, k_max)``
+            item ids (-1 padding).
         per_method: per method the metrics of :func:`mfli.eval.metrics.evaluate_retrieval` (None = undefined).
         curves: per method recall@K at ``RECALL_CURVE_KS``.
         codebook, index: codebook and index health figures.
@@ -60,7 +63,8 @@ def _finite(v: Any) -> Any:
 #: ratios the daily evaluation reports with a paired bootstrap interval: (name, numerator, denominator, metric)
 RATIOS = (("recall@100_vs_exact", "mfli", "exact", "recall@100"),
           ("recall@100_vs_pop", "mfli", "pop", "recall@100"),
-          ("cold_recall@100_vs_exact", "mfli", "exact", "cold_recall@100"))
+          ("cold_recall@100_vs_exact", "mfli", "exact", "cold_recall@100"),
+          ("recall@100_vs_user", "mfli", "mfli_user", "recall@100"))
 
 
 def ratio_intervals(retrieved: dict[str, np.ndarray], positives: list, cold: np.ndarray,
@@ -130,7 +134,16 @@ def evaluate_holdout(snapshot: Any, dataset: Any, cutoff: pd.Timestamp, k_max: i
     out = HoldoutResult(users=users, histories=histories)
     if len(users):
         q = model.user_embeddings(users, histories).numpy()
-        out.retrieved["mfli"] = snapshot.retriever().retrieve_users(q, k_max, exclude=histories).item_ids
+        retriever = snapshot.retriever()
+        user = retriever.retrieve_users(q, k_max, exclude=histories).item_ids
+        if snapshot.serving.blend is not None:
+            from mfli.serve.blend import retrieve_blend
+
+            out.retrieved["mfli"] = retrieve_blend(retriever, snapshot.coengagement, idx, snapshot.serving.blend,
+                                                   q, histories, k_max).item_ids
+            out.retrieved["mfli_user"] = user
+        else:
+            out.retrieved["mfli"] = user
         out.retrieved["exact"] = exact_search(q, idx.embeddings, k_max, idx.item_ids, exclude=histories)[0]
         out.retrieved["pop"] = Popularity().fit(train_df, item_ids=dataset.items["item_id"].to_numpy(np.int64)) \
             .retrieve(histories, k_max, exclude=histories)[0]
@@ -143,7 +156,7 @@ def evaluate_holdout(snapshot: Any, dataset: Any, cutoff: pd.Timestamp, k_max: i
     out.index = index_health(idx)
     F, L = idx.n_facets, int(model.codebooks.shape[0])
     metrics = dict(out.per_method.get("mfli", {}))
-    for m in ("exact", "pop"):
+    for m in ("exact", "pop", "mfli_user"):
         for k, v in out.per_method.get(m, {}).items():
             metrics[f"{m}_{k}"] = v
     metrics.update(ratio_intervals(out.retrieved, positives, cold))

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mfli.index.lookup import positions_in_sorted
+
 NPZ_KEYS = ("item_ids", "indptr", "cols", "weights")
 
 
@@ -75,9 +77,7 @@ class CoEngagement:
     def rows(self, history: Iterable[int]) -> np.ndarray:
         """Positions of the history's items that have a row (unknown ids dropped)."""
         h = np.unique(np.asarray(list(history) if not isinstance(history, np.ndarray) else history, np.int64))
-        pos = np.searchsorted(self.item_ids, h)
-        ok = pos < len(self.item_ids)
-        ok[ok] = self.item_ids[pos[ok]] == h[ok]
+        pos, ok = positions_in_sorted(self.item_ids, h)
         return pos[ok]
 
     def retrieve(self, histories: Sequence[Iterable[int]], k: int,

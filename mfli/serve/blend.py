@@ -13,15 +13,25 @@ They are fused by weighted reciprocal-rank fusion (Cormack et al. 2009): item i 
 Ranks, not scores, because the three scores live on unrelated scales. Items without training events
 have no co-engagement row, so the co-engagement weight would always pass them by; they take that share
 at their better rank in the user and trigger lists instead (:attr:`BlendWeights.new_items_best_rank`),
-as if the co-engagement list agreed with the list that ranks them best, which keeps new items reachable. The weights are chosen on the validation split (:func:`choose_blend_weights`).
+as if the co-engagement list agreed with the list that ranks them best, which keeps new items reachable.
+The weights are chosen on the validation split (:func:`choose_blend_weights`,
+:func:`mfli.eval.blend_select.select_blend`).
+
+Serving: :func:`retrieve_blend` produces the three lists from a retriever (user and trigger mode) and a
+co-engagement table and fuses them, with :class:`BlendConfig` (stored in the snapshot's
+:class:`~mfli.serve.config.ServingConfig`); the daily evaluation, the quality benchmark and the service
+all call it, so the gated lists are the served ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+
+from mfli.index.lookup import positions_in_sorted
 
 RRF_K = 60  # Cormack et al.'s constant: damps the head so one list's top item cannot decide alone
 COENGAGEMENT_GRID = (0.0, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
@@ -40,6 +50,172 @@ class BlendWeights:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """Blend mode as a snapshot serves it (``ServingConfig.blend``)."""
+
+    weights: BlendWeights = field(default_factory=BlendWeights)
+    depth: int = 200  # length of each fused list (user, co-engagement, trigger)
+    triggers: int = 10  # the history's most recent items used as triggers
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weights, Mapping):  # from JSON
+            object.__setattr__(self, "weights", BlendWeights(**self.weights))
+        w = self.weights
+        if not (w.coengagement >= 0 and w.trigger >= 0):
+            raise ValueError(f"blend weights must be >= 0, got {w}")
+        if self.depth < 1 or self.triggers < 0:
+            raise ValueError(f"blend depth must be >= 1 and triggers >= 0, got {self.depth} / {self.triggers}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: the lists a blended item can come from, as bits of :attr:`BlendResult.sources`
+SOURCES = ("user", "coengagement", "trigger")
+
+
+@dataclass
+class BlendResult:
+    """Blended answers of B requests.
+
+    Attributes:
+        item_ids: ``(B, k)`` int64, best first, -1 padding; scores: ``(B, k)`` float32 fused scores.
+        sources: ``(B, k)`` uint8, bit ``l`` set when list ``SOURCES[l]`` holds the item.
+        facet, cluster: ``(B, k)`` the facet index and cluster of the item's best user or trigger
+            result, else of its first facet's cluster in the index (-1 padding).
+    """
+
+    item_ids: np.ndarray
+    scores: np.ndarray
+    sources: np.ndarray
+    facet: np.ndarray
+    cluster: np.ndarray
+
+    def source_names(self, b: int, j: int) -> list[str]:
+        bits = int(self.sources[b, j])
+        return [name for s, name in enumerate(SOURCES) if bits >> s & 1]
+
+
+def blend_lists(retriever: Any, table: Any, index: Any, queries: np.ndarray, histories: Sequence[np.ndarray],
+                depth: int, triggers: int) -> tuple[Any, np.ndarray, Any]:
+    """The three ranked lists of each request, each ``depth`` long, histories excluded.
+
+    Args:
+        retriever: the snapshot's retriever (``retrieve_users`` / ``retrieve_triggers``) over ``index``.
+        table: a :class:`~mfli.index.coengagement.CoEngagement`; index: the live index (or delta view):
+            co-engagement items it no longer serves (tombstoned, never indexed) are dropped.
+        queries: ``(B, F, d)`` user-tower queries; histories: B arrays of item ids, oldest first.
+
+    Returns:
+        the user-mode result, co-engagement ids ``(B, depth)`` (-1 padding) and the trigger-mode
+        result over each history's last ``triggers`` items (None when ``triggers`` is 0).
+    """
+    B = len(histories)
+    user = retriever.retrieve_users(queries, depth, exclude=histories)
+    co = table.retrieve(histories, depth, exclude=histories)[0]
+    live = co >= 0
+    if live.any():
+        rows = np.full(co.shape, -1, np.int64)
+        rows[live] = index.rows_of(co[live])
+        removed = index.removed_mask() if hasattr(index, "removed_mask") else None
+        ok = rows >= 0
+        if removed is not None:
+            ok &= ~removed[rows]
+        if not ok[live].all():  # keep the order, drop the gaps
+            kept = np.full(co.shape, -1, np.int64)
+            for b in range(B):
+                r = co[b][ok[b]]
+                kept[b, : len(r)] = r
+            co = kept
+    trig = None
+    if triggers > 0:
+        lists = [np.asarray(h, np.int64)[-triggers:] for h in histories]
+        has = np.array([len(t) > 0 for t in lists], bool)
+        if has.any():
+            # neighbour lists answer up to their length; a deeper list would take the slower reference path
+            tk = depth
+            engine = getattr(retriever, "engine", None)
+            if engine is not None and engine.has_lists:
+                tk = min(depth, engine.list_length)
+            if has.all():
+                trig = retriever.retrieve_triggers(lists, tk, exclude=histories)
+            else:
+                sel = np.flatnonzero(has)
+                part = retriever.retrieve_triggers([lists[b] for b in sel], tk,
+                                                   exclude=[histories[b] for b in sel])
+                trig = _expand(part, sel, B)
+    return user, co, trig
+
+
+def _expand(res: Any, sel: np.ndarray, B: int) -> Any:
+    """A result for the requests ``sel`` -> one for all B (the others padded)."""
+    import dataclasses
+
+    out = {}
+    for name, fill in (("item_ids", -1), ("scores", -np.inf), ("facet", -1), ("cluster", -1), ("source", -1)):
+        a = getattr(res, name)
+        full = np.full((B, a.shape[1]), fill, a.dtype)
+        full[sel] = a
+        out[name] = full
+    return dataclasses.replace(res, **out)
+
+
+def retrieve_blend(retriever: Any, table: Any, index: Any, cfg: BlendConfig, queries: np.ndarray,
+                   histories: Sequence[np.ndarray], k: int) -> BlendResult:
+    """Blend mode for B requests: :func:`blend_lists` fused by :func:`blend` into the top k.
+
+    Lists are ``max(cfg.depth, k)`` long. See :func:`blend_lists` for the arguments.
+    """
+    depth = max(cfg.depth, k)
+    user, co, trig = blend_lists(retriever, table, index, queries, histories, depth, cfg.triggers)
+    ids, scores = blend(user.item_ids, co, None if trig is None else trig.item_ids, cfg.weights,
+                        table.item_ids, k)
+    B = ids.shape[0]
+    sources = np.zeros((B, k), np.uint8)
+    facet = np.full((B, k), -1, np.int16)
+    cluster = np.full((B, k), -1, np.int64)
+    for b in range(B):
+        n = int((ids[b] >= 0).sum())
+        if not n:
+            continue
+        got = ids[b, :n]
+        # later lists first, so user mode's explanation wins where an item is on both
+        for bit, res in ((2, trig), (0, user)):
+            if res is None:
+                continue
+            row = res.item_ids[b]
+            pos = {int(i): j for j, i in enumerate(row.tolist()) if i >= 0}
+            for j, i in enumerate(got.tolist()):
+                p = pos.get(i)
+                if p is not None:
+                    sources[b, j] |= 1 << bit
+                    facet[b, j] = res.facet[b, p]
+                    cluster[b, j] = res.cluster[b, p]
+        sources[b, :n] |= (_isin_row(got, co[b]) << 1).astype(np.uint8)
+    missing = (ids >= 0) & (facet < 0)
+    if missing.any():  # co-engagement only: the item's cluster in the first facet
+        facet[missing] = 0
+        cluster[missing] = _first_facet_cluster(index, index.rows_of(ids[missing]))
+    return BlendResult(ids, scores, sources, facet, cluster)
+
+
+def _isin_row(values: np.ndarray, row: np.ndarray) -> np.ndarray:
+    return np.isin(values, row[row >= 0])
+
+
+def _first_facet_cluster(index: Any, rows: np.ndarray) -> np.ndarray:
+    base = getattr(index, "base", index)
+    N = base.n_items
+    out = np.full(rows.shape, -1, np.int64)
+    old = (rows >= 0) & (rows < N)
+    out[old] = base.assignments[rows[old], 0, 0]
+    new = rows >= N
+    if new.any():
+        out[new] = index.assignments[rows[new] - N, 0, 0]
+    return out
 
 
 def blend(user: np.ndarray, coengagement: np.ndarray | None, trigger: np.ndarray | None,
@@ -74,7 +250,7 @@ def blend(user: np.ndarray, coengagement: np.ndarray | None, trigger: np.ndarray
             # items without a co-engagement row get its weight at their better rank in the other lists
             cand = np.concatenate([urow, trow])
             rank = np.concatenate([np.arange(len(urow)), np.arange(len(trow))])
-            new = ~_isin_sorted(cand, known)
+            new = ~positions_in_sorted(known, cand)[1]
             if new.any():
                 cand, rank = cand[new], rank[new]
                 order = np.lexsort((rank, cand))
@@ -93,13 +269,6 @@ def blend(user: np.ndarray, coengagement: np.ndarray | None, trigger: np.ndarray
         ids[b, :n] = uniq[top]
         sc[b, :n] = score[top]
     return ids, sc
-
-
-def _isin_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
-    pos = np.searchsorted(sorted_ids, values)
-    ok = pos < len(sorted_ids)
-    ok[ok] = sorted_ids[pos[ok]] == values[ok]
-    return ok
 
 
 def choose_blend_weights(user: np.ndarray, coengagement: np.ndarray, trigger: np.ndarray | None,

@@ -3,7 +3,9 @@
 The daily evaluation and both gates score a snapshot with ``Snapshot.retriever()``, which builds
 its retriever from this config; the config is saved in the snapshot (``serving.json``) and the
 service builds its retriever the same way, so what is gated is what is served. ``engine`` picks the
-user-mode scorer (the reference retriever or the compiled scan engine) and is stored with the rest.
+user-mode scorer (the reference retriever or the compiled scan engine) and is stored with the rest;
+``blend`` (set by the daily evaluation when the snapshot carries a co-engagement table) turns on blend
+mode (:mod:`mfli.serve.blend`), which ``mode="auto"`` requests then get.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from mfli.serve.blend import BlendConfig, BlendWeights
 from mfli.serve.engine import EngineConfig
 from mfli.serve.retriever import RetrieverConfig
 
@@ -66,6 +69,9 @@ class ServingConfig:
     # unless scan.neighbours > 0 (then the engine's neighbour lists answer it, mfli.serve.neighbours)
     engine: str = "scan"
     scan: EngineConfig = field(default_factory=default_scan_config)  # the scan engine's settings (engine="scan")
+    # blend mode (user mode + co-engagement table + trigger lists, fused; mfli.serve.blend): None = off.
+    # Needs the snapshot's co-engagement table (coengagement.npz); the daily evaluation chooses it
+    blend: BlendConfig | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -74,6 +80,8 @@ class ServingConfig:
             raise ValueError("engine 'scan' ranks by the summed facet score: it needs retriever.merge='sum', "
                              f"got {self.retriever.merge!r}")
         self.scan.validated()
+        if isinstance(self.blend, dict):
+            self.blend = _blend_from_dict(self.blend)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,4 +114,21 @@ class ServingConfig:
             raise ValueError(f"unknown scan engine config fields {sextra}; known: {sorted(sknown)}")
         # fields left out take the serving defaults (default_scan_config), not EngineConfig's
         scan = EngineConfig(**{**dataclasses.asdict(default_scan_config()), **sdata})
-        return cls(retriever=RetrieverConfig(**rdata), scan=scan, **data)
+        blend = data.pop("blend", None)
+        return cls(retriever=RetrieverConfig(**rdata), scan=scan,
+                   blend=None if blend is None else _blend_from_dict(blend), **data)
+
+
+def _blend_from_dict(data: dict[str, Any]) -> BlendConfig:
+    """``BlendConfig.to_dict()`` back; unknown keys are an error."""
+    data = dict(data)
+    known = {f.name for f in dataclasses.fields(BlendConfig)}
+    extra = sorted(set(data) - known)
+    if extra:
+        raise ValueError(f"unknown blend config fields {extra}; known: {sorted(known)}")
+    wdata = dict(data.pop("weights", None) or {})
+    wknown = {f.name for f in dataclasses.fields(BlendWeights)}
+    wextra = sorted(set(wdata) - wknown)
+    if wextra:
+        raise ValueError(f"unknown blend weight fields {wextra}; known: {sorted(wknown)}")
+    return BlendConfig(weights=BlendWeights(**wdata), **data)

@@ -127,8 +127,9 @@ def request_models(limits: ServiceLimits) -> tuple[type[BaseModel], type[BaseMod
         facet_quotas=(dict[Name, Weight] | None, Field(
             None, max_length=limits.max_facet_quotas,
             description="{facet: weight >= 0}: share of the k slots per facet; facets not named get none")),
-        mode=(Literal["auto", "trigger", "user"], Field(
-            "auto", description="auto: trigger when a recent item is known, else user")),
+        mode=(Literal["auto", "trigger", "user", "blend"], Field(
+            "auto", description="auto: blend where the snapshot serves it, else trigger when a recent item "
+                                "is known, else user")),
     )
     return body, user_features
 
@@ -145,11 +146,13 @@ class Item(BaseModel):
     cluster: int
     trigger: int | None = Field(None, description="trigger mode: the recent item that led here")
     path_rank: int | None = Field(None, description="user mode: rank of the beam path that led here")
+    sources: list[Literal["user", "coengagement", "trigger"]] | None = Field(
+        None, description="blend mode: the lists that held the item")
 
 
 class RetrieveResponse(BaseModel):
     snapshot_id: str
-    mode: Literal["trigger", "user"]
+    mode: Literal["trigger", "user", "blend"]
     items: list[Item]
 
 

@@ -5,7 +5,8 @@
 Endpoints:
 
 - ``POST /retrieve``: ``{user_id?, recent_items?, user_features?, k=100, facet_quotas?, mode="auto"}`` ->
-  ``{"snapshot_id", "mode", "items": [{"item_id", "score", "facet", "cluster", "trigger" | "path_rank"}]}``;
+  ``{"snapshot_id", "mode", "items": [{"item_id", "score", "facet", "cluster", "trigger" | "path_rank" |
+  "sources"}]}`` (``sources``: blend mode, the lists that held the item);
   422 for a bad request (``{"detail": [{"loc", "msg", "type"}]}``), 413 for a body over the limit,
   503 before a snapshot is loaded or when the queue is full (with ``Retry-After``), 504 past the deadline.
 - ``GET /livez``: 200 while the process answers (liveness: restart when it stops answering).

@@ -12,14 +12,18 @@ model, index and prepared retriever of the same snapshot, so a delta swap costs 
 A :class:`SnapshotRetriever` is immutable once built: the live object is replaced, never modified, so
 a request that took it finishes on it.
 
-Two modes (:meth:`SnapshotRetriever.retrieve_batch`):
+Three modes (:meth:`SnapshotRetriever.retrieve_batch`):
 
 - **trigger** (the paper's item-to-item serving): the request's ``recent_items`` (oldest first) are the
   triggers; chosen when ``mode="auto"`` and at least one recent item is in the index;
 - **user**: the user tower embeds the user (stored attributes or ``user_features``, plus a history of
   ``user_features["history_item_ids"]`` followed by ``recent_items``) and beam search over the
   codebooks finds the clusters. With only a ``user_id``, the features come from a
-  :data:`UserFeatureLookup` (the Feast online store by default, see :func:`default_user_features`).
+  :data:`UserFeatureLookup` (the Feast online store by default, see :func:`default_user_features`);
+- **blend** (snapshots whose serving config sets ``blend``, with a co-engagement table): the user-mode
+  list, the co-engagement table's list for the history and the trigger list of the history's latest
+  items, fused by weighted reciprocal rank (:func:`mfli.serve.blend.retrieve_blend`); what the daily
+  evaluation gated. On such a snapshot ``mode="auto"`` means blend.
 
 Recent items and the history are never returned; ids unknown to the snapshot are ignored.
 
@@ -48,6 +52,7 @@ import numpy as np
 
 from mfli.index.delta import DeltaIndex
 from mfli.index.inverted import MultiFacetIndex
+from mfli.serve.blend import BlendResult, retrieve_blend
 from mfli.serve.config import ServingConfig
 from mfli.serve.live import LiveRetriever
 from mfli.serve.retriever import RetrievalResult, Retriever
@@ -55,7 +60,7 @@ from mfli.snapshot import Snapshot, SnapshotLoadError, apply_delta_files, conten
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "trigger", "user")
+MODES = ("auto", "trigger", "user", "blend")
 
 #: ``lookup(user_ids) -> rows``: one mapping per requested user, in request order. Recognised keys:
 #: ``history_item_ids`` (item ids, oldest first), ``user_attrs`` (``"column=value"`` strings) and the
@@ -85,7 +90,7 @@ class RetrievalRequest:
     user_features: Mapping[str, Any] | None = None  # raw user features; skip the lookup when given
     k: int = 100  # results wanted (1..ServingConfig.max_k)
     facet_quotas: Mapping[str, float] | None = None  # {facet: weight}; facets not named get no slots
-    mode: str = "auto"  # "auto" | "trigger" | "user"
+    mode: str = "auto"  # "auto" | "trigger" | "user" | "blend" (auto: blend where configured, else trigger/user)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,7 +148,7 @@ class _Plan:
     """A validated request bound to one snapshot."""
 
     pos: int  # position in the batch
-    mode: str  # resolved: "trigger" or "user"
+    mode: str  # resolved: "trigger", "user" or "blend"
     k: int
     quotas: tuple[float, ...] | None  # normalised per facet, None = the configured default
     recent: np.ndarray  # (n,) int64
@@ -220,6 +225,9 @@ class SnapshotRetriever:
             "retriever": dataclasses.asdict(self.config.retriever),
             "engine": self.config.engine,  # user-mode scorer (ServingConfig.engine)
             "scan": dataclasses.asdict(self.config.scan) if self.config.engine == "scan" else None,
+            "blend": self.config.blend.to_dict() if self.config.blend is not None else None,
+            "coengagement": None if (co := self.snapshot.coengagement) is None else {
+                "method": co.method, "param": co.param, "items": len(co), "mb": round(co.nbytes / 2**20, 1)},
         }
 
     # ----------------------------------------------------------------------------- answering
@@ -241,8 +249,8 @@ class SnapshotRetriever:
 
         Returns:
             per request either ``{"mode", "items": [{"item_id", "score", "facet", "cluster",
-            "trigger" | "path_rank"}, ...]}`` (at most k items, best first) or the :class:`RequestError`
-            that rejected it.
+            "trigger" | "path_rank" | "sources"}, ...]}`` (at most k items, best first; blend mode's
+            ``sources`` names the lists that held the item) or the :class:`RequestError` that rejected it.
         """
         out: list[dict[str, Any] | RequestError | None] = [None] * len(requests)
         plans: list[_Plan] = []
@@ -261,18 +269,28 @@ class SnapshotRetriever:
             if mode == "trigger":
                 recent = [p.recent for p in group]
                 res = retriever.retrieve_triggers(recent, kmax, exclude=recent)
-            else:
-                histories, exclude = [], []
-                for p in group:
-                    hist = _int_list((p.features or {}).get("history_item_ids"),
-                                     "user_features.history_item_ids")
-                    histories.append(np.concatenate([hist, p.recent]))
-                    exclude.append(histories[-1])
+            elif mode == "blend":
+                histories = self._histories(group)
                 query = self._user_queries(group, histories)
-                res = retriever.retrieve_users(query, kmax, exclude=exclude)
+                blended = retrieve_blend(retriever, self.snapshot.coengagement, self.index, self.config.blend,
+                                         query, histories, kmax)
+                for j, p in enumerate(group):
+                    out[p.pos] = {"mode": mode, "items": _blend_items(blended, j, p.k, self.facets)}
+                continue
+            else:
+                histories = self._histories(group)
+                query = self._user_queries(group, histories)
+                res = retriever.retrieve_users(query, kmax, exclude=histories)
             for j, p in enumerate(group):
                 out[p.pos] = {"mode": mode, "items": _items(res, j, p.k)}
         return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _histories(group: list[_Plan]) -> list[np.ndarray]:
+        """Per plan the history (``history_item_ids`` then ``recent_items``): the user tower's input and
+        what is never returned."""
+        return [np.concatenate([_int_list((p.features or {}).get("history_item_ids"),
+                                          "user_features.history_item_ids"), p.recent]) for p in group]
 
     def warm_up(self) -> float:
         """Answer a few throw-away requests so that compiled kernels and lazy structures are ready
@@ -292,8 +310,8 @@ class SnapshotRetriever:
         k = min(10, self.config.max_k)
         for batch in filter(None, batches):
             for mode, reqs in (("trigger", [RetrievalRequest(recent_items=t, k=k, mode="trigger") for t in batch]),
-                               ("user", [RetrievalRequest(user_features={"history_item_ids": t}, k=k, mode="user")
-                                         for t in batch])):
+                               *[(m, [RetrievalRequest(user_features={"history_item_ids": t}, k=k, mode=m)
+                                       for t in batch]) for m in self._user_modes()]):
                 try:
                     outs = self.retrieve_batch(reqs)
                 except Exception as exc:  # noqa: BLE001 - warm-up must not fail a load; real requests report it
@@ -325,6 +343,13 @@ class SnapshotRetriever:
         mode = req.mode
         if mode == "trigger" and recent.size == 0:
             raise RequestError("recent_items", "trigger mode needs at least one recent item")
+        if mode == "blend" and self.config.blend is None:
+            raise RequestError("mode", "this snapshot has no blend mode (no co-engagement table); "
+                                       "use auto, trigger or user")
+        if mode == "auto" and self.config.blend is not None:
+            if not (has_user or recent.size):
+                raise RequestError("recent_items", "give recent_items, a user_id or user_features")
+            mode = "blend"
         if mode == "auto":
             if recent.size and (self.index.rows_of(recent) >= 0).any():
                 mode = "trigger"
@@ -332,10 +357,14 @@ class SnapshotRetriever:
                 mode = "user"  # no known trigger: the user tower still works from what is known
             else:
                 raise RequestError("recent_items", "give recent_items, a user_id or user_features")
-        if mode == "user" and not has_user and recent.size == 0:
-            raise RequestError("user_id", "user mode needs a user_id, user_features or recent_items")
+        if mode in ("user", "blend") and not has_user and recent.size == 0:
+            raise RequestError("user_id", f"{mode} mode needs a user_id, user_features or recent_items")
         return _Plan(pos, mode, int(k), quotas, recent, None if req.user_id is None else int(req.user_id),
-                     feats, mode == "user" and feats is None and req.user_id is not None)
+                     feats, mode in ("user", "blend") and feats is None and req.user_id is not None)
+
+    def _user_modes(self) -> tuple[str, ...]:
+        """The modes that embed the user: user, and blend where this snapshot serves it."""
+        return ("user",) if self.config.blend is None else ("user", "blend")
 
     def _quotas(self, facet_quotas: Mapping[str, float] | None) -> tuple[float, ...] | None:
         """``{facet: weight}`` -> normalised ``(F,)`` tuple (unnamed facets 0); None keeps the default."""
@@ -445,6 +474,17 @@ def _items(res: RetrievalResult, j: int, k: int) -> list[dict[str, Any]]:
         for i, s, f, c, src in zip(ids[keep].tolist(), res.scores[j, :k][keep].tolist(),
                                    res.facet[j, :k][keep].tolist(), res.cluster[j, :k][keep].tolist(),
                                    res.source[j, :k][keep].tolist())
+    ]
+
+
+def _blend_items(res: BlendResult, j: int, k: int, facets: list[str]) -> list[dict[str, Any]]:
+    """Row j of a blended batch as response items, best first, padding dropped, at most k."""
+    ids = res.item_ids[j, :k]
+    n = int((ids >= 0).sum())
+    return [
+        {"item_id": int(ids[i]), "score": float(res.scores[j, i]), "facet": facets[int(res.facet[j, i])],
+         "cluster": int(res.cluster[j, i]), "sources": res.source_names(j, i)}
+        for i in range(n)
     ]
 
 

@@ -225,3 +225,71 @@ def test_service_module_imports_no_training_code():
                          check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _blend_snapshot(snap: Snapshot, dataset) -> Snapshot:
+    """``snap`` served in blend mode: co-engagement table and weights chosen on validation, as the daily
+    evaluation chooses them."""
+    from mfli.eval.blend_select import select_blend
+    from mfli.index.coengagement import CoEngagementConfig
+
+    serving = ServingConfig(scan=EngineConfig(n_clusters=12, shortlist=80, neighbours=100))
+    base = Snapshot(snap.model, snap.index, {}, serving)
+    train_df = dataset.interactions[dataset.interactions["event_ts"] < CUTOFF]
+    sel = select_blend(snap.model, base.retriever(), snap.index, train_df,
+                       coengagement=CoEngagementConfig(num_threads=1))
+    return Snapshot(snap.model, snap.index, {}, ServingConfig(scan=serving.scan, blend=sel.config),
+                    coengagement=sel.table)
+
+
+def test_blend_snapshot_round_trip_and_refusals(snapshot, distinct_dataset, tmp_path):
+    """The table travels as coengagement.npz under the manifest; a blend config without a table, or a
+    changed table, is refused naming the file."""
+    from mfli.snapshot import COENGAGEMENT_FILE
+
+    snap = _blend_snapshot(snapshot, distinct_dataset)
+    folder = snap.save(tmp_path / "s")
+    assert COENGAGEMENT_FILE in json.loads((folder / MANIFEST_FILE).read_text())["files"]
+    back = Snapshot.load(folder)
+    assert back.serving == snap.serving and back.serving.blend is not None
+    np.testing.assert_array_equal(back.coengagement.item_ids, snap.coengagement.item_ids)
+    with pytest.raises(SnapshotLoadError, match=COENGAGEMENT_FILE):
+        Snapshot(snap.model, snap.index, {}, snap.serving)
+    data = bytearray((folder / COENGAGEMENT_FILE).read_bytes())
+    data[-10] ^= 0xFF
+    (folder / COENGAGEMENT_FILE).write_bytes(bytes(data))
+    with pytest.raises(SnapshotLoadError, match=COENGAGEMENT_FILE):
+        Snapshot.load(folder)
+
+
+def test_blend_mode_serves_exactly_the_lists_the_gate_scored(snapshot, distinct_dataset, tmp_path):
+    """A blend snapshot is gated on its blended lists (user mode reported beside them) and /retrieve in
+    mode auto answers the same users with the same lists, each item naming the lists that held it."""
+    snap = _blend_snapshot(snapshot, distinct_dataset)
+    gated = Snapshot.load(snap.save(tmp_path / "run"))
+    result = evaluate_holdout(gated, distinct_dataset, CUTOFF)
+    m = result.metrics
+    assert "mfli_user" in result.retrieved and m["mfli_user_recall@100"] is not None
+    assert m["recall@100_vs_user_lo"] <= m["recall@100_vs_user"] <= m["recall@100_vs_user_hi"]
+    assert not np.array_equal(result.retrieved["mfli"], result.retrieved["mfli_user"])
+    store = open_store(tmp_path / "store")
+    gated.publish(store, "v1")
+    live = open_live(store, cache_dir=tmp_path / "cache")
+    seen_sources: set[str] = set()
+    with TestClient(create_app(live, user_features=False)) as client:
+        meta = client.get("/metadata").json()
+        assert meta["index"]["blend"] == gated.serving.blend.to_dict()
+        assert meta["index"]["coengagement"]["items"] == len(gated.coengagement)
+        for u, hist, row in zip(result.users.tolist(), result.histories, result.retrieved["mfli"]):
+            r = client.post("/retrieve", json={"user_id": u, "user_features": {"history_item_ids": hist.tolist()},
+                                               "k": K_MAX})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["mode"] == "blend"
+            assert [it["item_id"] for it in body["items"]] == row[row >= 0].tolist(), u
+            assert all(it["sources"] and it["facet"] in gated.model.facets for it in body["items"])
+            seen_sources.update(s for it in body["items"] for s in it["sources"])
+        user_only = client.post("/retrieve", json={"user_features": {"history_item_ids": result.histories[0].tolist()},
+                                                   "k": 10, "mode": "user"}).json()
+        assert user_only["mode"] == "user" and user_only["items"][0].get("sources") is None
+    assert {"user", "coengagement"} <= seen_sources

@@ -75,3 +75,21 @@ def test_a_new_item_only_user_mode_found_takes_the_share_at_its_user_rank():
     assert got[51] == pytest.approx(1.5 / (RRF_K + 1))
     assert got[1] == pytest.approx(1 / (RRF_K + 2) + 0.5 / RRF_K)
     assert got[3] == pytest.approx(1 / RRF_K)
+
+
+def test_blend_config_round_trips_through_the_serving_config():
+    from mfli.serve.blend import BlendConfig
+    from mfli.serve.config import ServingConfig
+
+    cfg = ServingConfig(blend=BlendConfig(BlendWeights(coengagement=0.7, trigger=0.2), depth=150, triggers=5))
+    back = ServingConfig.from_dict(cfg.to_dict())
+    assert back == cfg and back.blend.weights.coengagement == 0.7
+    assert ServingConfig.from_dict(ServingConfig().to_dict()).blend is None  # off unless chosen
+    bad = cfg.to_dict()
+    bad["blend"]["weights"]["cooc"] = 1.0
+    with pytest.raises(ValueError, match="unknown blend weight fields"):
+        ServingConfig.from_dict(bad)
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        BlendConfig(depth=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        BlendConfig(BlendWeights(coengagement=-1.0))

@@ -97,7 +97,7 @@ def test_retrieve_trigger_and_user_modes(served):
 @pytest.mark.parametrize("body, loc, msg", [
     ({"recent_items": [1], "k": 0}, ["body", "k"], "greater than or equal to 1"),
     ({"recent_items": [1], "k": 1001}, ["body", "k"], "less than or equal to 1000"),
-    ({"recent_items": [1], "mode": "ann"}, ["body", "mode"], "'auto', 'trigger' or 'user'"),
+    ({"recent_items": [1], "mode": "ann"}, ["body", "mode"], "'auto', 'trigger', 'user' or 'blend'"),
     ({"recent_items": ["x"]}, ["body", "recent_items", 0], "must be an integer id"),
     ({"recent_item": [1]}, ["body", "recent_item"], "Extra inputs are not permitted"),
     ({"k": 5}, ["body", "recent_items"], "give recent_items, a user_id or user_features"),

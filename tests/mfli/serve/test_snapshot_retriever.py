@@ -308,3 +308,66 @@ def test_warm_up_failure_is_logged_and_never_fails_the_load(artifacts, monkeypat
         obj = SnapshotBuilder()(artifacts)
     assert isinstance(obj, SnapshotRetriever)
     assert "warm-up trigger request failed" in caplog.text and "kernel exploded" in caplog.text
+
+
+def _blend_snapshot(art: Path, tiny_dataset, coengagement: float = 3.0):
+    """The tiny snapshot served in blend mode, with a co-engagement table of all its events."""
+    from mfli.index.coengagement import CoEngagementConfig, build_coengagement
+    from mfli.serve.blend import BlendConfig, BlendWeights
+    from mfli.serve.config import ServingConfig
+    from mfli.snapshot import Snapshot
+
+    snap = Snapshot.load(art)
+    table = build_coengagement(tiny_dataset.interactions, cfg=CoEngagementConfig(num_threads=1), param=50.0)
+    serving = ServingConfig(blend=BlendConfig(BlendWeights(coengagement=coengagement, trigger=0.5), depth=20,
+                                              triggers=3))
+    return Snapshot(snap.model, snap.index, {}, serving, coengagement=table)
+
+
+def test_blend_mode_needs_a_table_and_is_auto_where_served(artifacts, tiny_dataset):
+    plain = SnapshotRetriever.load(artifacts)
+    with pytest.raises(RequestError, match="no blend mode") as err:
+        plain.retrieve(RetrievalRequest(recent_items=[1], mode="blend"))
+    assert err.value.field == "mode"
+    obj = SnapshotRetriever(_blend_snapshot(artifacts, tiny_dataset))
+    hist = [0, 3, 6]
+    auto, trig, user = obj.retrieve_batch([
+        RetrievalRequest(user_features={"history_item_ids": hist}, k=10),
+        RetrievalRequest(recent_items=hist, k=10, mode="trigger"),
+        RetrievalRequest(user_id=4, k=10),  # no history: user list alone (no co-engagement, no trigger)
+    ])
+    assert auto["mode"] == "blend" and trig["mode"] == "trigger" and user["mode"] == "blend"
+    ids = [it["item_id"] for it in auto["items"]]
+    assert len(ids) == 10 and len(set(ids)) == 10 and not set(ids) & set(hist)
+    assert any("coengagement" in it["sources"] for it in auto["items"])
+    assert all(it["facet"] in obj.facets and it["cluster"] >= 0 for it in auto["items"])
+    assert all(it["sources"] == ["user"] for it in user["items"])
+    assert obj.metadata()["blend"]["depth"] == 20
+    with pytest.raises(RequestError, match="give recent_items, a user_id or user_features"):
+        obj.retrieve(RetrievalRequest(k=5))
+
+
+def test_blend_drops_tombstoned_items_and_credits_delta_items(artifacts, tiny_dataset):
+    """A co-engagement item tombstoned by a delta is never returned; a delta item (no co-engagement row)
+    still ranks, from the user and trigger lists."""
+    from mfli.index.delta import apply_delta
+    from mfli.serve.blend import retrieve_blend
+
+    snap = _blend_snapshot(artifacts, tiny_dataset, coengagement=10.0)
+    hist = [np.array([0, 3, 6], np.int64)]
+    q = snap.model.user_embeddings(np.array([4]), [hist[0].tolist()]).numpy()
+    before = retrieve_blend(snap.retriever(), snap.coengagement, snap.index, snap.serving.blend, q, hist, 10)
+    co_first = int(before.item_ids[0, 0])
+    assert "coengagement" in before.source_names(0, 0)
+    new = tiny_dataset.items.iloc[:2].copy()
+    new["item_id"] = NEW_IDS[:2]
+    emb = snap.model.item_embeddings(new).numpy()
+    view = apply_delta(snap.index, NEW_IDS[:2], emb, assign_paths(emb, snap.model.codebooks, snap.index.maps),
+                       tombstones=[co_first])
+    after = retrieve_blend(snap.retriever(view), snap.coengagement, view, snap.serving.blend, q, hist, 60)
+    got = after.item_ids[0][after.item_ids[0] >= 0].tolist()
+    assert co_first not in got
+    assert set(NEW_IDS[:2].tolist()) & set(got)
+    for j, i in enumerate(got):
+        if i in NEW_IDS:
+            assert "coengagement" not in after.source_names(0, j)

@@ -1,0 +1,86 @@
+"""Choosing blend mode for a snapshot: its co-engagement table and its list weights, on validation only.
+
+:func:`select_blend` learns the co-engagement table (:func:`mfli.index.coengagement.build_coengagement`)
+from the training events, its hyper-parameter chosen on the validation split
+(:func:`mfli.eval.validation.validation_set`: each user's latest training events held out), and picks
+the blend weights (:func:`mfli.serve.blend.choose_blend_weights`) with a second table fitted on that
+split's fit events alone, so no held-out event is seen while choosing. The quality benchmark's
+``mfli_blend`` and the daily DAG's evaluation both call it. Usage::
+
+    sel = select_blend(model, snapshot.retriever(), snapshot.index, train_events)
+    snapshot = Snapshot(model, index, serving=ServingConfig(blend=sel.config), coengagement=sel.table)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from mfli.index.coengagement import CoEngagement, CoEngagementConfig, build_coengagement
+from mfli.serve.blend import BlendConfig, blend_lists, choose_blend_weights
+
+
+@dataclass
+class BlendSelection:
+    """What :func:`select_blend` chose.
+
+    Attributes:
+        table: the co-engagement table fitted on all training events (what is served).
+        config: the blend settings, weights chosen on validation.
+        valid_recall: validation recall@100 of every grid point (``"coengagement/trigger"``).
+        seconds: ``{"table": ..., "choose": ...}`` wall-clock seconds.
+    """
+
+    table: CoEngagement
+    config: BlendConfig
+    valid_recall: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def fit_tables(train: pd.DataFrame, validation: Any, cfg: CoEngagementConfig | None = None
+               ) -> tuple[CoEngagement, CoEngagement]:
+    """``(table, fit_table)``: the table on all of ``train`` (hyper-parameter chosen on ``validation``)
+    and, with the same hyper-parameter, the table on ``validation.fit`` that the weights are chosen with."""
+    cfg = cfg or CoEngagementConfig()
+    table = build_coengagement(train, valid=validation, cfg=cfg)
+    return table, build_coengagement(validation.fit, cfg=cfg, param=table.param)
+
+
+def choose_blend(model: Any, retriever: Any, index: Any, validation: Any, fit_table: CoEngagement,
+                 depth: int = 200, triggers: int = 10) -> tuple[BlendConfig, dict[str, float]]:
+    """The blend settings with the best validation recall@100, and every grid point's recall.
+
+    The validation users' fit histories are the queries; ``fit_table`` must not have seen their
+    held-out events (:func:`fit_tables`)."""
+    q = model.user_embeddings(validation.users, validation.histories).numpy()
+    user, co, trig = blend_lists(retriever, fit_table, index, q, validation.histories, depth, triggers)
+    weights, valid_recall = choose_blend_weights(user.item_ids, co, None if trig is None else trig.item_ids,
+                                                 fit_table.item_ids, validation.positives)
+    return BlendConfig(weights, depth, triggers), valid_recall
+
+
+def select_blend(model: Any, retriever: Any, index: Any, train: pd.DataFrame, *, validation: Any = None,
+                 coengagement: CoEngagementConfig | None = None, depth: int = 200, triggers: int = 10,
+                 seed: int = 0) -> BlendSelection:
+    """:func:`fit_tables` then :func:`choose_blend`.
+
+    Args:
+        model: anything with ``user_embeddings(user_ids, histories) -> (U, F, d)`` tensor (a
+            :class:`~mfli.model.trained.TrainedModel`).
+        retriever, index: the snapshot's retriever (user and trigger mode) and the index it searches.
+        train: the training events (``user_id``, ``item_id``, ``event_ts``).
+        validation: a :class:`~mfli.eval.validation.ValidationSet` of ``train`` (default: built with ``seed``).
+        depth, triggers: :class:`~mfli.serve.blend.BlendConfig`'s list length and trigger count.
+    """
+    from mfli.eval.validation import validation_set
+
+    vs = validation if validation is not None else validation_set(train, seed=seed)
+    t0 = time.perf_counter()
+    table, fit_table = fit_tables(train, vs, coengagement)
+    table_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    config, valid_recall = choose_blend(model, retriever, index, vs, fit_table, depth, triggers)
+    return BlendSelection(table, config, valid_recall, {"table": table_s, "choose": time.perf_counter() - t0})
