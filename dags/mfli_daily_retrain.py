@@ -6,8 +6,8 @@ the quality gate.
 
 ingest -> extract (Feast, point-in-time) -> validate (Great Expectations) -> train (towers and RQ
 codebooks jointly) -> encode item shards (dynamic task mapping) -> build index + split/merge
-rebalance -> evaluate (against exact search and the live snapshot) -> quality gate -> publish
-snapshot -> emits the `mfli_snapshot` Asset that the hourly delta DAG and serving follow.
+rebalance; beside training, the co-engagement table of blend mode -> evaluate (blend weights chosen on
+validation; against exact search and the live snapshot) -> quality gate -> publish snapshot -> emits the `mfli_snapshot` Asset that the hourly delta DAG and serving follow.
 
 The training window derives from the run's data interval (or the `end` Param on manual runs), so
 `airflow backfill create --from-date ... --to-date ...` rebuilds history deterministically: the same
@@ -69,6 +69,7 @@ PARAMS = {
     "facets": Param(list(_D.facets), type="array", items={"type": "string"}, minItems=1),
     "epochs": Param(_D.epochs, type="integer", minimum=1, maximum=200),
     "seed": Param(_D.seed, type="integer", minimum=0),
+    "blend": Param(_D.blend, type="boolean", description="Serve blend mode: user mode + a co-engagement table learned from the events + trigger lists, weights chosen on validation."),
     "shards": Param(_D.shards, type="integer", minimum=1, maximum=256, description="Item shards encoded in parallel (dynamic task mapping)."),
     "min_recall_at_100": Param(_D.min_recall_at_100, type="number", minimum=0, maximum=1),
     "min_cold_recall_at_100": Param(_D.min_cold_recall_at_100, type="number", minimum=0, maximum=1),
@@ -154,11 +155,17 @@ def mfli_daily_retrain():
 
         return build_index_task(run, extracted, trained, list(shards))
 
+    @task(execution_timeout=timedelta(hours=6))
+    def coengagement(run: dict, extracted: dict, validated: dict) -> dict:
+        from tasks.pipeline import coengagement_task
+
+        return coengagement_task(run, extracted, validated)
+
     @task
-    def evaluate(run: dict, extracted: dict, trained: dict, index: dict) -> dict:
+    def evaluate(run: dict, extracted: dict, trained: dict, index: dict, coengagement: dict) -> dict:
         from tasks.pipeline import evaluate_task
 
-        return evaluate_task(run, extracted, trained, index)
+        return evaluate_task(run, extracted, trained, index, coengagement)
 
     @task(retries=0)
     def quality_gate(run: dict, evaluation: dict) -> dict:
@@ -196,7 +203,8 @@ def mfli_daily_retrain():
     shard_specs = plan_shards(run, extracted)
     encoded = encode_shard.partial(trained=trained).expand(shard=shard_specs)
     index = build_index(run, extracted, trained, encoded)
-    evaluation = evaluate(run, extracted, trained, index)
+    co = coengagement(run, extracted, validated)
+    evaluation = evaluate(run, extracted, trained, index, co)
     gate = quality_gate(run, evaluation)
     publish(run, trained, index, evaluation, gate) >> prune_runs(run)
 

@@ -3,6 +3,12 @@
 The protocol (time holdout, MFLI vs exact search vs popularity, health figures) is
 :func:`mfli.eval.holdout.evaluate_holdout`; this module fetches the run's artifacts, chooses the
 serving config the snapshot is evaluated (and later served) with, and writes the report.
+
+Blend mode (``params.blend``, on by default): :func:`fit_coengagement` learns the co-engagement tables
+from the events before the cutoff; :func:`evaluate_run` chooses the blend weights on the validation
+split (:func:`mfli.eval.blend_select.choose_blend`, each user's latest training events; the holdout is
+never read), evaluates the snapshot in blend mode and records the table's URI, which the publish step
+puts into the snapshot (``coengagement.npz``).
 """
 
 from __future__ import annotations
@@ -28,12 +34,60 @@ def _previous_metrics(store_uri: str) -> dict | None:
     return {"snapshot_id": latest.snapshot_id, "metrics": manifest.get("metrics") or {}}
 
 
+CO_TABLE = "coengagement.npz"  # the served table, in the run's ``coengagement`` artifact
+CO_FIT_TABLE = "coengagement_fit.npz"  # the table on the validation split's fit events (weights only)
+
+
+def _train_events(run: dict, extracted: dict) -> pd.DataFrame:
+    from tasks.artifacts import get_parquet
+
+    inter = get_parquet(run["store_uri"], extracted["interactions_uri"])
+    return inter[inter["event_ts"] < pd.Timestamp(run["cutoff"])]
+
+
+def _validation(run: dict, train: pd.DataFrame):
+    from mfli.eval.validation import validation_set
+    from tasks.params import daily_params
+
+    return validation_set(train, seed=daily_params(run).seed)
+
+
+def fit_coengagement(run: dict, extracted: dict) -> dict:
+    """Fit blend mode's two co-engagement tables (:func:`mfli.eval.blend_select.fit_tables`) and upload
+    them; ``{"enabled": False}`` when the run's ``blend`` param is off."""
+    import time
+
+    from mfli.eval.blend_select import fit_tables
+    from tasks.params import daily_params
+
+    if not daily_params(run).blend:
+        return {"enabled": False}
+    train = _train_events(run, extracted)
+    t0 = time.perf_counter()
+    table, fit_table = fit_tables(train, _validation(run, train))
+    seconds = time.perf_counter() - t0
+    with scratch_dir() as tmp:
+        table.save(tmp / CO_TABLE)
+        fit_table.save(tmp / CO_FIT_TABLE)
+        uri = put_dir(run["store_uri"], artifact_uri(run, "coengagement"), tmp)
+    return {"enabled": True, "coengagement_uri": uri, "method": table.method, "param": table.param,
+            "items": len(table), "mb": round(table.nbytes / 2**20, 1), "seconds": round(seconds, 2)}
+
+
+def _load_tables(run: dict, uri: str, tmp: Path):
+    from mfli.index.coengagement import CoEngagement
+
+    folder = get_dir(run["store_uri"], uri, tmp / "coengagement")
+    return CoEngagement.load(folder / CO_TABLE), CoEngagement.load(folder / CO_FIT_TABLE)
+
+
 def run_snapshot(run: dict, trained: dict, index: dict, tmp: Path, metrics: dict | None = None,
-                 serving: dict | None = None):
+                 serving: dict | None = None, coengagement_uri: str | None = None):
     """The run's candidate :class:`~mfli.snapshot.Snapshot` from its model and index artifacts.
 
     ``serving`` (a :meth:`ServingConfig.to_dict`) defaults to :class:`~mfli.serve.config.ServingConfig`'s
-    defaults: the evaluation chooses it, the publish step stores the same one.
+    defaults: the evaluation chooses it, the publish step stores the same one. ``coengagement_uri``:
+    the run's co-engagement artifact (:func:`fit_coengagement`), whose served table the snapshot carries.
     """
     from mfli.index.inverted import MultiFacetIndex
     from mfli.model.trained import TrainedModel
@@ -45,20 +99,52 @@ def run_snapshot(run: dict, trained: dict, index: dict, tmp: Path, metrics: dict
     idx = MultiFacetIndex.load(get_dir(s, index["index_uri"], tmp / "index"))
     # None: a new snapshot gets today's defaults (from_dict gives a dict without "engine" the legacy one)
     cfg = ServingConfig() if serving is None else ServingConfig.from_dict(serving)
-    return Snapshot(model, idx, dict(metrics or {}), cfg)
+    table = _load_tables(run, coengagement_uri, tmp)[0] if coengagement_uri else None
+    return Snapshot(model, idx, dict(metrics or {}), cfg, coengagement=table)
 
 
-def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict) -> dict:
+def _with_blend(run: dict, extracted: dict, snapshot, coengagement: dict, tmp: Path) -> dict:
+    """Turn on blend mode in ``snapshot``: weights chosen on the validation split. Returns the metrics
+    that record the choice."""
+    import dataclasses
+
+    from mfli.eval.blend_select import choose_blend
+    from mfli.serve.blend import BlendConfig
+
+    table, fit_table = _load_tables(run, coengagement["coengagement_uri"], tmp)
+    depth = BlendConfig().depth
+    serving = snapshot.serving
+    if serving.engine == "scan" and serving.scan.neighbours and serving.scan.neighbours < depth:
+        # trigger lists as deep as the other lists: neighbour lists answer k <= their length
+        serving = dataclasses.replace(serving, scan=dataclasses.replace(serving.scan, neighbours=depth))
+    snapshot.serving = serving
+    train = _train_events(run, extracted)
+    cfg, valid_recall = choose_blend(snapshot.model, snapshot.retriever(), snapshot.index, _validation(run, train),
+                                     fit_table, depth=depth)
+    snapshot.serving = dataclasses.replace(serving, blend=cfg)
+    snapshot.coengagement = table
+    snapshot.check()
+    return {"blend_w_coengagement": cfg.weights.coengagement, "blend_w_trigger": cfg.weights.trigger,
+            "blend_valid_recall@100": max(valid_recall.values()),
+            "blend_valid_recall@100_user": valid_recall.get("0/0"),
+            "coengagement_items": len(table), "coengagement_mb": round(table.nbytes / 2**20, 1)}
+
+
+def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict, coengagement: dict | None = None) -> dict:
     """Metrics of the freshly built snapshot, the live snapshot's metrics, the report's URI and the
-    serving config the metrics were measured with."""
+    serving config the metrics were measured with (blend mode when ``coengagement`` holds tables)."""
     from mfli.eval.holdout import evaluate_holdout
     from tasks.params import daily_params
 
     s = run["store_uri"]
     ds = run_dataset(run, extracted)
+    blend_metrics: dict = {}
     with scratch_dir() as tmp:
         snapshot = run_snapshot(run, trained, index, tmp)
+        if coengagement and coengagement.get("enabled"):
+            blend_metrics = _with_blend(run, extracted, snapshot, coengagement, tmp)
     result = evaluate_holdout(snapshot, ds, pd.Timestamp(run["cutoff"]))
+    result.metrics.update(blend_metrics)
     with scratch_dir() as tmp:
         out = tmp / "report"
         out.mkdir()
@@ -67,7 +153,8 @@ def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict) -> dict
         (out / "metrics_by_method.json").write_text(json.dumps(result.per_method, indent=2, sort_keys=True))
         report_uri = put_dir(s, artifact_uri(run, "report"), out)
     return {"metrics": result.metrics, "previous": _previous_metrics(s), "report_uri": report_uri,
-            "serving": snapshot.serving.to_dict(), "gate_params": daily_params(run).gate_thresholds()}
+            "serving": snapshot.serving.to_dict(), "gate_params": daily_params(run).gate_thresholds(),
+            "coengagement_uri": (coengagement or {}).get("coengagement_uri") if snapshot.serving.blend else None}
 
 
 def _ratio_row(metrics: dict, name: str) -> str:

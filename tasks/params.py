@@ -76,6 +76,9 @@ class DailyParams(_Params):
     epochs: int = 3
     seed: int = 0
     shards: int = 2  # item shards encoded in parallel (dynamic task mapping)
+    # serve blend mode: user mode + a co-engagement table learned from the events + trigger lists, fused
+    # with weights chosen on the validation split (mfli.serve.blend; docs/benchmarks.md, "Blend mode")
+    blend: bool = True
     min_recall_at_100: float = 0.02  # quality gate floors and ceilings (mfli.eval.gates.ABSOLUTE_CHECKS)
     min_cold_recall_at_100: float = 0.0
     min_topic_match_at_100: float = 0.0

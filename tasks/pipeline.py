@@ -151,13 +151,23 @@ def build_index_task(run: dict, extracted: dict, trained: dict, shards: list[dic
     }
 
 
+def coengagement_task(run: dict, extracted: dict, validated: dict) -> dict:
+    """Blend mode's co-engagement tables from the events before the cutoff (``params.blend``; runs beside
+    training): the served table, its hyper-parameter chosen on the validation split, and the table on
+    that split's fit events that the evaluation chooses the blend weights with."""
+    from tasks.evaluation import fit_coengagement
+
+    return fit_coengagement(run, extracted)
+
+
 # ---------------------------------------------------------------------------------------- evaluation
-def evaluate_task(run: dict, extracted: dict, trained: dict, index: dict) -> dict:
-    """Holdout evaluation: MFLI (codebook beam, no ANN) vs exact search over the same embeddings vs
-    popularity, plus codebook/index health, and the live snapshot's metrics for the regression gate."""
+def evaluate_task(run: dict, extracted: dict, trained: dict, index: dict, coengagement: dict | None = None) -> dict:
+    """Holdout evaluation: MFLI as served (blend mode when the run has co-engagement tables, else user
+    mode) vs exact search over the same embeddings vs popularity, plus codebook/index health, and the
+    live snapshot's metrics for the regression gate."""
     from tasks.evaluation import evaluate_run
 
-    return evaluate_run(run, extracted, trained, index)
+    return evaluate_run(run, extracted, trained, index, coengagement)
 
 
 # ---------------------------------------------------------------------------------------- publish
@@ -193,7 +203,8 @@ def publish_task(run: dict, trained: dict, index: dict, evaluation: dict, gate: 
         return {"snapshot_id": sid, "published": False, "reason": f"newer snapshot {latest.snapshot_id} is live",
                 "store_uri": s, "live": latest.snapshot_id}
     with scratch_dir() as tmp:
-        snapshot = run_snapshot(run, trained, index, tmp, evaluation["metrics"], evaluation["serving"])
+        snapshot = run_snapshot(run, trained, index, tmp, evaluation["metrics"], evaluation["serving"],
+                                evaluation.get("coengagement_uri"))
         report = get_dir(s, evaluation["report_uri"], tmp / "report")
         manifest = snapshot.publish(
             store, sid, report_dir=report,

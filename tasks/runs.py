@@ -19,7 +19,7 @@ import mfli
 from mfli.revision import code_revision
 
 #: Params that change the published artifacts (thresholds and shard counts do not).
-_ARTIFACT_PARAMS = ("lookback_days", "holdout_days", "facets", "epochs", "seed")
+_ARTIFACT_PARAMS = ("lookback_days", "holdout_days", "facets", "epochs", "seed", "blend")
 
 
 def mfli_home() -> Path:
