@@ -30,6 +30,8 @@ split's cold items among them) through the delta path, from content alone. Metho
   default settings) over the same model, index and delta as ``mfli``;
 - ``hnsw``, ``ivf``: the same towers trained without codebooks, FAISS indexes rebuilt only at
   snapshot time (cold items invisible), ``hnsw_add``: HNSW with incremental ``add`` of new items;
+  ``hnsw_i2i``: that HNSW searched once per recent item (item to item, the alternative to trigger
+  lists), merged by each item's best score;
 - ``dr``: Deep Retrieval; ``pop``: popularity;
 - ``ease``: EASE (closed-form item-item, lambda chosen on the validation split); ``itemknn``: cosine
   item-kNN (neighbourhood chosen on the validation split).
@@ -286,14 +288,12 @@ def _run_mfli_neww(run: _SeedRun) -> dict:
 
 def _run_mfli_blend(run: _SeedRun) -> dict:
     """Blend mode (:mod:`mfli.serve.blend`): user mode + co-engagement lists + trigger lists, fused by
-    weighted reciprocal rank with the weights chosen on the validation split.
-
-    The co-engagement table is learned on the training events (its hyper-parameter chosen on the
-    validation split); the weights are chosen with a second table fitted on the validation split's
-    fit events alone (the same hyper-parameter), so no held-out event is seen while choosing.
+    weighted reciprocal rank with the table and weights chosen on the validation split
+    (:func:`mfli.eval.blend_select.select_blend`, as the daily evaluation chooses them).
     """
-    from mfli.index.coengagement import CoEngagementConfig, build_coengagement
-    from mfli.serve.blend import blend, choose_blend_weights
+    from mfli.eval.blend_select import select_blend
+    from mfli.index.coengagement import CoEngagementConfig
+    from mfli.serve.blend import blend, blend_lists
     from mfli.serve.config import default_scan_config
     from mfli.serve.engine_retriever import EngineRetriever
     from mfli.serve.retriever import RetrieverConfig
@@ -305,24 +305,14 @@ def _run_mfli_blend(run: _SeedRun) -> dict:
     t0 = time.perf_counter()
     retriever = EngineRetriever(view, model.codebooks, model.facets, cfg, scan)
     build_s += time.perf_counter() - t0
-    ccfg = CoEngagementConfig(num_threads=run.cfg.num_threads)
+    sel = select_blend(model, retriever, view, run.split.train, validation=run.validation,
+                       coengagement=CoEngagementConfig(num_threads=run.cfg.num_threads), depth=K_MAX,
+                       triggers=run.cfg.triggers, seed=run.seed)
+    co, weights = sel.table, sel.config.weights
     t0 = time.perf_counter()
-    vs = run.validation
-    co = build_coengagement(run.split.train, valid=vs, cfg=ccfg)
-    co_fit = build_coengagement(vs.fit, cfg=ccfg, param=co.param)
-    co_s = time.perf_counter() - t0
-
-    def lists(table, users, histories):
-        q = model.user_embeddings(users, histories).numpy()
-        u = retriever.retrieve_users(q, K_MAX, exclude=histories).item_ids
-        t = retriever.retrieve_triggers([h[-run.cfg.triggers:] for h in histories], K_MAX, exclude=histories).item_ids
-        return u, table.retrieve(histories, K_MAX, exclude=histories)[0], t
-
-    t0 = time.perf_counter()
-    weights, table = choose_blend_weights(*lists(co_fit, vs.users, vs.histories), co_fit.item_ids, vs.positives)
-    choose_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    u, c, t = lists(co, run.users, run.histories)
+    q = model.user_embeddings(run.users, run.histories).numpy()
+    user, c, trig = blend_lists(retriever, co, view, q, run.histories, K_MAX, run.cfg.triggers)
+    u, t = user.item_ids, trig.item_ids
     ids, _ = blend(u, c, t, weights, co.item_ids, K_MAX)
     query_s = time.perf_counter() - t0
     out = run.evaluate(ids)
@@ -331,10 +321,11 @@ def _run_mfli_blend(run: _SeedRun) -> dict:
         out[f"part:{name}/recall@100"] = res["recall@100"]
         out[f"part:{name}/cold_recall@100"] = res["cold_recall@100"]
     out.update({f"blend_w:{k}": float(v) for k, v in weights.to_dict().items()})
-    out.update({f"valid_recall:{k}": v for k, v in table.items()})
+    out.update({f"valid_recall:{k}": v for k, v in sel.valid_recall.items()})
+    co_s = sel.seconds["table"]
     out.update(train_s=train_s + co_s, coengagement_s=co_s, coengagement_is_ease=float(co.method == "ease"),
                coengagement_param=co.param, coengagement_mb=co.nbytes / 2**20, build_s=build_s,
-               choose_s=choose_s, query_s=query_s, n_facets=len(model.facets))
+               choose_s=sel.seconds["choose"], query_s=query_s, n_facets=len(model.facets))
     return out
 
 
@@ -383,6 +374,64 @@ def _run_ann(run: _SeedRun, kind: str, incremental: bool) -> dict:
     t0 = time.perf_counter()
     ids, _ = index.search(concat_facets(run.queries(model)), K_MAX, exclude=run.histories)
     out = run.evaluate(ids)
+    out.update(train_s=train_s, build_s=build_s, query_s=time.perf_counter() - t0)
+    return out
+
+
+def merge_best(ids: np.ndarray, scores: np.ndarray, owner: np.ndarray, B: int, k: int) -> np.ndarray:
+    """Per-query result rows -> one list per request: each item once at its best score, top k.
+
+    Args:
+        ids, scores: ``(Q, K)`` per-query results (-1 padding); owner: ``(Q,)`` request of each query.
+
+    Returns:
+        ``(B, k)`` int64 ids, best first (ties: lower id), -1 padding.
+    """
+    K = ids.shape[1]
+    req, i, s = np.repeat(owner, K), ids.reshape(-1), scores.reshape(-1).astype(np.float64)
+    ok = i >= 0
+    req, i, s = req[ok], i[ok], s[ok]
+    o = np.lexsort((-s, i, req))  # by request, item, best score first
+    req, i, s = req[o], i[o], s[o]
+    first = np.ones(i.size, bool)
+    first[1:] = (req[1:] != req[:-1]) | (i[1:] != i[:-1])
+    req, i, s = req[first], i[first], s[first]
+    o = np.lexsort((i, -s, req))
+    req, i = req[o], i[o]
+    pos = np.arange(req.size) - np.searchsorted(req, req)
+    keep = pos < k
+    out = np.full((B, k), -1, np.int64)
+    out[req[keep], pos[keep]] = i[keep]
+    return out
+
+
+def _run_ann_i2i(run: _SeedRun) -> dict:
+    """Item-to-item ANN, the real alternative to trigger lists: one HNSW search (with incremental add of
+    the new items) per recent item over the two-tower's item embeddings, merged by each item's best
+    ``e_t . e_i`` over the user's ``triggers`` most recent training items; history excluded."""
+    from mfli.baselines.ann import AnnConfig, AnnIndex, concat_facets
+
+    model, train_s = run.model("none")
+    known = concat_facets(model.item_embeddings(run.known_items).numpy())
+    known_ids = run.known_items["item_id"].to_numpy(np.int64)
+    cfg = AnnConfig(kind="hnsw", mode="incremental", ef_search=run.cfg.hnsw_ef_search)
+    t0 = time.perf_counter()
+    index = AnnIndex(cfg).build(known, known_ids)
+    build_s = time.perf_counter() - t0
+    if len(run.new_items):
+        index.add(concat_facets(model.item_embeddings(run.new_items).numpy()),
+                  run.new_items["item_id"].to_numpy(np.int64))
+    from mfli.index.lookup import positions_in_sorted
+
+    order = np.argsort(known_ids)
+    t0 = time.perf_counter()
+    trig = [h[-run.cfg.triggers:] for h in run.histories]
+    owner = np.concatenate([np.full(len(t), u, np.int64) for u, t in enumerate(trig)])
+    pos, found = positions_in_sorted(known_ids[order], np.concatenate(trig))
+    owner, rows = owner[found], order[pos[found]]
+    ids, sc = index.search(known[rows], K_MAX, exclude=[run.histories[u] for u in owner])
+    out_ids = merge_best(ids, sc, owner, len(trig), K_MAX)
+    out = run.evaluate(out_ids)
     out.update(train_s=train_s, build_s=build_s, query_s=time.perf_counter() - t0)
     return out
 
@@ -462,6 +511,7 @@ _RUNNERS = {
     "exact": _run_exact,
     "hnsw": lambda r: _run_ann(r, "hnsw", incremental=False),
     "hnsw_add": lambda r: _run_ann(r, "hnsw", incremental=True),
+    "hnsw_i2i": _run_ann_i2i,
     "ivf": lambda r: _run_ann(r, "ivf", incremental=False),
     "dr": _run_dr,
     "pop": _run_pop,
