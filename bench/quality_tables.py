@@ -48,7 +48,7 @@ def blend_table(results: dict) -> str:
              f"({'/'.join(f'{x:g}' for x in b['coengagement_param']['values'])}), "
              f"{b['coengagement_mb']['mean']:.0f} MB")]
     ratios = b.get("ratios", {})
-    for den in ("hnsw_add", "exact"):
+    for den in ("hnsw_add", "hnsw_i2i", "exact"):
         r = ratios.get(f"cold_recall@100 / {den}")
         if r is not None and r["ratio"] == r["ratio"]:  # an interval: paired bootstrap over users
             extra.append(f"blend cold recall@100 / {den}: {r['ratio']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]")

@@ -69,8 +69,8 @@ from mfli.eval.metrics import (
 PER_USER_KEYS = ("recall@100", "cold_recall@100")  # kept per user for the bootstrap intervals
 
 ALL_METHODS = ("mfli", "mfli_blend", "mfli_trigger", "mfli_trigger_lists", "mfli_scan", "mfli_neww", "mfli_new_sem0", "mfli_quota", "mfli_facets", "mfli_f1", "mfli_f3", "exact",
-               "mfli_kmeans", "hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")
-BASELINES = ("hnsw", "hnsw_add", "ivf", "dr", "pop", "ease", "itemknn")  # "best baseline" is the best of these
+               "mfli_kmeans", "hnsw", "hnsw_add", "hnsw_i2i", "ivf", "dr", "pop", "ease", "itemknn")
+BASELINES = ("hnsw", "hnsw_add", "hnsw_i2i", "ivf", "dr", "pop", "ease", "itemknn")  # "best baseline" is the best of these
 K_MAX = 200  # the largest K any metric reads
 FACET_PREFIX = "facet:"  # per-facet keys (mfli_facets, mfli_f3): f"facet:{name}/{metric}", one facet served alone
 
