@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from mfli.index.coengagement import CoEngagement, CoEngagementConfig, build_coengagement
-from mfli.serve.blend import BlendConfig, blend_lists, choose_blend_weights
+from mfli.serve.blend import BlendConfig, BlendWeights, blend_lists, choose_blend_weights
 
 
 @dataclass
@@ -54,7 +54,9 @@ def choose_blend(model: Any, retriever: Any, index: Any, validation: Any, fit_ta
     """The blend settings with the best validation recall@100, and every grid point's recall.
 
     The validation users' fit histories are the queries; ``fit_table`` must not have seen their
-    held-out events (:func:`fit_tables`)."""
+    held-out events (:func:`fit_tables`). Without validation users the weights are 0 (user mode alone)."""
+    if len(validation.users) == 0:  # nothing to choose on: user mode alone (the other weights 0)
+        return BlendConfig(BlendWeights(coengagement=0.0, trigger=0.0), depth, triggers), {}
     q = model.user_embeddings(validation.users, validation.histories).numpy()
     user, co, trig = blend_lists(retriever, fit_table, index, q, validation.histories, depth, triggers)
     weights, valid_recall = choose_blend_weights(user.item_ids, co, None if trig is None else trig.item_ids,

@@ -93,3 +93,13 @@ def test_blend_config_round_trips_through_the_serving_config():
         BlendConfig(depth=0)
     with pytest.raises(ValueError, match=">= 0"):
         BlendConfig(BlendWeights(coengagement=-1.0))
+
+
+def test_no_validation_users_means_user_mode_alone():
+    from types import SimpleNamespace
+
+    from mfli.eval.blend_select import choose_blend
+
+    empty = SimpleNamespace(users=np.zeros(0, np.int64), histories=[], positives=[])
+    cfg, table = choose_blend(None, None, None, empty, None)
+    assert (cfg.weights.coengagement, cfg.weights.trigger, table) == (0.0, 0.0, {})
