@@ -30,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from collections.abc import Sequence
 
@@ -51,6 +52,9 @@ __all__ = ["DELTA_PROBE", "EngineRetriever"]
 #: 0.071 with every probed column, while warm recall moved from 0.2561 to 0.2546 (16). 16 keeps most of
 #: the gain at about 2.4x the delta scan of 4 (cheap where deltas are small against the snapshot)
 DELTA_PROBE = 16
+DELTA_REQUESTS = 64  # requests per delta pass (_delta_triggers_chunked)
+DELTA_PAIRS = 1 << 16  # (trigger, delta item) pairs scored per gather
+_ROW_FIELDS = ("item_ids", "scores", "facet", "cluster", "source", "entries", "rescored")
 
 
 class _Shared:
@@ -188,9 +192,24 @@ class EngineRetriever:
             with self._shared.lock:
                 res = engine.search_triggers([t[(r >= 0) & (r < N)] for t, r in zip(lists, rows)], k, exclude=excl,
                                              exclude_triggers=False, lists=True, removed_bits=self._removed)
-                res = self._delta_triggers(res, lists, rows, excl, k)
+                res = self._delta_triggers_chunked(res, lists, rows, excl, k)
         return RetrievalResult(res.item_ids, res.scores, res.facet, res.cluster, res.source, "trigger",
                                self.facet_names)
+
+    def _delta_triggers_chunked(self, res: EngineResult, lists: list[np.ndarray], rows: list[np.ndarray],
+                                excl: list[np.ndarray], k: int) -> EngineResult:
+        """:meth:`_delta_triggers` over at most :data:`DELTA_REQUESTS` requests at a time: its candidate
+        pairs grow with requests x triggers x delta items per probed column, and a large batch (a daily
+        evaluation's thousands of users over a large delta) must not hold them all at once."""
+        B = len(lists)
+        if B <= DELTA_REQUESTS:
+            return self._delta_triggers(res, lists, rows, excl, k)
+        outs = []
+        for a in range(0, B, DELTA_REQUESTS):
+            b = min(B, a + DELTA_REQUESTS)
+            sub = dataclasses.replace(res, **{f: getattr(res, f)[a:b] for f in _ROW_FIELDS})
+            outs.append(self._delta_triggers(sub, lists[a:b], rows[a:b], excl[a:b], k))
+        return dataclasses.replace(outs[0], **{f: np.concatenate([getattr(o, f) for o in outs]) for f in _ROW_FIELDS})
 
     def _delta_triggers(self, res: EngineResult, lists: list[np.ndarray], rows: list[np.ndarray],
                         excl: list[np.ndarray], k: int) -> EngineResult:
@@ -235,7 +254,10 @@ class EngineRetriever:
         if idx.size:
             drow = self._drows[idx]
             trig = pair // width
-            score = np.einsum("nd,nd->n", vec[trig], self._demb[drow]).astype(np.float32)
+            score = np.empty(idx.size, np.float32)
+            for a in range(0, idx.size, DELTA_PAIRS):  # bounded gathers: (pairs, D) copies of both sides
+                b = a + DELTA_PAIRS
+                score[a:b] = np.einsum("nd,nd->n", vec[trig[a:b]], self._demb[drow[a:b]])
             col = gid.reshape(-1)[pair]
             parts.append((space.item_ids[drow], score, engine.col_facet[col], engine.col_cluster[col], t_ids[trig],
                           req[trig]))
