@@ -147,27 +147,13 @@ def merge_per_trigger(ids: np.ndarray, scores: np.ndarray, T: int, k: int, trigg
     Returns:
         ``(B, k)`` int64 ids (-1 padding).
     """
+    from mfli.serve.merge import merge_best
+
     B = triggers.shape[0]
-    kk = ids.shape[1]
-    req = np.repeat(np.arange(B), T * kk)
-    i, s = ids.reshape(-1), scores.reshape(-1).astype(np.float64)
-    trig = np.zeros(i.size, bool)
-    for t in range(T):  # T small: drop each request's triggers
-        trig |= i == np.repeat(triggers[:, t], T * kk)
-    ok = (i >= 0) & ~trig
-    req, i, s = req[ok], i[ok], s[ok]
-    o = np.lexsort((-s, i, req))
-    req, i, s = req[o], i[o], s[o]
-    first = np.ones(i.size, bool)
-    first[1:] = (req[1:] != req[:-1]) | (i[1:] != i[:-1])
-    req, i, s = req[first], i[first], s[first]
-    o = np.lexsort((i, -s, req))
-    req, i = req[o], i[o]
-    pos = np.arange(req.size) - np.searchsorted(req, req)
-    keep = pos < k
-    out = np.full((B, k), -1, np.int64)
-    out[req[keep], pos[keep]] = i[keep]
-    return out
+    owner = np.repeat(np.arange(B), T)
+    own_triggers = np.repeat(triggers, T, axis=0)  # (B * T, T): each row's request's triggers
+    hit = (ids[:, :, None] == own_triggers[:, None, :]).any(-1)
+    return merge_best(np.where(hit, -1, ids), scores, owner, B, k)
 
 
 # ------------------------------------------------------------------------------------------- methods

@@ -378,33 +378,6 @@ def _run_ann(run: _SeedRun, kind: str, incremental: bool) -> dict:
     return out
 
 
-def merge_best(ids: np.ndarray, scores: np.ndarray, owner: np.ndarray, B: int, k: int) -> np.ndarray:
-    """Per-query result rows -> one list per request: each item once at its best score, top k.
-
-    Args:
-        ids, scores: ``(Q, K)`` per-query results (-1 padding); owner: ``(Q,)`` request of each query.
-
-    Returns:
-        ``(B, k)`` int64 ids, best first (ties: lower id), -1 padding.
-    """
-    K = ids.shape[1]
-    req, i, s = np.repeat(owner, K), ids.reshape(-1), scores.reshape(-1).astype(np.float64)
-    ok = i >= 0
-    req, i, s = req[ok], i[ok], s[ok]
-    o = np.lexsort((-s, i, req))  # by request, item, best score first
-    req, i, s = req[o], i[o], s[o]
-    first = np.ones(i.size, bool)
-    first[1:] = (req[1:] != req[:-1]) | (i[1:] != i[:-1])
-    req, i, s = req[first], i[first], s[first]
-    o = np.lexsort((i, -s, req))
-    req, i = req[o], i[o]
-    pos = np.arange(req.size) - np.searchsorted(req, req)
-    keep = pos < k
-    out = np.full((B, k), -1, np.int64)
-    out[req[keep], pos[keep]] = i[keep]
-    return out
-
-
 def _run_ann_i2i(run: _SeedRun) -> dict:
     """Item-to-item ANN, the real alternative to trigger lists: one HNSW search (with incremental add of
     the new items) per recent item over the two-tower's item embeddings, merged by each item's best
@@ -422,6 +395,7 @@ def _run_ann_i2i(run: _SeedRun) -> dict:
         index.add(concat_facets(model.item_embeddings(run.new_items).numpy()),
                   run.new_items["item_id"].to_numpy(np.int64))
     from mfli.index.lookup import positions_in_sorted
+    from mfli.serve.merge import merge_best
 
     order = np.argsort(known_ids)
     t0 = time.perf_counter()
@@ -430,7 +404,7 @@ def _run_ann_i2i(run: _SeedRun) -> dict:
     pos, found = positions_in_sorted(known_ids[order], np.concatenate(trig))
     owner, rows = owner[found], order[pos[found]]
     ids, sc = index.search(known[rows], K_MAX, exclude=[run.histories[u] for u in owner])
-    out_ids = merge_best(ids, sc, owner, len(trig), K_MAX)
+    out_ids = merge_best(ids, sc, owner, len(trig), K_MAX)  # each item at its best trigger
     out = run.evaluate(out_ids)
     out.update(train_s=train_s, build_s=build_s, query_s=time.perf_counter() - t0)
     return out

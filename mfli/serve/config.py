@@ -95,23 +95,14 @@ class ServingConfig:
         ``new_item_facet_weights`` scores new items like every other (the behaviour before the field)."""
         data = dict(data or {})
         data.setdefault("engine", LEGACY_ENGINE)
-        known = {f.name for f in dataclasses.fields(cls)}
-        extra = sorted(set(data) - known)
-        if extra:
-            raise ValueError(f"unknown serving config fields {extra}; known: {sorted(known)}")
+        _check_fields(cls, data, "serving config")
         rdata = dict(data.pop("retriever", None) or {})
-        rknown = {f.name for f in dataclasses.fields(RetrieverConfig)}
-        rextra = sorted(set(rdata) - rknown)
-        if rextra:
-            raise ValueError(f"unknown retriever config fields {rextra}; known: {sorted(rknown)}")
+        _check_fields(RetrieverConfig, rdata, "retriever config")
         for name in ("quotas", "facet_weights", "new_item_facet_weights"):  # JSON lists back to the sequences the dataclass holds
             if rdata.get(name) is not None:
                 rdata[name] = list(rdata[name])
         sdata = dict(data.pop("scan", None) or {})
-        sknown = {f.name for f in dataclasses.fields(EngineConfig)}
-        sextra = sorted(set(sdata) - sknown)
-        if sextra:
-            raise ValueError(f"unknown scan engine config fields {sextra}; known: {sorted(sknown)}")
+        _check_fields(EngineConfig, sdata, "scan engine config")
         # fields left out take the serving defaults (default_scan_config), not EngineConfig's
         scan = EngineConfig(**{**dataclasses.asdict(default_scan_config()), **sdata})
         blend = data.pop("blend", None)
@@ -119,16 +110,18 @@ class ServingConfig:
                    blend=None if blend is None else _blend_from_dict(blend), **data)
 
 
+def _check_fields(cls: type, data: dict[str, Any], what: str) -> None:
+    """ValueError naming the keys of ``data`` that are not fields of dataclass ``cls``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    extra = sorted(set(data) - known)
+    if extra:
+        raise ValueError(f"unknown {what} fields {extra}; known: {sorted(known)}")
+
+
 def _blend_from_dict(data: dict[str, Any]) -> BlendConfig:
     """``BlendConfig.to_dict()`` back; unknown keys are an error."""
     data = dict(data)
-    known = {f.name for f in dataclasses.fields(BlendConfig)}
-    extra = sorted(set(data) - known)
-    if extra:
-        raise ValueError(f"unknown blend config fields {extra}; known: {sorted(known)}")
+    _check_fields(BlendConfig, data, "blend config")
     wdata = dict(data.pop("weights", None) or {})
-    wknown = {f.name for f in dataclasses.fields(BlendWeights)}
-    wextra = sorted(set(wdata) - wknown)
-    if wextra:
-        raise ValueError(f"unknown blend weight fields {wextra}; known: {sorted(wknown)}")
+    _check_fields(BlendWeights, wdata, "blend weight")
     return BlendConfig(weights=BlendWeights(**wdata), **data)

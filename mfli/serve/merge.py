@@ -110,3 +110,30 @@ def merge_quota(lists: list[FacetList | None], k: int, quotas: np.ndarray, n_row
     out.cpos[bb, ss] = cpos[bb, jj]
     out.source[bb, ss] = source[bb, jj]
     return out
+
+
+def merge_best(ids: np.ndarray, scores: np.ndarray, owner: np.ndarray, B: int, k: int) -> np.ndarray:
+    """Per-query result rows -> one list per request: each item once at its best score, top k.
+
+    Args:
+        ids, scores: ``(Q, K)`` per-query results (-1 padding); owner: ``(Q,)`` request of each query.
+
+    Returns:
+        ``(B, k)`` int64 ids, best first (ties: lower id), -1 padding.
+    """
+    K = ids.shape[1]
+    req, i, s = np.repeat(owner, K), ids.reshape(-1), scores.reshape(-1).astype(np.float64)
+    ok = i >= 0
+    req, i, s = req[ok], i[ok], s[ok]
+    o = np.lexsort((-s, i, req))  # by request, item, best score first
+    req, i, s = req[o], i[o], s[o]
+    first = np.ones(i.size, bool)
+    first[1:] = (req[1:] != req[:-1]) | (i[1:] != i[:-1])
+    req, i, s = req[first], i[first], s[first]
+    o = np.lexsort((i, -s, req))
+    req, i = req[o], i[o]
+    pos = np.arange(req.size) - np.searchsorted(req, req)
+    keep = pos < k
+    out = np.full((B, k), -1, np.int64)
+    out[req[keep], pos[keep]] = i[keep]
+    return out

@@ -204,15 +204,6 @@ def test_blend_serves_mfli_model_and_reports_its_lists_and_chosen_weights(small_
     assert len(b["per_user"]["recall@100"][0]) == len(res["mfli"]["per_user"]["recall@100"][0])
 
 
-def test_item_to_item_merge_keeps_each_item_at_its_best_score():
-    from mfli.eval.harness import merge_best
-
-    ids = np.array([[5, 7, -1], [7, 9, 5], [1, 2, 3]], np.int64)
-    sc = np.array([[0.9, 0.5, -np.inf], [0.8, 0.7, 0.1], [0.3, 0.2, 0.1]], np.float32)
-    out = merge_best(ids, sc, np.array([0, 0, 2]), B=3, k=3)
-    np.testing.assert_array_equal(out, [[5, 7, 9], [-1, -1, -1], [1, 2, 3]])
-
-
 def test_item_to_item_ann_searches_from_each_recent_item(small_catalogue):
     """hnsw_i2i runs on the users every method sees and, with new items added to its graph, can return them."""
     cfg = QualityConfig(methods=("pop", "hnsw_i2i"), split="cold", seeds=1, epochs=1, num_threads=1,
