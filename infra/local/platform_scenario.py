@@ -16,10 +16,11 @@ suite fails the hourly run; the driver repairs the data and clears the run), a s
 The stack is always stopped at the end (``platform.sh down``), also on errors and Ctrl-C.
 
 ``lost_items``: an item created in ``[D0, end)`` is *served* when the live service, asked
-``{"recent_items": [item], "mode": "auto", "k": 20}``, answers 200 in trigger mode from the live
-snapshot (auto mode chooses trigger mode only for an item the live index or one of its applied deltas
-holds, so the service can route from the item's own content embedding and code paths) with at least one
-item; every other item of the window is lost. The exit status is 1 when a target is missed (see
+``{"recent_items": [item], "mode": "trigger", "k": 20}``, answers 200 in trigger mode from the live
+snapshot with at least one item (trigger mode ignores ids the live index and its applied deltas do not
+hold, so an item answers only when the service can route from its own content embedding and code
+paths; the mode is named because ``auto`` means blend mode on snapshots that serve it); every other
+item of the window is lost. The exit status is 1 when a target is missed (see
 :func:`targets_missed`).
 
 Pure pieces (plan, lost items, fault bookkeeping, report) are importable without the stack;
@@ -795,7 +796,7 @@ class Scenario:
         with httpx.Client(timeout=10.0) as client:
             for i in window_items:
                 try:
-                    r = client.post(f"{self.stack.serve_url}/retrieve", json={"recent_items": [i], "mode": "auto", "k": 20})
+                    r = client.post(f"{self.stack.serve_url}/retrieve", json={"recent_items": [i], "mode": "trigger", "k": 20})
                     answers[i] = r.json() if r.status_code == 200 else None
                 except httpx.HTTPError:
                     answers[i] = None
@@ -831,9 +832,9 @@ class Scenario:
             "lost_items": len(lost),
             "lost_item_ids": lost[:50],
             "lost_items_definition": "items created in [window.start, window.end) for which POST /retrieve "
-                                     "{recent_items:[id], mode:auto, k:20} is not a 200 in trigger mode from "
-                                     "LATEST with >= 1 item (auto picks trigger mode only for items the live "
-                                     "index or its applied deltas hold)",
+                                     "{recent_items:[id], mode:trigger, k:20} is not a 200 in trigger mode from "
+                                     "LATEST with >= 1 item (trigger mode ignores ids the live index and its "
+                                     "applied deltas do not hold)",
             "failed_tasks": failed,
             "snapshots_published": len(snaps),
             "snapshots": [s["snapshot_id"] for s in snaps],
