@@ -5,7 +5,8 @@ sparse, item-specific "people who engaged with i engaged with j" signal a closed
 model keeps (EASE is the strongest simple baseline on MovieLens). This table keeps that signal for
 the serving path: EASE's full ``(N, N)`` weights when they take at most ``keep_dense_gb`` (negative
 weights matter: cutting rows to their top 2,000 cost 5% of EASE's recall on ml-latest-small,
-``bench/coengagement_rows.py``), else each item's ``neighbours`` largest weights as CSR rows, from EASE
+``bench/coengagement_rows.py``), stored as float16 (half the bytes; on the shared data its lists kept
+recall@100 within 0.0002 of float32's, top-100 overlap >= 0.998: docs/benchmarks.md), else each item's ``neighbours`` largest weights as CSR rows, from EASE
 when its dense solve fits ``max_dense_gb`` and from item-kNN cosine similarity (sparse, any size)
 beyond. Both come from :mod:`mfli.baselines`, their hyper-parameter chosen on a validation split when
 one is given. A history scores item j by ``sum over history items i of W[i, j]``; items without
@@ -38,8 +39,8 @@ class CoEngagementConfig:
     neighbours: int = 200  # kept per item when sparse: 8 bytes x neighbours per item with events
     method: str = "auto"  # "auto": EASE when its dense solve fits max_dense_gb, else "itemknn"
     max_dense_gb: float = 4.0  # EASE's dense Gram, inverse and weights must fit this
-    # EASE's full (N, N) matrix is kept, negative weights included, when it takes at most this much
-    # (0.5 GB: about 11,500 items); cut rows lose recall (bench/coengagement_rows.py)
+    # EASE's full (N, N) matrix is kept (float16), negative weights included, when it takes at most this
+    # much (0.5 GB: about 16,000 items); cut rows lose recall (bench/coengagement_rows.py)
     keep_dense_gb: float = 0.5
     num_threads: int = 0  # torch threads for the EASE solve (0: process default)
 
@@ -54,8 +55,10 @@ class CoEngagement:
         cols: ``(nnz,)`` int32 neighbour positions into ``item_ids``.
         weights: ``(nnz,)`` float32 weights (> 0), each row sorted best first.
         method: "ease" or "itemknn"; param: its chosen lambda or neighbourhood.
-        dense: ``(N, N)`` float32 full weights (small EASE catalogues) or None; when set, the CSR
-            arrays are empty and every weight, negative ones included, scores.
+        dense: ``(N, N)`` float16 full weights divided by ``dense_scale`` (small EASE catalogues) or
+            None; when set, the CSR arrays are empty and every weight, negative ones included, scores.
+        dense_scale: what ``dense`` is multiplied by to give the weights (it brings the largest weight
+            near float16's top, so small weights stay out of its subnormal range).
     """
 
     item_ids: np.ndarray
@@ -65,6 +68,7 @@ class CoEngagement:
     method: str = ""
     param: float = 0.0
     dense: np.ndarray | None = None
+    dense_scale: float = 1.0
 
     @property
     def nbytes(self) -> int:
@@ -98,7 +102,9 @@ class CoEngagement:
             if not len(r):
                 continue
             if self.dense is not None:
-                score = self.dense[r].sum(0)
+                score = self.dense[r].sum(0, dtype=np.float32)  # float16 rows, float32 sums
+                if self.dense_scale != 1.0:
+                    score *= np.float32(self.dense_scale)
                 cols = np.arange(len(self.item_ids))
                 if excl is not None:
                     score[self.rows(excl[b])] = -np.inf
@@ -120,7 +126,7 @@ class CoEngagement:
         path = Path(path)
         extra = {} if self.dense is None else {"dense": self.dense}
         np.savez(path, item_ids=self.item_ids, indptr=self.indptr, cols=self.cols, weights=self.weights,
-                 meta=np.array([self.method, repr(float(self.param))]), **extra)
+                 meta=np.array([self.method, repr(float(self.param)), repr(float(self.dense_scale))]), **extra)
         return path
 
     @classmethod
@@ -129,9 +135,22 @@ class CoEngagement:
             missing = [key for key in (*NPZ_KEYS, "meta") if key not in z.files]
             if missing:
                 raise ValueError(f"{path}: not a co-engagement table (missing arrays {missing})")
-            method, param = (str(x) for x in z["meta"])
+            meta = [str(x) for x in z["meta"]]
+            method, param = meta[:2]
+            scale = float(meta[2]) if len(meta) > 2 else 1.0  # tables saved before float16: float32, unscaled
             dense = z["dense"] if "dense" in z.files else None
-            return cls(z["item_ids"], z["indptr"], z["cols"], z["weights"], method, float(param), dense)
+            return cls(z["item_ids"], z["indptr"], z["cols"], z["weights"], method, float(param), dense, scale)
+
+
+def to_half(W: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(W / scale)`` as float16 and ``scale``: the largest ``|W|`` maps to 32,768 (float16's top is 65,504),
+    so weights down to ~1e-9 of it stay normal numbers (EASE's weights span many orders of magnitude)."""
+    top = float(np.abs(W).max()) if W.size else 0.0
+    scale = top / 32768.0 if top > 0 else 1.0
+    out = np.empty(W.shape, np.float16)
+    for a in range(0, W.shape[0], 1024):  # blocks: no second float32 copy of a matrix of up to keep_dense_gb
+        np.divide(W[a:a + 1024], scale, out=out[a:a + 1024], casting="unsafe")
+    return out, scale
 
 
 def _top_rows(W, neighbours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -187,9 +206,10 @@ def build_coengagement(train: pd.DataFrame, valid=None, cfg: CoEngagementConfig 
     if method == "ease":
         ease.fit(train, valid=valid if param is None else None)
         item_ids, W, chosen = ease.item_ids, ease.B, ease.l2
-        if W.nbytes <= cfg.keep_dense_gb * 2**30:
+        if W.size * 2 <= cfg.keep_dense_gb * 2**30:
             empty = (np.zeros(len(item_ids) + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
-            return CoEngagement(np.asarray(item_ids, np.int64), *empty, "ease", float(chosen), W)
+            dense, scale = to_half(W)
+            return CoEngagement(np.asarray(item_ids, np.int64), *empty, "ease", float(chosen), dense, scale)
     else:
         knn = ItemKNN(ItemKNNConfig(neighbours=None if param is None else int(param)))
         knn.fit(train, valid=valid if param is None else None)

@@ -21,14 +21,19 @@ def events() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user_id", "item_id"])
 
 
-def test_dense_ease_table_ranks_exactly_as_ease(events):
+def test_dense_ease_table_ranks_as_ease(events):
     co = build_coengagement(events, param=50.0)
     assert co.method == "ease" and co.dense is not None and co.param == 50.0
     ease = Ease(EaseConfig(l2=50.0)).fit(events)
+    # stored as float16, scaled so the largest weight sits near float16's top
+    assert co.dense.dtype == np.float16 and co.nbytes >= co.dense.nbytes == 2 * ease.B.size
+    assert 16384 <= np.abs(co.dense.astype(np.float32)).max() <= 32768
+    np.testing.assert_allclose(co.dense.astype(np.float32) * co.dense_scale, ease.B,
+                               atol=1e-3 * np.abs(ease.B).max())
     hist = [np.array([100, 101, 102]), np.array([145, 150]), np.array([999])]
     ids, sc = co.retrieve(hist, 10)
     ref_ids, ref_sc = ease.retrieve(hist[:2], 10)
-    np.testing.assert_allclose(sc[:2], ref_sc, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sc[:2], ref_sc, atol=1e-3 * np.abs(ref_sc).max())
     np.testing.assert_array_equal(ids[:2], ref_ids)
     # an unknown history scores nothing: padding, never an arbitrary item
     assert (ids[2] == -1).all() and np.isneginf(sc[2]).all()
@@ -75,9 +80,25 @@ def test_save_load_round_trip(events, tmp_path, keep_dense_gb):
     co = build_coengagement(events, cfg=CoEngagementConfig(keep_dense_gb=keep_dense_gb), param=50.0)
     back = CoEngagement.load(co.save(tmp_path / "co.npz"))
     assert (back.method, back.param) == (co.method, co.param)
-    assert (back.dense is None) == (co.dense is None)
+    assert (back.dense is None) == (co.dense is None) and back.dense_scale == co.dense_scale
     hist = [np.array([100, 103]), np.array([150])]
     np.testing.assert_array_equal(back.retrieve(hist, 7)[0], co.retrieve(hist, 7)[0])
+    if co.dense is not None:
+        np.testing.assert_array_equal(back.dense, co.dense)
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match="other.npz.*missing"):
         CoEngagement.load(tmp_path / "other.npz")
+
+
+def test_a_float32_table_saved_before_float16_still_loads(events, tmp_path):
+    ease = Ease(EaseConfig(l2=50.0)).fit(events)
+    co = build_coengagement(events, param=50.0)
+    ids = np.asarray(ease.item_ids, np.int64)
+    np.savez(tmp_path / "old.npz", item_ids=ids, indptr=np.zeros(len(ids) + 1, np.int64),
+             cols=np.zeros(0, np.int32), weights=np.zeros(0, np.float32), meta=np.array(["ease", "50.0"]),
+             dense=ease.B.astype(np.float32))
+    old = CoEngagement.load(tmp_path / "old.npz")
+    assert old.dense.dtype == np.float32 and old.dense_scale == 1.0
+    hist = [np.array([100, 101, 102]), np.array([145, 150])]
+    np.testing.assert_array_equal(old.retrieve(hist, 10)[0], ease.retrieve(hist, 10)[0])
+    np.testing.assert_array_equal(old.retrieve(hist, 10)[0], co.retrieve(hist, 10)[0])
