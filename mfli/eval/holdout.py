@@ -135,15 +135,17 @@ def evaluate_holdout(snapshot: Any, dataset: Any, cutoff: pd.Timestamp, k_max: i
     if len(users):
         q = model.user_embeddings(users, histories).numpy()
         retriever = snapshot.retriever()
-        user = retriever.retrieve_users(q, k_max, exclude=histories).item_ids
         if snapshot.serving.blend is not None:
             from mfli.serve.blend import retrieve_blend
 
-            out.retrieved["mfli"] = retrieve_blend(retriever, snapshot.coengagement, idx, snapshot.serving.blend,
-                                                   q, histories, k_max).item_ids
-            out.retrieved["mfli_user"] = user
+            res = retrieve_blend(retriever, snapshot.coengagement, idx, snapshot.serving.blend, q, histories, k_max)
+            out.retrieved["mfli"] = res.item_ids
+            # user mode's list was asked for at the same depth when the blend depth is k_max
+            same = res.user is not None and res.user.shape[1] == k_max
+            out.retrieved["mfli_user"] = res.user if same else \
+                retriever.retrieve_users(q, k_max, exclude=histories).item_ids
         else:
-            out.retrieved["mfli"] = user
+            out.retrieved["mfli"] = retriever.retrieve_users(q, k_max, exclude=histories).item_ids
         out.retrieved["exact"] = exact_search(q, idx.embeddings, k_max, idx.item_ids, exclude=histories)[0]
         out.retrieved["pop"] = Popularity().fit(train_df, item_ids=dataset.items["item_id"].to_numpy(np.int64)) \
             .retrieve(histories, k_max, exclude=histories)[0]

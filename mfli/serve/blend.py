@@ -86,6 +86,8 @@ class BlendResult:
         sources: ``(B, k)`` uint8, bit ``l`` set when list ``SOURCES[l]`` holds the item.
         facet, cluster: ``(B, k)`` the facet index and cluster of the item's best user or trigger
             result, else of its first facet's cluster in the index (-1 padding).
+        user: ``(B, depth)`` int64 user mode's own list, as fused (the evaluation reports it beside
+            the blend without asking the engine twice); None when not kept.
     """
 
     item_ids: np.ndarray
@@ -93,6 +95,7 @@ class BlendResult:
     sources: np.ndarray
     facet: np.ndarray
     cluster: np.ndarray
+    user: np.ndarray | None = None
 
     def source_names(self, b: int, j: int) -> list[str]:
         bits = int(self.sources[b, j])
@@ -199,7 +202,7 @@ def retrieve_blend(retriever: Any, table: Any, index: Any, cfg: BlendConfig, que
     if missing.any():  # co-engagement only: the item's cluster in the first facet
         facet[missing] = 0
         cluster[missing] = _first_facet_cluster(index, index.rows_of(ids[missing]))
-    return BlendResult(ids, scores, sources, facet, cluster)
+    return BlendResult(ids, scores, sources, facet, cluster, user.item_ids)
 
 
 def _isin_row(values: np.ndarray, row: np.ndarray) -> np.ndarray:

@@ -272,6 +272,10 @@ def test_blend_mode_serves_exactly_the_lists_the_gate_scored(snapshot, distinct_
     assert "mfli_user" in result.retrieved and m["mfli_user_recall@100"] is not None
     assert m["recall@100_vs_user_lo"] <= m["recall@100_vs_user"] <= m["recall@100_vs_user_hi"]
     assert not np.array_equal(result.retrieved["mfli"], result.retrieved["mfli_user"])
+    # the user-mode lists reported beside the blend are the engine's own answer at that depth
+    q = gated.model.user_embeddings(result.users, result.histories).numpy()
+    np.testing.assert_array_equal(result.retrieved["mfli_user"], gated.retriever().retrieve_users(
+        q, K_MAX, exclude=result.histories).item_ids)
     store = open_store(tmp_path / "store")
     gated.publish(store, "v1")
     live = open_live(store, cache_dir=tmp_path / "cache")
