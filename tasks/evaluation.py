@@ -109,7 +109,7 @@ def _with_blend(run: dict, extracted: dict, snapshot, coengagement: dict, tmp: P
     import dataclasses
 
     from mfli.eval.blend_select import choose_blend
-    from mfli.serve.blend import BlendConfig
+    from mfli.serve.blend import BlendConfig, grid_key
 
     table, fit_table = _load_tables(run, coengagement["coengagement_uri"], tmp)
     depth = BlendConfig().depth
@@ -126,7 +126,7 @@ def _with_blend(run: dict, extracted: dict, snapshot, coengagement: dict, tmp: P
     snapshot.check()
     return {"blend_w_coengagement": cfg.weights.coengagement, "blend_w_trigger": cfg.weights.trigger,
             "blend_valid_recall@100": max(valid_recall.values(), default=None),
-            "blend_valid_recall@100_user": valid_recall.get("0/0"),
+            "blend_valid_recall@100_user": valid_recall.get(grid_key(0.0, 0.0)),
             "coengagement_items": len(table), "coengagement_mb": round(table.nbytes / 2**20, 1)}
 
 

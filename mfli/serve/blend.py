@@ -274,6 +274,11 @@ def blend(user: np.ndarray, coengagement: np.ndarray | None, trigger: np.ndarray
     return ids, sc
 
 
+def grid_key(coengagement: float, trigger: float) -> str:
+    """The key of a weight pair in :func:`choose_blend_weights`' table (``"0/0"``: user mode alone)."""
+    return f"{coengagement:g}/{trigger:g}"
+
+
 def choose_blend_weights(user: np.ndarray, coengagement: np.ndarray, trigger: np.ndarray | None,
                          known: np.ndarray, positives: Sequence[np.ndarray], k: int = 100,
                          coengagement_grid: Sequence[float] = COENGAGEMENT_GRID,
@@ -292,7 +297,7 @@ def choose_blend_weights(user: np.ndarray, coengagement: np.ndarray, trigger: np
             w = BlendWeights(coengagement=wc, trigger=wt)
             ids, _ = blend(user, coengagement, trigger, w, known, k)
             r = recall_at_k(ids, positives, k)
-            table[f"{wc:g}/{wt:g}"] = r
+            table[grid_key(wc, wt)] = r
             if best is None or r > best[0] + 1e-12:
                 best = (r, wc, wt)
     assert best is not None
