@@ -103,6 +103,12 @@ def test_daily_publishes_and_backfill_is_deterministic(dagbag, published):
     assert first and first.startswith("20240629T0000")
     assert second.startswith("20240630T0000") and second != first
     assert _snapshots(env) == [first, second]
+    # published in blend mode (the default), with the weight choice on record
+    from tasks.evaluation import _previous_metrics
+
+    m = _previous_metrics(env["store"])["metrics"]
+    assert 0.0 <= m["blend_valid_recall@100_user"] <= m["blend_valid_recall@100"] <= 1.0
+    assert m["coengagement_items"] > 0
     # re-running day 1 computes the same id and publishes nothing new; LATEST stays on day 2
     dr = _run(dagbag, "mfli_daily_retrain", DAY1, _conf(env))
     assert dr.state == "success"
