@@ -180,24 +180,17 @@ def retrieve_blend(retriever: Any, table: Any, index: Any, cfg: BlendConfig, que
     sources = np.zeros((B, k), np.uint8)
     facet = np.full((B, k), -1, np.int16)
     cluster = np.full((B, k), -1, np.int64)
-    for b in range(B):
-        n = int((ids[b] >= 0).sum())
-        if not n:
+    # later lists first, so user mode's explanation wins where an item is on both
+    for bit, res in ((2, trig), (0, user)):
+        if res is None:
             continue
-        got = ids[b, :n]
-        # later lists first, so user mode's explanation wins where an item is on both
-        for bit, res in ((2, trig), (0, user)):
-            if res is None:
-                continue
-            row = res.item_ids[b]
-            pos = {int(i): j for j, i in enumerate(row.tolist()) if i >= 0}
-            for j, i in enumerate(got.tolist()):
-                p = pos.get(i)
-                if p is not None:
-                    sources[b, j] |= 1 << bit
-                    facet[b, j] = res.facet[b, p]
-                    cluster[b, j] = res.cluster[b, p]
-        sources[b, :n] |= (_isin_row(got, co[b]) << 1).astype(np.uint8)
+        pos = row_positions(ids, res.item_ids)
+        hit = pos >= 0
+        b, j = np.nonzero(hit)
+        sources[b, j] |= np.uint8(1 << bit)
+        facet[b, j] = res.facet[b, pos[b, j]]
+        cluster[b, j] = res.cluster[b, pos[b, j]]
+    sources |= ((row_positions(ids, co) >= 0) << 1).astype(np.uint8)
     missing = (ids >= 0) & (facet < 0)
     if missing.any():  # co-engagement only: the item's cluster in the first facet
         facet[missing] = 0
@@ -205,8 +198,30 @@ def retrieve_blend(retriever: Any, table: Any, index: Any, cfg: BlendConfig, que
     return BlendResult(ids, scores, sources, facet, cluster, user.item_ids)
 
 
-def _isin_row(values: np.ndarray, row: np.ndarray) -> np.ndarray:
-    return np.isin(values, row[row >= 0])
+def row_positions(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``(B, k)`` position of each ``ids[b, j]`` in ``rows[b]`` (its first), -1 where absent or padding.
+
+    ``ids`` ``(B, k)`` and ``rows`` ``(B, D)`` are int64 with -1 padding; any int64 ids. One sort for the
+    whole batch: (request, item) pairs are keyed over dense item codes.
+    """
+    B, D = rows.shape
+    out = np.full(ids.shape, -1, np.int64)
+    rv, iv = rows >= 0, ids >= 0
+    if not (rv.any() and iv.any()):
+        return out
+    uniq = np.unique(rows[rv])
+    U = len(uniq)
+    rkey = np.where(rv, np.arange(B)[:, None] * U + np.searchsorted(uniq, rows), -1).ravel()
+    order = np.argsort(rkey, kind="stable")
+    sk = rkey[order]
+    code = np.searchsorted(uniq, ids)
+    known = iv & (code < U)
+    known[known] = uniq[code[known]] == ids[known]
+    ikey = np.arange(B)[:, None] * U + np.minimum(code, U - 1)
+    at = np.minimum(np.searchsorted(sk, ikey), sk.size - 1)
+    hit = known & (sk[at] == ikey)
+    out[hit] = order[at[hit]] % D
+    return out
 
 
 def _first_facet_cluster(index: Any, rows: np.ndarray) -> np.ndarray:

@@ -103,3 +103,24 @@ def test_no_validation_users_means_user_mode_alone():
     empty = SimpleNamespace(users=np.zeros(0, np.int64), histories=[], positives=[])
     cfg, table = choose_blend(None, None, None, empty, None)
     assert (cfg.weights.coengagement, cfg.weights.trigger, table) == (0.0, 0.0, {})
+
+
+def test_row_positions_match_a_per_request_lookup():
+    from mfli.serve.blend import row_positions
+
+    rng = np.random.default_rng(0)
+    B, D, k = 7, 12, 9
+    pool = rng.choice(np.array([2**40 + 5, 3, 17, 99, 2**62, 8, 41, 56, 70, 12, 1000, 7, 64, 5, 31], np.int64),
+                      size=(B, 20))
+    rows = np.full((B, D), -1, np.int64)
+    ids = np.full((B, k), -1, np.int64)
+    for b in range(B):
+        r = np.unique(pool[b])[: D - b % 3]  # distinct per request, some padding
+        rows[b, : len(r)] = rng.permutation(r)
+        ids[b, : k - b % 4] = rng.choice(np.concatenate([r, [123456, 2**50]]), k - b % 4, replace=False)
+    got = row_positions(ids, rows)
+    for b in range(B):
+        pos = {int(i): j for j, i in enumerate(rows[b].tolist()) if i >= 0}
+        want = [pos.get(int(i), -1) if i >= 0 else -1 for i in ids[b].tolist()]
+        assert got[b].tolist() == want
+    assert (row_positions(ids, np.full((B, D), -1, np.int64)) == -1).all()
