@@ -553,3 +553,83 @@ def explain_rows(rows: np.ndarray, pair: np.ndarray, pair_gid: np.ndarray, item_
             cluster[b, j] = col_cluster[g]
             source[b, j] = source_of_pair[p]
     return ids, facet, cluster, source
+
+
+@nb.njit(**_OPTS)
+def delta_trigger_best(req_ptr: np.ndarray, vec: np.ndarray, gid: np.ndarray, doff: np.ndarray, drows: np.ndarray,
+                       demb: np.ndarray, delta_ids: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray, k: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Trigger mode's delta pass: per request, the best ``k`` delta items its triggers' columns hold.
+
+    Every (trigger, column, delta item) is scored ``e_t . e_i``; an item counts once per request at its
+    best score (the first trigger and column reaching it on ties), excluded items never.
+
+    Args:
+        req_ptr: ``(B + 1,)`` offsets of each request's triggers in ``vec`` and ``gid``.
+        vec: ``(T, D)`` float32 trigger vectors; gid: ``(T, W)`` int64 columns each reads (-1: none).
+        doff: ``(C + 1,)`` offsets of each column's delta rows in ``drows`` ``(M,)`` (delta-local rows).
+        demb: ``(n, D)`` float32 delta vectors; delta_ids: ``(n,)`` their ids (ties: lower id first).
+        ex_ptr, ex_rows: each request's excluded delta rows, ``ex_rows[ex_ptr[b]:ex_ptr[b + 1]]``.
+
+    Returns:
+        flat ``(request, row, score, column, trigger)``, at most ``k`` per request, best first;
+        ``trigger`` indexes ``vec``.
+    """
+    B = req_ptr.size - 1
+    n, D = demb.shape
+    W = gid.shape[1]
+    best = np.empty(n, np.float32)
+    bcol = np.empty(n, np.int64)
+    btrig = np.empty(n, np.int64)
+    stamp = np.full(n, -1, np.int64)  # the request that last scored the row
+    banned = np.full(n, -1, np.int64)  # the request that excludes it
+    touched = np.empty(n, np.int64)
+    o_req = np.empty(B * k, np.int64)
+    o_row = np.empty(B * k, np.int64)
+    o_score = np.empty(B * k, np.float32)
+    o_col = np.empty(B * k, np.int64)
+    o_trig = np.empty(B * k, np.int64)
+    out = 0
+    for b in range(B):
+        for e in range(ex_ptr[b], ex_ptr[b + 1]):
+            banned[ex_rows[e]] = b
+        m = 0
+        for t in range(req_ptr[b], req_ptr[b + 1]):
+            for j in range(W):
+                c = gid[t, j]
+                if c < 0:
+                    continue
+                for p in range(doff[c], doff[c + 1]):
+                    r = drows[p]
+                    if banned[r] == b:
+                        continue
+                    s = np.float32(0.0)
+                    for x in range(D):
+                        s += vec[t, x] * demb[r, x]
+                    if stamp[r] != b:
+                        stamp[r] = b
+                        touched[m] = r
+                        m += 1
+                    elif s <= best[r]:
+                        continue
+                    best[r] = s
+                    bcol[r] = c
+                    btrig[r] = t
+        if m == 0:
+            continue
+        rows = touched[:m].copy()
+        sc = np.empty(m, np.float32)
+        ids = np.empty(m, np.int64)
+        for q in range(m):
+            sc[q] = best[rows[q]]
+            ids[q] = delta_ids[rows[q]]
+        order = _order_desc(sc, ids, m)
+        for q in range(min(k, m)):
+            r = rows[order[q]]
+            o_req[out] = b
+            o_row[out] = r
+            o_score[out] = best[r]
+            o_col[out] = bcol[r]
+            o_trig[out] = btrig[r]
+            out += 1
+    return o_req[:out], o_row[:out], o_score[:out], o_col[:out], o_trig[:out]

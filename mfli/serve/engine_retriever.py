@@ -53,7 +53,6 @@ __all__ = ["DELTA_PROBE", "EngineRetriever"]
 #: the gain at about 2.4x the delta scan of 4 (cheap where deltas are small against the snapshot)
 DELTA_PROBE = 16
 DELTA_REQUESTS = 64  # requests per delta pass (_delta_triggers_chunked)
-DELTA_PAIRS = 1 << 16  # (trigger, delta item) pairs scored per gather
 _ROW_FIELDS = ("item_ids", "scores", "facet", "cluster", "source", "entries", "rescored")
 
 
@@ -198,9 +197,9 @@ class EngineRetriever:
 
     def _delta_triggers_chunked(self, res: EngineResult, lists: list[np.ndarray], rows: list[np.ndarray],
                                 excl: list[np.ndarray], k: int) -> EngineResult:
-        """:meth:`_delta_triggers` over at most :data:`DELTA_REQUESTS` requests at a time: its candidate
-        pairs grow with requests x triggers x delta items per probed column, and a large batch (a daily
-        evaluation's thousands of users over a large delta) must not hold them all at once."""
+        """:meth:`_delta_triggers` over at most :data:`DELTA_REQUESTS` requests at a time: its column lists
+        and candidates grow with requests x triggers, and a large batch (a daily evaluation's thousands of
+        users over a large delta) must not hold them all at once."""
         B = len(lists)
         if B <= DELTA_REQUESTS:
             return self._delta_triggers(res, lists, rows, excl, k)
@@ -247,20 +246,20 @@ class EngineRetriever:
             parts.append((scan.item_ids, scan.scores, scan.facet, scan.cluster,
                           np.where(scan.item_ids >= 0, t_ids[new][:, None], -1),
                           np.repeat(req[new], k).reshape(-1, k)))
-        # delta items of those columns, scored exactly against the trigger
-        g = np.maximum(gid, 0).reshape(-1)
-        lens = np.where(gid.reshape(-1) >= 0, self._doff[g + 1] - self._doff[g], 0)
-        idx, pair = expand(self._doff[g], lens)
-        if idx.size:
-            drow = self._drows[idx]
-            trig = pair // width
-            score = np.empty(idx.size, np.float32)
-            for a in range(0, idx.size, DELTA_PAIRS):  # bounded gathers: (pairs, D) copies of both sides
-                b = a + DELTA_PAIRS
-                score[a:b] = np.einsum("nd,nd->n", vec[trig[a:b]], self._demb[drow[a:b]])
-            col = gid.reshape(-1)[pair]
+        # delta items of those columns, scored exactly against the trigger: the k best per request
+        if self._drows.size:
+            from mfli.serve import engine_kernels as K
+
+            req_ptr = np.searchsorted(req, np.arange(B + 1))  # req is grouped by request
+            ex = [space.rows_of(e) for e in excl]
+            ex = [r[r >= N] - N for r in ex]  # the excluded delta rows (delta-local)
+            ex_ptr = np.zeros(B + 1, np.int64)
+            ex_ptr[1:] = np.cumsum([r.size for r in ex])
+            ex_rows = np.concatenate(ex).astype(np.int64) if B else np.zeros(0, np.int64)
+            o_req, drow, score, col, trig = K.delta_trigger_best(req_ptr, vec, gid, self._doff, self._drows,
+                                                                 self._demb, space.item_ids, ex_ptr, ex_rows, k)
             parts.append((space.item_ids[drow], score, engine.col_facet[col], engine.col_cluster[col], t_ids[trig],
-                          req[trig]))
+                          o_req))
         return self._merge_parts(parts, excl, B, k, res)
 
     def _merge_parts(self, parts, excl: list[np.ndarray], B: int, k: int, res: EngineResult) -> EngineResult:

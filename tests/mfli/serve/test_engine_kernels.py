@@ -83,3 +83,27 @@ def test_explain_rows_with_no_pair_at_all_is_all_padding():
                          np.zeros(0, np.int16), np.zeros(0, np.int64), np.zeros(0, np.int64))
     for a in out:
         assert a.shape == (2, 3) and (a == -1).all()
+
+
+def test_delta_trigger_best_keeps_each_item_once_at_its_best_and_cuts_to_k():
+    from mfli.serve.engine_kernels import delta_trigger_best
+
+    # 4 delta items (ids 40, 30, 20, 10) in 3 columns; item row 1 sits in columns 0 and 2
+    demb = np.array([[1, 0], [0, 1], [1, 1], [2, 0]], np.float32)
+    ids = np.array([40, 30, 20, 10], np.int64)
+    doff = np.array([0, 2, 4, 5], np.int64)
+    drows = np.array([0, 1, 2, 3, 1], np.int64)
+    # request 0: triggers (1, 0) reading columns 0, 1 and (0, 2) reading column 2; request 1: (1, 0), row 3 excluded
+    vec = np.array([[1, 0], [0, 2], [1, 0]], np.float32)
+    gid = np.array([[0, 1], [2, -1], [0, 1]], np.int64)
+    req_ptr = np.array([0, 2, 3], np.int64)
+    ex_ptr, ex_rows = np.array([0, 0, 1], np.int64), np.array([3], np.int64)
+    o_req, row, score, col, trig = delta_trigger_best(req_ptr, vec, gid, doff, drows, demb, ids, ex_ptr, ex_rows, 3)
+    # request 0: rows 3 (id 10) and 1 (id 30; 0 from trigger 0 first, 2.0 from trigger 1) tie at 2.0, lower
+    # id first; rows 0 and 2 tie at 1.0: lower id (20, row 2) first; cut to k = 3
+    assert o_req.tolist() == [0, 0, 0, 1, 1, 1]
+    assert row[:3].tolist() == [3, 1, 2] and score[:3].tolist() == [2.0, 2.0, 1.0]
+    assert (col[1], trig[1]) == (2, 1)  # row 1's best is trigger 1's column 2
+    # request 1: row 3 excluded; rows 0 and 2 tie at 1.0 (lower id first), then row 1 at 0
+    assert row[3:].tolist() == [2, 0, 1] and score[3:].tolist() == [1.0, 1.0, 0.0]
+    assert trig[3:].tolist() == [2, 2, 2]

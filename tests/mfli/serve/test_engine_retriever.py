@@ -224,8 +224,8 @@ def test_trigger_mode_from_neighbour_lists(world, with_delta):
 
 
 def test_delta_trigger_pass_in_chunks_gives_the_same_lists(world, monkeypatch):
-    """The delta pass of list-based trigger mode runs over bounded request chunks and pair blocks (a
-    daily evaluation's thousands of users over a large delta once took 24 GB); the lists are unchanged."""
+    """The delta pass of list-based trigger mode runs over bounded request chunks (a daily evaluation's
+    thousands of users over a large delta once took 24 GB); the lists are unchanged."""
     import mfli.serve.engine_retriever as er
 
     ids, _, cb, index, view, _ = world
@@ -235,7 +235,6 @@ def test_delta_trigger_pass_in_chunks_gives_the_same_lists(world, monkeypatch):
     trig = [list(rng.choice(ids, 3, replace=False)) + [int(view.item_ids[b % 20])] for b in range(9)]
     whole = served.retrieve_triggers(trig, 25)
     monkeypatch.setattr(er, "DELTA_REQUESTS", 2)
-    monkeypatch.setattr(er, "DELTA_PAIRS", 7)
     chunked = served.retrieve_triggers(trig, 25)
     np.testing.assert_array_equal(chunked.item_ids, whole.item_ids)
     np.testing.assert_array_equal(chunked.scores, whole.scores)
