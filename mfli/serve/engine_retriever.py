@@ -251,11 +251,9 @@ class EngineRetriever:
             from mfli.serve import engine_kernels as K
 
             req_ptr = np.searchsorted(req, np.arange(B + 1))  # req is grouped by request
-            ex = [space.rows_of(e) for e in excl]
-            ex = [r[r >= N] - N for r in ex]  # the excluded delta rows (delta-local)
+            req_x, ex_rows = self._excluded_delta_rows(excl, B)
             ex_ptr = np.zeros(B + 1, np.int64)
-            ex_ptr[1:] = np.cumsum([r.size for r in ex])
-            ex_rows = np.concatenate(ex).astype(np.int64) if B else np.zeros(0, np.int64)
+            ex_ptr[1:] = np.cumsum(np.bincount(req_x, minlength=B))
             o_req, drow, score, col, trig = K.delta_trigger_best(req_ptr, vec, gid, self._doff, self._drows,
                                                                  self._demb, space.item_ids, ex_ptr, ex_rows, k)
             parts.append((space.item_ids[drow], score, engine.col_facet[col], engine.col_cluster[col], t_ids[trig],
@@ -319,6 +317,18 @@ class EngineRetriever:
         return RetrievalResult(res.item_ids, res.scores, res.facet, res.cluster, res.source, res.mode,
                                self.facet_names)
 
+    def _excluded_delta_rows(self, exclude, B: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(request, delta-local row)`` of the excluded ids that are delta items, grouped by request
+        (ids resolved in the view: delta rows are >= N)."""
+        lens = np.fromiter((len(e) for e in exclude), np.int64, count=B)
+        if not lens.sum():
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        rows = self._space.rows_of(np.concatenate([np.asarray(e, np.int64).reshape(-1) for e in exclude
+                                                   if len(e)])) - self._space.base.n_items
+        req = np.repeat(np.arange(B, dtype=np.int64), lens)
+        ok = rows >= 0
+        return req[ok], rows[ok].astype(np.int64)
+
     def _merge_delta(self, res: EngineResult, q: np.ndarray, gid: np.ndarray, rank: np.ndarray, k: int,
                      exclude) -> EngineResult:
         """Delta items of the routed clusters ``gid (B, w)``, scored exactly by ``q (B, F * d)`` (weighted by
@@ -338,14 +348,10 @@ class EngineRetriever:
         key = req * n + row
         key_u, first = np.unique(key, return_index=True)
         req, row, pair = req[first], row[first], pair[first]
-        if exclude is not None:  # excluded delta items (ids resolved in the view: delta rows are >= N)
-            lens_x = np.fromiter((len(e) for e in exclude), np.int64, count=B)
-            if lens_x.sum():
-                rows_x = space.rows_of(np.concatenate([np.asarray(e, np.int64).reshape(-1) for e in exclude
-                                                       if len(e)])) - space.base.n_items
-                req_x = np.repeat(np.arange(B, dtype=np.int64), lens_x)
-                ok = rows_x >= 0
-                keep = ~np.isin(key_u, req_x[ok] * n + rows_x[ok])
+        if exclude is not None:
+            req_x, rows_x = self._excluded_delta_rows(exclude, B)
+            if rows_x.size:
+                keep = ~np.isin(key_u, req_x * n + rows_x)
                 req, row, pair = req[keep], row[keep], pair[keep]
         score = np.einsum("nd,nd->n", q[req], self._demb[row]).astype(np.float32)  # q carries the weights
         cnt = np.bincount(req, minlength=B)
