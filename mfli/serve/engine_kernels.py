@@ -633,3 +633,88 @@ def delta_trigger_best(req_ptr: np.ndarray, vec: np.ndarray, gid: np.ndarray, do
             o_trig[out] = btrig[r]
             out += 1
     return o_req[:out], o_row[:out], o_score[:out], o_col[:out], o_trig[:out]
+
+
+@nb.njit(**_OPTS)
+def delta_user_merge(q: np.ndarray, gid: np.ndarray, rank: np.ndarray, doff: np.ndarray, drows: np.ndarray,
+                     demb: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray, res_ids: np.ndarray,
+                     res_score: np.ndarray, res_facet: np.ndarray, res_cluster: np.ndarray, res_source: np.ndarray,
+                     delta_ids: np.ndarray, col_facet: np.ndarray, col_cluster: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """User mode's delta pass: the delta items of each request's routed columns, scored exactly, merged
+    with the engine's results.
+
+    Args:
+        q: ``(B, D)`` float32 weighted queries; gid, rank: ``(B, w)`` routed columns, best first (-1: none),
+            and their routing ranks.
+        doff, drows, demb, delta_ids: each column's delta rows (delta-local), the delta's ``(n, D)``
+            vectors and ids; ex_ptr, ex_rows: each request's excluded delta rows.
+        res_*: the engine's ``(B, k)`` results; col_facet, col_cluster: each column's facet and cluster.
+
+    Returns:
+        ids, scores, facet, cluster, source ``(B, k)`` and ``(B,)`` delta items scored per request. An
+        item is explained by the best-ranked column holding it; ties keep the engine's results first,
+        then delta items by row.
+    """
+    B, w = gid.shape
+    k = res_ids.shape[1]
+    n, D = demb.shape
+    stamp = np.full(n, -1, np.int64)
+    banned = np.full(n, -1, np.int64)
+    first = np.empty(n, np.int64)  # position in gid[b] of the first column holding the row
+    touched = np.empty(n, np.int64)
+    ids = res_ids.copy()
+    score = res_score.copy()
+    facet = res_facet.copy()
+    cluster = res_cluster.copy()
+    source = res_source.copy()
+    cnt = np.zeros(B, np.int64)
+    for b in range(B):
+        for e in range(ex_ptr[b], ex_ptr[b + 1]):
+            banned[ex_rows[e]] = b
+        m = 0
+        for p in range(w):
+            c = gid[b, p]
+            if c < 0:
+                continue
+            for i in range(doff[c], doff[c + 1]):
+                r = drows[i]
+                if banned[r] == b or stamp[r] == b:
+                    continue
+                stamp[r] = b
+                first[r] = p
+                touched[m] = r
+                m += 1
+        cnt[b] = m
+        if m == 0:
+            continue
+        rows = np.sort(touched[:m])
+        all_score = np.empty(k + m, np.float64)
+        for j in range(k):
+            all_score[j] = -np.float64(res_score[b, j])
+        d_score = np.empty(m, np.float32)
+        for j in range(m):
+            r = rows[j]
+            s = np.float32(0.0)
+            for x in range(D):
+                s += q[b, x] * demb[r, x]
+            d_score[j] = s
+            all_score[k + j] = -np.float64(s)
+        order = np.argsort(all_score, kind="mergesort")  # stable: engine results first on ties
+        for j in range(k):
+            o = order[j]
+            if o < k:
+                ids[b, j] = res_ids[b, o]
+                score[b, j] = res_score[b, o]
+                facet[b, j] = res_facet[b, o]
+                cluster[b, j] = res_cluster[b, o]
+                source[b, j] = res_source[b, o]
+            else:
+                r = rows[o - k]
+                c = gid[b, first[r]]
+                ids[b, j] = delta_ids[r]
+                score[b, j] = d_score[o - k]
+                facet[b, j] = col_facet[c]
+                cluster[b, j] = col_cluster[c]
+                source[b, j] = rank[b, first[r]]
+    return ids, score, facet, cluster, source, cnt

@@ -40,7 +40,6 @@ from mfli.index.delta import DeltaIndex
 from mfli.index.inverted import MultiFacetIndex, _as_numpy
 from mfli.serve.engine import EngineConfig, EngineResult, ScanEngine
 from mfli.serve.retriever import RetrievalResult, Retriever, RetrieverConfig
-from mfli.serve.scoring import expand
 
 __all__ = ["DELTA_PROBE", "EngineRetriever"]
 
@@ -333,53 +332,23 @@ class EngineRetriever:
                      exclude) -> EngineResult:
         """Delta items of the routed clusters ``gid (B, w)``, scored exactly by ``q (B, F * d)`` (weighted by
         ``new_item_facet_weights`` when set, else by the snapshot's facet weights),
-        merged with the engine's ``(B, k)`` results; each delta item once, from its best-ranked cluster."""
+        merged with the engine's ``(B, k)`` results; each delta item once, from its best-ranked cluster
+        (one compiled pass: :func:`~mfli.serve.engine_kernels.delta_user_merge`)."""
+        from mfli.serve import engine_kernels as K
+
         engine, space = self.engine, self._space
-        B, w = gid.shape
-        n = space.item_ids.size
-        g = np.maximum(gid, 0).reshape(-1)
-        lens = np.where(gid.reshape(-1) >= 0, self._doff[g + 1] - self._doff[g], 0)
-        idx, pair = expand(self._doff[g], lens)
-        if idx.size == 0:
-            return res
-        row = self._drows[idx]
-        req = pair // w
-        # pairs run best routing rank first: the first copy of (request, row) is its explanation
-        key = req * n + row
-        key_u, first = np.unique(key, return_index=True)
-        req, row, pair = req[first], row[first], pair[first]
+        B = gid.shape[0]
         if exclude is not None:
-            req_x, rows_x = self._excluded_delta_rows(exclude, B)
-            if rows_x.size:
-                keep = ~np.isin(key_u, req_x * n + rows_x)
-                req, row, pair = req[keep], row[keep], pair[keep]
-        score = np.einsum("nd,nd->n", q[req], self._demb[row]).astype(np.float32)  # q carries the weights
-        cnt = np.bincount(req, minlength=B)
-        width = int(cnt.max()) if cnt.size else 0
-        if width == 0:
-            return res
-        slot = np.arange(req.size) - (np.cumsum(cnt) - cnt)[req]  # req is sorted (keys were)
-        col = gid.reshape(-1)[pair]
-        d_ids = np.full((B, width), -1, np.int64)
-        d_score = np.full((B, width), -np.inf, np.float32)
-        d_fac = np.full((B, width), -1, np.int16)
-        d_cl = np.full((B, width), -1, np.int64)
-        d_src = np.full((B, width), -1, np.int64)
-        d_ids[req, slot] = space.item_ids[row]
-        d_score[req, slot] = score
-        d_fac[req, slot] = engine.col_facet[col]
-        d_cl[req, slot] = engine.col_cluster[col]
-        d_src[req, slot] = rank.reshape(-1)[pair]
-        scores = np.concatenate([res.scores, d_score], 1)
-        # best first; ties keep the snapshot's item first (stable), then delta order
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-        def take(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            return np.take_along_axis(np.concatenate([a, b], 1), top, 1)
-
-        item_ids = take(res.item_ids, d_ids)
-        top_scores = np.take_along_axis(scores, top, 1)
-        return EngineResult(item_ids=item_ids, scores=top_scores, facet=take(res.facet, d_fac),
-                            cluster=take(res.cluster, d_cl), source=take(res.source, d_src),
+            req_x, ex_rows = self._excluded_delta_rows(exclude, B)
+        else:
+            req_x, ex_rows = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        ex_ptr = np.zeros(B + 1, np.int64)
+        ex_ptr[1:] = np.cumsum(np.bincount(req_x, minlength=B))
+        ids, scores, facet, cluster, source, cnt = K.delta_user_merge(
+            np.ascontiguousarray(q, np.float32), np.ascontiguousarray(gid, np.int64),
+            np.ascontiguousarray(rank, np.int64), self._doff, self._drows, self._demb, ex_ptr, ex_rows,
+            res.item_ids, res.scores, res.facet, res.cluster, res.source, space.item_ids, engine.col_facet,
+            engine.col_cluster)
+        return EngineResult(item_ids=ids, scores=scores, facet=facet, cluster=cluster, source=source,
                             mode="user", facet_names=self.facet_names, entries=res.entries,
                             rescored=res.rescored + cnt)
