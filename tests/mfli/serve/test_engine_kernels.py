@@ -107,3 +107,35 @@ def test_delta_trigger_best_keeps_each_item_once_at_its_best_and_cuts_to_k():
     # request 1: row 3 excluded; rows 0 and 2 tie at 1.0 (lower id first), then row 1 at 0
     assert row[3:].tolist() == [2, 0, 1] and score[3:].tolist() == [1.0, 1.0, 0.0]
     assert trig[3:].tolist() == [2, 2, 2]
+
+
+def test_delta_user_merge_scores_each_routed_delta_item_once_and_keeps_engine_results_first_on_ties():
+    from mfli.serve.engine_kernels import delta_user_merge
+
+    # delta rows 0..3 (ids 90, 80, 70, 60); row 1 sits in columns 0 and 1
+    demb = np.array([[1, 0], [2, 0], [0, 1], [3, 0]], np.float32)
+    ids = np.array([90, 80, 70, 60], np.int64)
+    doff = np.array([0, 2, 4], np.int64)
+    drows = np.array([1, 0, 2, 1], np.int64)
+    q = np.array([[1, 0], [1, 0]], np.float32)
+    gid = np.array([[1, 0], [0, -1]], np.int64)  # request 0 reads column 1 first; request 1 column 0 only
+    rank = np.array([[0, 1], [0, 1]], np.int64)
+    # engine results (k = 3): request 0 has an item at score 2.0 (ties with delta row 1), request 1 one at 5.0
+    res_ids = np.array([[7, -1, -1], [8, -1, -1]], np.int64)
+    res_score = np.array([[2.0, -np.inf, -np.inf], [5.0, -np.inf, -np.inf]], np.float32)
+    res_facet = np.array([[0, -1, -1], [1, -1, -1]], np.int16)
+    res_cluster = np.array([[3, -1, -1], [4, -1, -1]], np.int64)
+    res_source = np.array([[0, -1, -1], [0, -1, -1]], np.int64)
+    col_facet = np.array([0, 1], np.int16)
+    col_cluster = np.array([10, 20], np.int64)
+    ex_ptr, ex_rows = np.array([0, 0, 1], np.int64), np.array([1], np.int64)  # request 1 excludes row 1
+    out_ids, score, facet, cluster, source, cnt = delta_user_merge(
+        q, gid, rank, doff, drows, demb, ex_ptr, ex_rows, res_ids, res_score, res_facet, res_cluster, res_source,
+        ids, col_facet, col_cluster)
+    # request 0: rows 0, 1, 2 reached (row 1 first through column 1, rank 0); engine item 7 first on the 2.0 tie
+    assert out_ids[0].tolist() == [7, 80, 90] and score[0].tolist() == [2.0, 2.0, 1.0]
+    assert (facet[0, 1], cluster[0, 1], source[0, 1]) == (1, 20, 0)
+    assert (facet[0, 2], cluster[0, 2], source[0, 2]) == (0, 10, 1)
+    # request 1: row 1 excluded, row 0 reached; the engine's own result stays first
+    assert out_ids[1].tolist() == [8, 90, -1] and np.isneginf(score[1, 2])
+    assert cnt.tolist() == [3, 1]

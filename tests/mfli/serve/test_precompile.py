@@ -12,7 +12,7 @@ from mfli.serve.precompile import precompile
 SERVED = [
     neighbours.trigger_lists, neighbours.trigger_lists_serial, neighbours._merge_block,
     engine_kernels.rescore_candidates, engine_kernels.route_small, engine_kernels.segment_means,
-    engine_kernels.delta_trigger_best,
+    engine_kernels.delta_trigger_best, engine_kernels.delta_user_merge,
 ]
 
 
