@@ -313,7 +313,7 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
                     index.item_ids[r], cfg.k, lists=True).item_ids))
                 lsweep.append({"neighbours": cfg.k, "probe": engine.list_probe, "auto": probe is None,
                                "build_seconds": build,
-                               "list_bytes": int(engine._nbr.nbytes), "by_T": pts})
+                               "list_bytes": int(engine.list_nbytes), "list_compact": bool(engine._lists.compact), "by_T": pts})
                 log(f"  trigger lists probe={engine.list_probe} (built in {build:.0f}s): " + ", ".join(
                     f"T={T} recall {v['recall']:.3f} {v[f'rps_b{cfg.trigger_batch}']:.0f} r/s"
                     for T, v in pts.items()))

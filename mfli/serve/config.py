@@ -48,8 +48,9 @@ def default_scan_config() -> EngineConfig:
     last, 0.208 to 0.269 on amazon-scientific / last and 0.265 to 0.295 on its cold split
     (docs/benchmarks.md), and at 1M items they answer 5.3-20x the requests/s of the fastest
     per-trigger IVF / ScaNN / HNSW search at equal recall (one trigger at recall 0.80 is the narrow
-    cell: 3.6-4.4x in two earlier runs), for 400 bytes per item and a build of 76-92 s on one thread
-    (docs/benchmarks_serving.md, "Trigger mode at 1,000,000 items").
+    cell: 3.6-4.4x in two earlier runs; measured with int32 lists), for 200 bytes per item as uint16
+    codes (``compact_lists``; about 0.9x the requests/s of int32 rows, "Compact neighbour lists") and a
+    build of 54-92 s on one thread (docs/benchmarks_serving.md, "Trigger mode at 1,000,000 items").
     """
     return EngineConfig(n_clusters=48, shortlist=400, prerank="fastscan", neighbours=100)
 

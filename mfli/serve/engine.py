@@ -44,7 +44,7 @@ reads the ``n_clusters`` best clusters over all facets (one budget); ``"per_face
   ``neighbour_probe - 1`` nearest; a request reads its triggers' lists and rescores them exactly
   (no routing, no scan). At 1M items this is 5.3-20x the requests/s of the fastest per-trigger ANN
   search at equal recall (3.6x in the narrowest cell of an earlier run; docs/benchmarks_serving.md)
-  for ``4 * N * neighbours`` bytes;
+  for ``2 * N * neighbours`` bytes (uint16 codes; ``4 * N * neighbours`` when lists fall back to int32 rows);
 - *cluster scan* (no lists): each trigger item's own clusters (its cluster in every facet, no
   routing) plus optionally its ``extra_clusters`` nearest clusters by centroid are scanned with the
   trigger's tables into a short list of ``shortlist`` per trigger; each short-listed copy is rescored
@@ -106,6 +106,7 @@ class EngineConfig:
     # None: enough columns for about LIST_CANDIDATES * neighbours candidates per column (at least 8)
     neighbours: int = 0
     neighbour_probe: int | None = None
+    compact_lists: bool = True  # lists as uint16 neighbourhood codes where they fit (mfli.serve.neighbours)
     # pre-ranker of the short list: "codes" (learned code path + 8-bit residual PQ, numba scan) or
     # "fastscan" (4-bit residual-to-centroid PQ in faiss fast-scan blocks, mfli.serve.engine_fastscan)
     prerank: str = "codes"
@@ -279,7 +280,7 @@ class ScanEngine:
         for f, csr in enumerate(index.facets):
             own[:, f, :] = csr.positions(index.assignments[:, f, :]) + self.facet_start[f]
         self._own = own.reshape(N, F * m).astype(np.int32)
-        self._nbr: np.ndarray | None = None
+        self._lists = None  # mfli.serve.neighbours.NeighbourLists
         if self.config.neighbours:
             self.build_lists(self.config.neighbours, self.config.neighbour_probe)
         self._bits = np.zeros((self.config.threads, N // 8 + 1), np.uint8)
@@ -290,31 +291,54 @@ class ScanEngine:
     @property
     def has_lists(self) -> bool:
         """Whether trigger mode can answer from neighbour lists (:meth:`build_lists`)."""
-        return self._nbr is not None
+        return self._lists is not None
 
     @property
     def list_length(self) -> int:
         """Items per neighbour list (0 without lists)."""
-        return 0 if self._nbr is None else int(self._nbr.shape[1])
+        return 0 if self._lists is None else self._lists.length
+
+    @property
+    def list_nbytes(self) -> int:
+        """Bytes of the neighbour lists (0 without lists)."""
+        return 0 if self._lists is None else self._lists.nbytes
+
+    def neighbour_rows(self, rows=None) -> np.ndarray:
+        """``(n, K)`` int32 neighbour lists (rows, best first, -1 padding) of item ``rows`` (default: all)."""
+        if self._lists is None:
+            raise ValueError("this engine has no neighbour lists (EngineConfig.neighbours = 0)")
+        rows = np.arange(self.N, dtype=np.int64) if rows is None else np.asarray(rows, np.int64).reshape(-1)
+        return self._NB.decode_rows(self._list_args, self._own, rows)
 
     def build_lists(self, neighbours: int, probe: int | None = None) -> None:
         """(Re)build the trigger-mode neighbour lists: every item's ``neighbours`` best items found in its
         clusters and their ``probe - 1`` nearest (:func:`mfli.serve.neighbours.build_neighbour_lists`);
         ``probe`` None: :func:`mfli.serve.neighbours.auto_probe`. The probe used is ``self.list_probe``."""
         from mfli.serve import neighbours as NB
-        from mfli.serve.neighbours import auto_probe, build_neighbour_lists, column_neighbours
+        from mfli.serve.neighbours import auto_probe, build_neighbour_lists, column_neighbours, encode_lists
 
         self._NB = NB  # the serving kernels, kept like ``self._K`` (an import per request costs at batch 1)
         if probe is None:
             probe = auto_probe(self._col_len, neighbours)
         if neighbours < 1 or probe < 1:
             raise ValueError("neighbours and probe must be >= 1")
-        self._nbr = None  # the old lists are dropped before the new ones are built (peak memory)
+        self._lists = self._list_args = None  # the old lists are dropped before the new ones are built (peak memory)
         # (C, probe) every column's nearest columns, itself first (also where a delta's new items are looked for)
         self.col_neighbours = column_neighbours(self._cent, probe)
-        self._nbr = build_neighbour_lists(self._emb, self.entry_rows, self.offsets, self._cent, neighbours, probe,
-                                          self.col_neighbours)
+        rows = build_neighbour_lists(self._emb, self.entry_rows, self.offsets, self._cent, neighbours, probe,
+                                     self.col_neighbours)
         self.list_probe = probe
+        self.set_lists(encode_lists(rows, self._own, self.col_neighbours, self.entry_rows, self.offsets,
+                                    compact=self.config.compact_lists))
+
+    def set_lists(self, lists) -> None:
+        """Serve trigger mode from ``lists`` (a :class:`~mfli.serve.neighbours.NeighbourLists` encoded over
+        this engine's columns and ``col_neighbours``, e.g. the same lists stored the other way)."""
+        if lists.codes.shape[0] != self.N or lists.col_nbr.shape[0] != self.offsets.size - 1:
+            raise ValueError(f"lists of {lists.codes.shape[0]} items over {lists.col_nbr.shape[0]} columns do not "
+                             f"match this engine ({self.N} items, {self.offsets.size - 1} columns)")
+        self._lists = lists
+        self._list_args = lists.kernel_args(self.entry_rows, self.offsets)
         self._slots = np.full((self.config.threads, self.N), -1, np.int32)  # trigger_lists' scratch
 
     # ------------------------------------------------------------------ helpers
@@ -521,9 +545,9 @@ class ScanEngine:
         if removed_bits is None:
             removed_bits = self.removed_bits(removed)
         if lists is None:
-            lists = self._nbr is not None
+            lists = self._lists is not None
         if lists:
-            if self._nbr is None:
+            if self._lists is None:
                 raise ValueError("this engine has no neighbour lists (EngineConfig.neighbours = 0)")
             return self._search_lists(triggers, k, exclude, exclude_triggers, removed_bits)
         rows_all, counts = self._rows_ragged(triggers)
@@ -559,7 +583,7 @@ class ScanEngine:
         the kernel. At batch 1 every numpy call counts (~0.5-1 us each against a ~10 us kernel), so that
         case builds its arguments with as few as it can."""
         B = len(triggers)
-        K = self._nbr.shape[1]
+        K = self._lists.length
         if B == 1:
             ids = np.asarray(triggers[0], np.int64).reshape(-1)
             ptr = np.array((0, ids.size), np.int64)
@@ -581,7 +605,7 @@ class ScanEngine:
             kernel, bits, slots = self._NB.trigger_lists_serial, self._bits, self._slots
         index = self.index
         ids_o, scores, facet, cluster, source, scored = kernel(
-            ptr, ids, index._sorted_ids, index._sorted_rows, self._nbr, self._emb, self._own, ex_ptr, ex_rows,
+            ptr, ids, index._sorted_ids, index._sorted_rows, self._list_args, self._emb, self._own, ex_ptr, ex_rows,
             exclude_triggers, removed_bits, bits, slots, k, index.item_ids, self.col_facet, self.col_cluster)
         return EngineResult(item_ids=ids_o, scores=scores, facet=facet, cluster=cluster, source=source,
                             entries=entries, rescored=scored, mode="trigger", facet_names=self.facet_names)
@@ -624,6 +648,6 @@ class ScanEngine:
             own += self._pqT.nbytes * 2  # faiss keeps the centroids too
         if self._fs is not None:
             own += self._fs.nbytes() + self._cent.nbytes + self.entry_col.nbytes
-        if self._nbr is not None:
-            own += self._nbr.nbytes + self._slots.nbytes
+        if self._lists is not None:
+            own += self._lists.nbytes + self._slots.nbytes
         return {"engine": int(own), "embeddings": int(self._emb.nbytes), "total": int(own + self._emb.nbytes)}

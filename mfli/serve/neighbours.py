@@ -9,21 +9,31 @@ is built, by exact scoring inside the clusters:
 - the members of ``c`` are scored exactly against the (distinct) members of those columns in one
   matrix product, and each member keeps its ``K`` best (one sorted list per item, merged over the
   ``F * m`` columns the item sits in);
-- lists are stored best first as ``(N, K)`` int32 rows (-1 padding). Scores are not stored: a
-  request recomputes ``T * K`` exact dot products, which is cheaper than reading ``T * K`` stored
-  floats would save.
+- lists are kept best first (:class:`NeighbourLists`). Scores are not stored: a request recomputes
+  ``T * K`` exact dot products, which is cheaper than reading ``T * K`` stored floats would save.
+  A neighbour always sits in one of the columns its item's columns probe, so it is stored *compactly*
+  as that column's slot in the item's neighbourhood and its position inside the column,
+  ``(a * probe + b) << shift | p`` in a uint16 (``a``: which of the item's ``F * m`` columns, ``b``:
+  which of that column's ``probe`` nearest, ``p < 2 ** shift``, the longest column): half the bytes of
+  int32 rows. A request decodes with a shift, a mask and one read of the engine's entry table (a
+  trigger's column starts are looked up once per request, when first needed), about 0.9x the
+  requests/s of int32 rows at 1M items. Codes that do not fit 16 bits (far slots of long columns) are
+  escaped to a sorted side table; a catalogue where more than one entry in ``1 / ESCAPE_SHARE_MAX``
+  would escape keeps plain ``(N, K)`` int32 rows (``EngineConfig.compact_lists=False`` always does).
 
 Serving (:func:`trigger_lists`) is then a look-up: a request's triggers' lists, rescored exactly,
 each item once at its best trigger, triggers / excluded / removed rows dropped, top ``k``. No routing
 and no scan per request.
 
 Cost at build: ``sum_c |c| * |candidates(c)| * F * d`` multiply-adds (``probe`` times the members of a
-column's neighbourhood); memory ``4 * N * K`` bytes. A list holds the best items of the scanned
-neighbourhood, so its recall against exact search is bounded by how much of an item's true neighbour
-set the ``probe`` nearest clusters hold (measured in ``docs/benchmarks_serving.md``).
+column's neighbourhood); memory ``2 * N * K`` bytes (compact) or ``4 * N * K`` (rows). A list holds the
+best items of the scanned neighbourhood, so its recall against exact search is bounded by how much of
+an item's true neighbour set the ``probe`` nearest clusters hold (``docs/benchmarks_serving.md``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numba as nb
 import numpy as np
@@ -36,6 +46,14 @@ from mfli.serve.engine_kernels import _mark, _top_unique
 #: in docs/benchmarks_serving.md); small catalogues have small clusters and need more of them
 LIST_CANDIDATES = 40
 MIN_PROBE = 8
+
+#: compact codes: padding, and "look the row up in the side table"
+PAD16 = 65535
+ESC16 = 65534
+#: compact list entries decoded before the scoring of a run (the entry-table reads overlap)
+_DECODE_AHEAD = 16
+#: compact lists are kept while at most this share of entries escape (12 side-table bytes each)
+ESCAPE_SHARE_MAX = 1 / 12
 
 _OPTS = {"nogil": True, "cache": True, "fastmath": {"reassoc", "contract", "arcp", "nsz"}}
 
@@ -195,6 +213,154 @@ def build_neighbour_lists(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.n
     return best_id
 
 
+@dataclass
+class NeighbourLists:
+    """Every item's neighbour list, best first (see the module docstring for the compact form).
+
+    Attributes:
+        codes: ``(N, K)`` uint16 compact codes (``PAD16`` padding, ``ESC16``: in the side table) or,
+            when ``shift < 0``, int32 rows (-1 padding).
+        shift: bits of the position inside a column (the longest column's), -1 for plain rows.
+        col_nbr: ``(C, probe)`` int32 the columns every column probes (:func:`column_neighbours`).
+        esc_key, esc_row: ``(n_esc,)`` sorted int64 ``r * K + j`` and int32 rows of the escaped entries.
+    """
+
+    codes: np.ndarray
+    shift: int
+    col_nbr: np.ndarray
+    esc_key: np.ndarray
+    esc_row: np.ndarray
+
+    @property
+    def compact(self) -> bool:
+        return self.shift >= 0
+
+    @property
+    def length(self) -> int:
+        return int(self.codes.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.codes.nbytes + self.esc_key.nbytes + self.esc_row.nbytes + self.col_nbr.nbytes)
+
+    def kernel_args(self, entry_rows: np.ndarray, offsets: np.ndarray) -> tuple:
+        """The tuple the serving kernels decode with (built once: unboxing it costs at batch 1)."""
+        return (self.codes, np.int64(self.shift), self.col_nbr, offsets, entry_rows, self.esc_key, self.esc_row)
+
+
+@nb.njit(**_OPTS)
+def _entry_positions(entry_rows: np.ndarray, offsets: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """``(N, W)`` int32 position of every item inside each of its own columns ``own (N, W)`` (-1: not there)."""
+    N, W = own.shape
+    pos = np.full((N, W), -1, np.int32)
+    for c in range(offsets.size - 1):
+        for e in range(offsets[c], offsets[c + 1]):
+            u = entry_rows[e]
+            for x in range(W):
+                if own[u, x] == c and pos[u, x] < 0:
+                    pos[u, x] = e - offsets[c]
+                    break
+    return pos
+
+
+@nb.njit(**_OPTS)
+def _encode(rows: np.ndarray, own: np.ndarray, col_nbr: np.ndarray, pos: np.ndarray, shift: int, escape_at: int,
+            out: np.ndarray) -> int:
+    """Compact codes of ``rows (N, K)`` into ``out``: the smallest ``(a * P + b) << shift | p`` that reaches
+    each neighbour, ``ESC16`` from ``escape_at`` on; returns the escapes, or -1 - r when item r has a
+    neighbour outside its neighbourhood (the lists were built with other columns)."""
+    N, K = rows.shape
+    W = own.shape[1]
+    P = col_nbr.shape[1]
+    n_esc = 0
+    for r in range(N):
+        for j in range(K):
+            u = rows[r, j]
+            if u < 0:
+                out[r, j] = PAD16
+                continue
+            code = -1
+            for a in range(W):
+                for b in range(P):
+                    col = col_nbr[own[r, a], b]
+                    for x in range(W):
+                        if own[u, x] == col:
+                            code = ((a * P + b) << shift) | pos[u, x]
+                            break
+                    if code >= 0:
+                        break
+                if code >= 0:
+                    break
+            if code < 0:
+                return -1 - r
+            if code >= escape_at:
+                out[r, j] = ESC16
+                n_esc += 1
+            else:
+                out[r, j] = code
+    return n_esc
+
+
+def encode_lists(rows: np.ndarray, own: np.ndarray, col_nbr: np.ndarray, entry_rows: np.ndarray,
+                 offsets: np.ndarray, compact: bool = True, escape_at: int = ESC16) -> NeighbourLists:
+    """Store ``rows (N, K)`` int32 lists (:func:`build_neighbour_lists`) compactly where that saves bytes.
+
+    Args:
+        own: ``(N, W)`` int32 every item's own columns; col_nbr: ``(C, P)`` the columns each probed.
+        compact: False keeps int32 rows.  escape_at: codes from here on go to the side table (tests
+            lower it to exercise the escapes).
+    """
+    col_nbr = np.ascontiguousarray(col_nbr, dtype=np.int32)
+    plain = NeighbourLists(np.ascontiguousarray(rows, dtype=np.int32), -1, col_nbr, np.zeros(0, np.int64),
+                           np.zeros(0, np.int32))
+    col_len = np.diff(offsets)
+    longest = int(col_len.max()) if col_len.size else 0
+    shift = (longest - 1).bit_length() if longest else 0
+    if not compact or rows.size == 0 or longest < 1 or (1 << shift) > escape_at:
+        return plain
+    out = np.empty(rows.shape, np.uint16)
+    pos = _entry_positions(entry_rows, offsets, np.ascontiguousarray(own, dtype=np.int32))
+    n_esc = _encode(rows, own, col_nbr, pos, shift, min(escape_at, ESC16), out)
+    if n_esc < 0:
+        raise ValueError(f"item row {-1 - n_esc} has a neighbour outside the columns its columns probe")
+    if n_esc > ESCAPE_SHARE_MAX * rows.size:
+        return plain
+    key = np.flatnonzero(out.reshape(-1) == ESC16).astype(np.int64)  # r * K + j, sorted
+    return NeighbourLists(out, shift, col_nbr, key, rows.reshape(-1)[key].astype(np.int32))
+
+
+@nb.njit(**_OPTS)
+def _list_row(lists: tuple, own: np.ndarray, tr: int, j: int) -> int:
+    """Row of entry ``j`` of item ``tr``'s list (-1: padding), decoding compact codes."""
+    codes, shift, col_nbr, offsets, entry_rows, esc_key, esc_row = lists
+    c = np.int64(codes[tr, j])
+    if shift < 0:
+        return c
+    if c >= ESC16:
+        if c == PAD16:
+            return -1
+        return np.int64(esc_row[np.searchsorted(esc_key, np.int64(tr) * codes.shape[1] + j)])
+    ab = c >> shift
+    P = col_nbr.shape[1]
+    a = ab // P
+    col = col_nbr[own[tr, a], ab - a * P]
+    return np.int64(entry_rows[offsets[col] + (c & ((np.int64(1) << shift) - 1))])
+
+
+@nb.njit(**_OPTS)
+def decode_rows(lists: tuple, own: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``(n, K)`` int32 neighbour rows of items ``rows`` (-1 padding) from :meth:`NeighbourLists.kernel_args`."""
+    K = lists[0].shape[1]
+    out = np.full((rows.size, K), -1, np.int32)
+    for i in range(rows.size):
+        for j in range(K):
+            r = _list_row(lists, own, rows[i], j)
+            if r < 0:
+                break
+            out[i, j] = r
+    return out
+
+
 @nb.njit(**_OPTS)
 def _offer(slot: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, size: int, r: int, q: int,
            s: float) -> int:
@@ -210,29 +376,77 @@ def _offer(slot: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, siz
 
 
 @nb.njit(**_OPTS)
-def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.ndarray, nbr: np.ndarray,
-                emb: np.ndarray, bt: np.ndarray, removed: np.ndarray, slot: np.ndarray, hi: np.ndarray,
-                hq: np.ndarray, hs: np.ndarray, size: int) -> int:
+def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.ndarray, lists: tuple,
+                own: np.ndarray, emb: np.ndarray, bt: np.ndarray, removed: np.ndarray, slot: np.ndarray, hi: np.ndarray,
+                hq: np.ndarray, hs: np.ndarray, size: int, starts: np.ndarray, rbuf: np.ndarray) -> int:
     """Entries ``j0 .. j1 - 1`` of the lists of triggers ``q0 .. q1 - 1``, each scored exactly and offered
-    (:func:`_offer`) until one scores below ``tau`` (lists run best first); returns the new size."""
-    D = emb.shape[1]
+    (:func:`_offer`) until one scores below ``tau`` (lists run best first); returns the new size.
+
+    Compact lists are decoded ``_DECODE_AHEAD`` entries at a time into ``rbuf`` before they are scored,
+    so the entry-table reads of a run overlap instead of each delaying its own vector's read.
+    ``starts ((q1 - q0) * F * m * probe,)`` int64: the triggers' neighbourhood column starts, -1 until
+    first needed (reset once per request, shared by both passes)."""
+    codes, shift, col_nbr, offsets, entry_rows, esc_key, esc_row = lists
+    mask = (np.int64(1) << max(shift, 0)) - 1
+    K = codes.shape[1]
+    W = own.shape[1]
+    P = col_nbr.shape[1]
     for q in range(q0, q1):
         tr = trig_rows[q]
         if tr < 0:
             continue
-        for j in range(j0, j1):
-            r = nbr[tr, j]
-            if r < 0:
-                break
-            if (bt[r >> 3] | removed[r >> 3]) & np.uint8(1 << (r & 7)):
-                continue
-            acc = np.float32(0.0)
-            for x in range(D):
-                acc += emb[tr, x] * emb[r, x]
-            if acc < tau:
-                break
-            size = _offer(slot, hi, hq, hs, size, r, q, acc)
+        if shift < 0:  # int32 rows
+            for j in range(j0, j1):
+                r = np.int64(codes[tr, j])
+                if r < 0:
+                    break
+                size, below = _score_offer(emb, tr, r, q, tau, bt, removed, slot, hi, hq, hs, size)
+                if below:
+                    break
+            continue
+        base = (q - q0) * W * P
+        j = j0
+        done = False
+        while j < j1 and not done:
+            n = min(_DECODE_AHEAD, j1 - j)
+            m = 0
+            for t in range(n):
+                c = np.int64(codes[tr, j + t])
+                if c < ESC16:
+                    ab = c >> shift
+                    st = starts[base + ab]
+                    if st < 0:
+                        a = ab // P
+                        st = offsets[col_nbr[own[tr, a], ab - a * P]]
+                        starts[base + ab] = st
+                    rbuf[m] = entry_rows[st + (c & mask)]
+                elif c == PAD16:
+                    break
+                else:
+                    rbuf[m] = esc_row[np.searchsorted(esc_key, np.int64(tr) * K + j + t)]
+                m += 1
+            done = m < n  # padding: the list ends here
+            for t in range(m):
+                size, below = _score_offer(emb, tr, rbuf[t], q, tau, bt, removed, slot, hi, hq, hs, size)
+                if below:
+                    done = True
+                    break
+            j += n
     return size
+
+
+@nb.njit(**_OPTS)
+def _score_offer(emb: np.ndarray, tr: int, r: int, q: int, tau: float, bt: np.ndarray, removed: np.ndarray,
+                 slot: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, size: int) -> tuple[int, bool]:
+    """Score row ``r`` against trigger row ``tr`` and offer it unless excluded; ``below``: it scored under ``tau``."""
+    if (bt[r >> 3] | removed[r >> 3]) & np.uint8(1 << (r & 7)):
+        return size, False
+    acc = np.float32(0.0)
+    for x in range(emb.shape[1]):
+        acc += emb[tr, x] * emb[r, x]
+    if acc < tau:
+        return size, True
+    return _offer(slot, hi, hq, hs, size, r, q, acc), False
 
 
 @nb.njit(**_OPTS)
@@ -253,19 +467,22 @@ def _sorted_run(score: np.ndarray, rows: np.ndarray, size: int, k: int) -> np.nd
 
 @nb.njit(**_OPTS)
 def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr: np.ndarray, trig_rows: np.ndarray,
-                  nbr: np.ndarray, emb: np.ndarray, own: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray,
+                  lists: tuple, emb: np.ndarray, own: np.ndarray, ex_ptr: np.ndarray, ex_rows: np.ndarray,
                   exclude_triggers: bool, removed: np.ndarray, k: int, item_ids: np.ndarray,
                   col_facet: np.ndarray, col_cluster: np.ndarray, out_ids: np.ndarray, out_score: np.ndarray,
                   out_facet: np.ndarray, out_cluster: np.ndarray, out_source: np.ndarray,
                   n_scored: np.ndarray) -> None:
     """Requests ``b0 .. b1 - 1`` of :func:`trigger_lists` on one thread (scratch ``bt``, ``slot``)."""
-    K = nbr.shape[1]
+    K = lists[0].shape[1]
     W = own.shape[1]
     cap = K
     hi = np.empty(cap, np.int64)
     hq = np.empty(cap, np.int64)
     hs = np.empty(cap, np.float32)
     touched = np.empty(1024, np.int64)
+    WP = W * lists[2].shape[1]
+    starts = np.empty(WP, np.int64)
+    rbuf = np.empty(_DECODE_AHEAD, np.int64)
     for b in range(b0, b1):
         n_t = 0
         for j in range(ex_ptr[b], ex_ptr[b + 1]):
@@ -283,14 +500,19 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
             hs = np.empty(cap, np.float32)
         h = min(K, (k + n_trig - 1) // max(n_trig, 1))
         q0, q1 = req_q_ptr[b], req_q_ptr[b + 1]
-        size = _read_lists(q0, q1, 0, h, -np.inf, trig_rows, nbr, emb, bt, removed, slot, hi, hq, hs, 0)
+        if (q1 - q0) * WP > starts.size:
+            starts = np.empty((q1 - q0) * WP, np.int64)
+        starts[: (q1 - q0) * WP] = -1
+        size = _read_lists(q0, q1, 0, h, -np.inf, trig_rows, lists, own, emb, bt, removed, slot, hi, hq, hs, 0,
+                           starts, rbuf)
         if h < K:
             tau = -np.inf
             if size >= k:
                 tau = np.partition(hs[:size], size - k)[size - k]
                 # build-time and request-time dot products may differ in the last bits
                 tau -= 1e-5 * max(1.0, abs(tau))
-            size = _read_lists(q0, q1, h, K, tau, trig_rows, nbr, emb, bt, removed, slot, hi, hq, hs, size)
+            size = _read_lists(q0, q1, h, K, tau, trig_rows, lists, own, emb, bt, removed, slot, hi, hq, hs,
+                               size, starts, rbuf)
         for j in range(n_t):
             bt[touched[j] >> 3] = 0
         for j in range(size):
@@ -340,7 +562,7 @@ def _outputs(B: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 @nb.njit(parallel=True, **_OPTS)
 def trigger_lists(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.ndarray, sorted_rows: np.ndarray,
-                  nbr: np.ndarray, emb: np.ndarray, own: np.ndarray,
+                  lists: tuple, emb: np.ndarray, own: np.ndarray,
                   ex_ptr: np.ndarray, ex_rows: np.ndarray, exclude_triggers: bool, removed: np.ndarray,
                   bits: np.ndarray, slots: np.ndarray, k: int, item_ids: np.ndarray, col_facet: np.ndarray,
                   col_cluster: np.ndarray
@@ -356,7 +578,7 @@ def trigger_lists(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.nd
         req_q_ptr: ``(B + 1,)`` request b's triggers are ``trig_ids[req_q_ptr[b]:req_q_ptr[b + 1]]``
             (ids unknown to the index are skipped); sorted_ids, sorted_rows: the index's id -> row table
             (:func:`lookup_rows`, inside the call: one compiled call per batch).
-        nbr: ``(N, K)`` int32 neighbour lists, best first (-1 padding).  emb: ``(N, D)`` float32 full vectors.
+        lists: :meth:`NeighbourLists.kernel_args` (lists best first).  emb: ``(N, D)`` float32 full vectors.
         own: ``(N, F * m)`` int32 every item's own cluster columns (for explanations).
         ex_ptr, ex_rows: rows request b never returns (``ex_rows[ex_ptr[b]:ex_ptr[b + 1]]``);
             ``exclude_triggers``: nor its triggers.
@@ -377,7 +599,7 @@ def trigger_lists(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.nd
     o_ids, o_score, o_facet, o_cluster, o_source, n_scored = _outputs(B, k)
     step = (B + T - 1) // T
     for t in nb.prange(T):
-        _answer_chunk(t * step, min(B, (t + 1) * step), bits[t], slots[t], req_q_ptr, trig_rows, nbr, emb, own,
+        _answer_chunk(t * step, min(B, (t + 1) * step), bits[t], slots[t], req_q_ptr, trig_rows, lists, emb, own,
                       ex_ptr, ex_rows, exclude_triggers, removed, k, item_ids, col_facet, col_cluster,
                       o_ids, o_score, o_facet, o_cluster, o_source, n_scored)
     return o_ids, o_score, o_facet, o_cluster, o_source, n_scored
@@ -385,7 +607,7 @@ def trigger_lists(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.nd
 
 @nb.njit(**_OPTS)
 def trigger_lists_serial(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.ndarray,
-                         sorted_rows: np.ndarray, nbr: np.ndarray, emb: np.ndarray, own: np.ndarray,
+                         sorted_rows: np.ndarray, lists: tuple, emb: np.ndarray, own: np.ndarray,
                          ex_ptr: np.ndarray, ex_rows: np.ndarray, exclude_triggers: bool, removed: np.ndarray, bits: np.ndarray, slots: np.ndarray, k: int, item_ids: np.ndarray,
                          col_facet: np.ndarray, col_cluster: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -394,7 +616,7 @@ def trigger_lists_serial(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids
     B = req_q_ptr.size - 1
     trig_rows = lookup_rows(sorted_ids, sorted_rows, trig_ids)
     o_ids, o_score, o_facet, o_cluster, o_source, n_scored = _outputs(B, k)
-    _answer_chunk(0, B, bits[0], slots[0], req_q_ptr, trig_rows, nbr, emb, own, ex_ptr, ex_rows, exclude_triggers,
+    _answer_chunk(0, B, bits[0], slots[0], req_q_ptr, trig_rows, lists, emb, own, ex_ptr, ex_rows, exclude_triggers,
                   removed, k, item_ids, col_facet, col_cluster, o_ids, o_score, o_facet, o_cluster, o_source,
                   n_scored)
     return o_ids, o_score, o_facet, o_cluster, o_source, n_scored

@@ -54,6 +54,11 @@ def precompile(n_items: int = 800, facets: int = 2, dim: int = 8, layers: int = 
         engine_config = dataclasses.replace(served.scan, threads=threads)
         base = EngineRetriever(built.index, cb, config=served.retriever, engine_config=engine_config)
         _answer(rng, base, base.with_index(view), ids, new_ids, facets, dim)
+        if base.engine.has_lists:  # lists kept as int32 rows (a catalogue whose codes do not fit 16 bits)
+            base.engine.config.compact_lists = not base.engine.config.compact_lists
+            base.engine.build_lists(base.engine.list_length, base.engine.list_probe)
+            for b in (1, 2):
+                base.retrieve_triggers([[int(ids[10 + i])] for i in range(b)], 10)
     return time.perf_counter() - t0
 
 

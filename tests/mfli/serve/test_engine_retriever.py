@@ -180,7 +180,7 @@ def _trigger_reference(engine: EngineRetriever, view, trig: list, k: int, exclud
             if r < 0:
                 continue
             if r < Nb:
-                cand = [int(view.base.item_ids[j]) for j in eng._nbr[r] if j >= 0 and not view.removed[j]]
+                cand = [int(view.base.item_ids[j]) for j in eng.neighbour_rows([r])[0] if j >= 0 and not view.removed[j]]
                 own = set(eng.col_neighbours[eng._own[r], :DELTA_PROBE].reshape(-1).tolist())
                 for c in own:
                     lo, hi = engine._doff[c], engine._doff[c + 1]

@@ -10,7 +10,18 @@ from mfli.eval.serving.data import kmeans_rq_codebooks
 from mfli.index.inverted import MultiFacetIndex, encode_paths
 from mfli.index.split_merge import RebalanceConfig, rebalance
 from mfli.serve.engine import EngineConfig, ScanEngine
-from mfli.serve.neighbours import MIN_PROBE, auto_probe, build_neighbour_lists, column_neighbours, lookup_rows
+from mfli.serve.neighbours import (
+    ESC16,
+    ESCAPE_SHARE_MAX,
+    MIN_PROBE,
+    PAD16,
+    auto_probe,
+    build_neighbour_lists,
+    column_neighbours,
+    decode_rows,
+    encode_lists,
+    lookup_rows,
+)
 
 F, D, L, M, N, K = 2, 8, 2, 16, 1200, 30
 
@@ -56,7 +67,8 @@ def test_lists_are_exact_when_every_column_is_probed(world):
 
 def test_lists_hold_the_best_of_the_probed_columns_best_first(world):
     _, x, _, engine = world
-    nbr = engine._nbr
+    assert engine._lists.compact and engine._lists.codes.dtype == np.uint16
+    nbr = engine.neighbour_rows()
     assert nbr.shape == (N, K) and nbr.dtype == np.int32
     cols = column_neighbours(engine._cent, 4)
     member_cols = [[] for _ in range(N)]
@@ -92,12 +104,13 @@ def test_search_triggers_from_lists_equals_merged_lists(world, T):
     k = 25
     res = engine.search_triggers([ids[t] for t in trig], k)
     assert res.mode == "trigger"
+    nbr = engine.neighbour_rows()
     for b, t in enumerate(trig):
-        want = _reference(x, engine._nbr, set(t.tolist()), k)
+        want = _reference(x, nbr, set(t.tolist()), k)
         got = index.rows_of(res.item_ids[b][res.item_ids[b] >= 0])
         np.testing.assert_array_equal(got, want)
         # the best score among the triggers whose lists hold the item
-        best = np.array([max(x[u] @ x[g] for u in t if g in engine._nbr[u]) for g in got])
+        best = np.array([max(x[u] @ x[g] for u in t if g in nbr[u]) for g in got])
         np.testing.assert_allclose(res.scores[b, : len(got)], best, rtol=1e-5, atol=1e-5)
         # explained by the trigger that scores it best, and a cluster the item sits in
         src_rows = index.rows_of(res.source[b, : len(got)])
@@ -117,14 +130,14 @@ def test_lists_honour_exclusions_and_removed_rows(world):
     excl = [[], list(ids[drop[3:]])]  # request 1's three best, excluded for it alone
     res = engine.search_triggers([ids[t] for t in trig], 10, exclude=excl, removed=removed)
     for b, t in enumerate(trig):
-        want = _reference(x, engine._nbr, set(t.tolist()), 10, set(drop[:3].tolist()) | (
+        want = _reference(x, engine.neighbour_rows(), set(t.tolist()), 10, set(drop[:3].tolist()) | (
             set(drop[3:].tolist()) if b == 1 else set()))
         np.testing.assert_array_equal(index.rows_of(res.item_ids[b]), want)
     # kept triggers come only through another trigger's list: an item is never in its own
-    trig = [np.array([5, engine._nbr[5, 0]])]
+    trig = [np.array([5, engine.neighbour_rows()[5, 0]])]
     kept = engine.search_triggers([ids[t] for t in trig], 10, exclude_triggers=False)
     np.testing.assert_array_equal(index.rows_of(kept.item_ids[0]),
-                                  _reference(x, engine._nbr, set(trig[0].tolist()), 10, drop_triggers=False))
+                                  _reference(x, engine.neighbour_rows(), set(trig[0].tolist()), 10, drop_triggers=False))
     assert trig[0][1] in index.rows_of(kept.item_ids[0])
 
 
@@ -195,3 +208,57 @@ def test_sorted_run_orders_like_the_partial_sort():
             score[[0, 3]] = score[[3, 0]]  # slightly out of order, as rescored lists are
         rows = rng.permutation(10 * n)[:n].astype(np.int64)
         np.testing.assert_array_equal(_sorted_run(score, rows, n, k), _top_unique(score, rows, n, k))
+
+
+def _plain_rows(engine) -> np.ndarray:
+    return build_neighbour_lists(engine._emb, engine.entry_rows, engine.offsets, engine._cent, K,
+                                 engine.list_probe, engine.col_neighbours)
+
+
+@pytest.mark.parametrize("escape", ["none", "some", "all"])
+def test_compact_codes_decode_to_the_built_rows(world, escape):
+    _, _, _, engine = world
+    rows = _plain_rows(engine)
+    rows[7, K - 3 :] = -1  # a short list: padding survives the round trip
+    codes = encode_lists(rows, engine._own, engine.col_neighbours, engine.entry_rows, engine.offsets).codes
+    # "some": the largest ~3% of codes go to the side table
+    escape_at = {"none": ESC16, "some": int(np.quantile(codes[codes != PAD16], 0.97)), "all": 1}[escape]
+    lists = encode_lists(rows, engine._own, engine.col_neighbours, engine.entry_rows, engine.offsets,
+                         escape_at=escape_at)
+    if escape == "all":  # every entry would escape: int32 rows are smaller
+        assert not lists.compact and lists.codes.dtype == np.int32
+    else:
+        assert lists.compact and lists.codes.dtype == np.uint16
+        escaped = lists.codes == ESC16
+        assert escaped.sum() == lists.esc_key.size == lists.esc_row.size
+        assert (lists.codes[7, K - 3 :] == PAD16).all()
+        if escape_at < ESC16:  # the side table is used, and small
+            assert 0 < escaped.mean() <= ESCAPE_SHARE_MAX
+        assert lists.nbytes < rows.nbytes * 0.75
+    got = decode_rows(lists.kernel_args(engine.entry_rows, engine.offsets), engine._own, np.arange(N))
+    np.testing.assert_array_equal(got, rows)
+
+
+def test_compact_and_plain_lists_give_the_same_answers(world):
+    ids, _, index, engine = world
+    plain = ScanEngine(index, engine._cb, EngineConfig(prerank="fastscan", threads=2, neighbours=K,
+                                                      neighbour_probe=4, compact_lists=False))
+    assert not plain._lists.compact and plain.list_nbytes > 1.8 * engine.list_nbytes
+    np.testing.assert_array_equal(plain.neighbour_rows(), engine.neighbour_rows())
+    rng = np.random.default_rng(11)
+    trig = [ids[rng.choice(N, int(rng.integers(1, 8)), replace=False)] for _ in range(30)]
+    for b in (trig, trig[:1]):
+        a, p = engine.search_triggers(b, 20), plain.search_triggers(b, 20)
+        for field in ("item_ids", "scores", "source", "facet", "cluster", "rescored"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(p, field))
+
+
+def test_encoding_refuses_a_neighbour_outside_the_probed_columns(world):
+    _, _, _, engine = world
+    rows = _plain_rows(engine)
+    far = np.setdiff1d(np.arange(N), np.concatenate([
+        engine.entry_rows[engine.offsets[c] : engine.offsets[c + 1]]
+        for c in engine.col_neighbours[engine._own[3]].reshape(-1)]))
+    rows[3, 0] = far[0]
+    with pytest.raises(ValueError, match="item row 3"):
+        encode_lists(rows, engine._own, engine.col_neighbours, engine.entry_rows, engine.offsets)
