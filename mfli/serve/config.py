@@ -46,9 +46,9 @@ def default_scan_config() -> EngineConfig:
     100 take the reference path): with the user's 10 most recent items as triggers they raised
     trigger-mode recall@100 over the paper's cluster histogram from 0.269 to 0.327 on ml-latest-small /
     last, 0.208 to 0.269 on amazon-scientific / last and 0.265 to 0.295 on its cold split
-    (docs/benchmarks.md), and at 1M items they answer 5.3-20x the requests/s of the fastest
-    per-trigger IVF / ScaNN / HNSW search at equal recall (one trigger at recall 0.80 is the narrow
-    cell: 3.6-4.4x in two earlier runs; measured with int32 lists), for 200 bytes per item as uint16
+    (docs/benchmarks.md), and at 1M items they answer 4.5-20x the requests/s of the fastest
+    per-trigger IVF / ScaNN / HNSW search at equal recall with 4 or more triggers (one trigger: 2.3-5.5x
+    in the latest run, below the 5x target), for 200 bytes per item as uint16
     codes (``compact_lists``; about 0.9x the requests/s of int32 rows, "Compact neighbour lists") and a
     build of 54-92 s on one thread (docs/benchmarks_serving.md, "Trigger mode at 1,000,000 items").
     """

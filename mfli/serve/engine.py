@@ -42,8 +42,8 @@ reads the ``n_clusters`` best clusters over all facets (one budget); ``"per_face
 - *neighbour lists* (``neighbours > 0``, :mod:`mfli.serve.neighbours`): at build, every item's
   ``neighbours`` best items are found by exact scoring in its own clusters and their
   ``neighbour_probe - 1`` nearest; a request reads its triggers' lists and rescores them exactly
-  (no routing, no scan). At 1M items this is 5.3-20x the requests/s of the fastest per-trigger ANN
-  search at equal recall (3.6x in the narrowest cell of an earlier run; docs/benchmarks_serving.md)
+  (no routing, no scan). At 1M items this is 4.5-20x the requests/s of the fastest per-trigger ANN
+  search at equal recall with 4 or more triggers, 2.3-5.7x with one (docs/benchmarks_serving.md)
   for ``2 * N * neighbours`` bytes (uint16 codes; ``4 * N * neighbours`` when lists fall back to int32 rows);
 - *cluster scan* (no lists): each trigger item's own clusters (its cluster in every facet, no
   routing) plus optionally its ``extra_clusters`` nearest clusters by centroid are scanned with the

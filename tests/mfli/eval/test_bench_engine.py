@@ -47,8 +47,15 @@ def test_tiny_run_produces_every_table():
     assert all(p["by_T"]["3"]["recall"] > 0 for p in res["trigger"]["mfli"])
     # neighbour lists: probing every column makes them exact, so trigger mode matches exact search
     lists = res["trigger"]["mfli_lists"]
-    assert [p["probe"] for p in lists] == [2, 64] and lists[0]["list_bytes"] == 4000 * 10 * 4
+    assert [p["probe"] for p in lists] == [2, 64] and lists[0]["list_compact"]
+    # the same lists as int32 rows: twice the bytes, the same answers
+    rows32 = res["trigger"]["mfli_lists_int32"]
+    assert [p["probe"] for p in rows32] == [2, 64] and not rows32[0]["list_compact"]
+    assert rows32[0]["list_bytes"] >= 4000 * 10 * 4 > 1.8 * lists[0]["list_bytes"]
+    for a, b in zip(lists, rows32):
+        assert {T: v["recall"] for T, v in a["by_T"].items()} == {T: v["recall"] for T, v in b["by_T"].items()}
     assert lists[1]["by_T"]["1"]["recall"] == pytest.approx(1.0)
     assert lists[1]["by_T"]["3"]["recall"] >= lists[0]["by_T"]["3"]["recall"]
     text = format_tables(res)
     assert "Trigger mode" in text and "mfli/ivf" in text and "mfli_fs/ivf" in text and "mfli_lists/ivf" in text
+    assert "mfli_lists_int32/ivf" in text
