@@ -11,7 +11,9 @@ when its dense solve fits ``max_dense_gb`` and from item-kNN cosine similarity (
 beyond. Both come from :mod:`mfli.baselines`, their hyper-parameter chosen on a validation split when
 one is given. A history scores item j by ``sum over history items i of W[i, j]``; items without
 training events have no row and never appear (the blend credits them from the other lists,
-:mod:`mfli.serve.blend`). Usage::
+:mod:`mfli.serve.blend`). A batch of dense look-ups is one compiled call (:func:`_dense_top`: float16 rows
+widened exactly by bit moves and summed in float32, the top k by a partial sort, ties by lower row).
+Usage::
 
     co = build_coengagement(train_events, valid=validation_set(train_events))
     ids, scores = co.retrieve(histories, k=200)          # (B, k) ids, -1 padding; history excluded
@@ -24,10 +26,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba as nb
 import numpy as np
 import pandas as pd
 
 from mfli.index.lookup import positions_in_sorted
+from mfli.index.topk import top_unique
 
 NPZ_KEYS = ("item_ids", "indptr", "cols", "weights")
 
@@ -95,31 +99,43 @@ class CoEngagement:
         """
         B = len(histories)
         excl = histories if exclude == "history" else exclude
+        if self.dense is not None:  # one compiled call for the batch
+            h_rows, h_ptr = self._ragged_rows(histories)
+            x_rows, x_ptr = self._ragged_rows(excl) if excl is not None else (np.zeros(0, np.int64),
+                                                                             np.zeros(B + 1, np.int64))
+            half = self.dense.dtype == np.float16
+            dense = self.dense.view(np.uint16) if half else np.asarray(self.dense, np.float32)
+            top, sc = _dense_top(dense, half, h_rows, h_ptr, x_rows, x_ptr, k, np.float32(self.dense_scale))
+            return np.where(top >= 0, self.item_ids[np.maximum(top, 0)], -1), sc
         ids = np.full((B, k), -1, np.int64)
         sc = np.full((B, k), -np.inf, np.float32)
         for b, hist in enumerate(histories):
             r = self.rows(hist)
             if not len(r):
                 continue
-            if self.dense is not None:
-                score = self.dense[r].sum(0, dtype=np.float32)  # float16 rows, float32 sums
-                if self.dense_scale != 1.0:
-                    score *= np.float32(self.dense_scale)
-                cols = np.arange(len(self.item_ids))
-                if excl is not None:
-                    score[self.rows(excl[b])] = -np.inf
-            else:
-                at = np.concatenate([np.arange(self.indptr[i], self.indptr[i + 1]) for i in r])
-                cols, inv = np.unique(self.cols[at], return_inverse=True)
-                score = np.bincount(inv, weights=self.weights[at]).astype(np.float32)
-                if excl is not None:
-                    score[np.isin(cols, self.rows(excl[b]))] = -np.inf
+            at = np.concatenate([np.arange(self.indptr[i], self.indptr[i + 1]) for i in r])
+            cols, inv = np.unique(self.cols[at], return_inverse=True)
+            score = np.bincount(inv, weights=self.weights[at]).astype(np.float32)
+            if excl is not None:
+                score[np.isin(cols, self.rows(excl[b]))] = -np.inf
             n = min(k, int(np.isfinite(score).sum()))
             top = np.argpartition(-score, n - 1)[:n] if 0 < n < len(score) else np.arange(n)
             top = top[np.argsort(-score[top], kind="stable")]
             ids[b, :n] = self.item_ids[cols[top]]
             sc[b, :n] = score[top]
         return ids, sc
+
+    def _ragged_rows(self, lists: Sequence[Iterable[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """B id lists -> ``(rows, ptr (B + 1,))``: list b's rows are ``rows[ptr[b]:ptr[b + 1]]`` (unknown ids
+        dropped; repeats are kept, the kernel skips them)."""
+        arrs = [np.asarray(list(x) if not isinstance(x, np.ndarray) else x, np.int64).reshape(-1) for x in lists]
+        lens = np.fromiter((a.size for a in arrs), np.int64, count=len(arrs))
+        ptr = np.zeros(len(arrs) + 1, np.int64)
+        if not lens.sum():
+            return np.zeros(0, np.int64), ptr
+        pos, ok = positions_in_sorted(self.item_ids, np.concatenate(arrs))
+        np.cumsum(np.bincount(np.repeat(np.arange(len(arrs)), lens)[ok], minlength=len(arrs)), out=ptr[1:])
+        return pos[ok], ptr
 
     def save(self, path: str | Path) -> Path:
         """Write the table as an npz (no pickles); returns the path."""
@@ -140,6 +156,66 @@ class CoEngagement:
             scale = float(meta[2]) if len(meta) > 2 else 1.0  # tables saved before float16: float32, unscaled
             dense = z["dense"] if "dense" in z.files else None
             return cls(z["item_ids"], z["indptr"], z["cols"], z["weights"], method, float(param), dense, scale)
+
+
+@nb.njit(nogil=True, cache=True)
+def _add_row(dense: np.ndarray, half: bool, r: int, acc: np.ndarray, buf: np.ndarray) -> None:
+    """``acc += dense[r]`` in float32; a uint16 table holds float16 bits, widened exactly by bit moves
+    (numba has no float16): the magnitude shifted into float32's exponent and mantissa fields, times
+    2 ** 112 to rebase the exponent (exact, and right for float16's subnormals too), the sign kept."""
+    N = acc.size
+    if not half:
+        for j in range(N):
+            acc[j] += dense[r, j]
+        return
+    for j in range(N):
+        h = np.uint32(dense[r, j])
+        buf[j] = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
+    f = buf.view(np.float32)
+    for j in range(N):
+        acc[j] += f[j] * np.float32(2.0**112)
+
+
+@nb.njit(nogil=True, cache=True)
+def _dense_top(dense: np.ndarray, half: bool, h_rows: np.ndarray, h_ptr: np.ndarray, x_rows: np.ndarray, x_ptr: np.ndarray,
+               k: int, scale: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Per request: ``sum_i W[i]`` over its distinct history rows (times ``scale``), excluded rows dropped,
+    the ``k`` best (ties: lower row). ``dense (N, N)``: float16 bits as uint16 (``half``), or float32.
+
+    Returns ``(B, k)`` int64 rows (-1 padding: fewer finite scores, or no known history) and float32 scores.
+    """
+    B = h_ptr.size - 1
+    N = dense.shape[1]
+    top = np.full((B, k), -1, np.int64)
+    out = np.full((B, k), -np.inf, np.float32)
+    acc = np.empty(N, np.float32)
+    buf = np.empty(N, np.uint32)
+    seen = np.zeros(N, np.uint8)
+    cols = np.arange(N)
+    for b in range(B):
+        if h_ptr[b + 1] == h_ptr[b]:
+            continue
+        acc[:] = 0
+        for j in range(h_ptr[b], h_ptr[b + 1]):
+            r = h_rows[j]
+            if not seen[r]:
+                seen[r] = 1
+                _add_row(dense, half, r, acc, buf)
+        for j in range(h_ptr[b], h_ptr[b + 1]):
+            seen[h_rows[j]] = 0
+        if scale != np.float32(1.0):
+            for j in range(N):
+                acc[j] *= scale
+        for j in range(x_ptr[b], x_ptr[b + 1]):
+            acc[x_rows[j]] = -np.inf
+        sel = top_unique(acc, cols, N, k)
+        n = 0
+        for j in range(sel.size):
+            if acc[sel[j]] > -np.inf:
+                top[b, n] = sel[j]
+                out[b, n] = acc[sel[j]]
+                n += 1
+    return top, out
 
 
 def to_half(W: np.ndarray) -> tuple[np.ndarray, float]:

@@ -102,3 +102,50 @@ def test_a_float32_table_saved_before_float16_still_loads(events, tmp_path):
     hist = [np.array([100, 101, 102]), np.array([145, 150])]
     np.testing.assert_array_equal(old.retrieve(hist, 10)[0], ease.retrieve(hist, 10)[0])
     np.testing.assert_array_equal(old.retrieve(hist, 10)[0], co.retrieve(hist, 10)[0])
+
+
+def _numpy_dense(co: CoEngagement, hist, k: int, excl) -> tuple[list, list]:
+    """The dense lookup as plain numpy: float32 sums of the widened rows, scaled, excluded, best first
+    (ties: lower row)."""
+    ids, scores = [], []
+    for b, h in enumerate(hist):
+        r = co.rows(h)
+        if not len(r):
+            ids.append([]), scores.append([])
+            continue
+        s = co.dense[r].astype(np.float32).sum(0, dtype=np.float32) * np.float32(co.dense_scale)
+        if excl is not None:
+            s[co.rows(excl[b])] = -np.inf
+        order = [j for j in np.lexsort((np.arange(s.size), -s)) if np.isfinite(s[j])][:k]
+        ids.append(co.item_ids[order].tolist()), scores.append(s[order].tolist())
+    return ids, scores
+
+
+@pytest.mark.parametrize("half", [True, False])
+def test_compiled_dense_lookup_equals_numpy(events, half):
+    co = build_coengagement(events, param=50.0)
+    if not half:  # a float32 table (saved before float16)
+        co = CoEngagement(co.item_ids, co.indptr, co.cols, co.weights, co.method, co.param,
+                          (co.dense.astype(np.float32) * co.dense_scale).astype(np.float32), 1.0)
+    ids_all = co.item_ids
+    hist = [np.array([100, 101, 102, 101]),  # a repeat counts once
+            np.array([145, -7, 150]),  # an unknown id is ignored
+            np.array([], np.int64), [ids_all[0]], list(ids_all[:30])]
+    for k, excl in ((10, "history"), (len(ids_all) + 5, "history"), (7, None), (5, [[], [101], [], [], [100]])):
+        got_ids, got_sc = co.retrieve(hist, k, exclude=excl)
+        want_ids, want_sc = _numpy_dense(co, hist, k, hist if excl == "history" else excl)
+        for b in range(len(hist)):
+            n = len(want_ids[b])
+            np.testing.assert_array_equal(got_ids[b, :n], want_ids[b])
+            np.testing.assert_array_equal(got_sc[b, :n], np.asarray(want_sc[b], np.float32))
+            assert (got_ids[b, n:] == -1).all() and np.isneginf(got_sc[b, n:]).all()
+
+
+def test_float16_widening_is_exact_for_every_bit_pattern():
+    from mfli.index.coengagement import _add_row
+
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    finite = np.isfinite(bits.view(np.float16))  # the table holds no inf / nan
+    acc = np.zeros(bits.size, np.float32)
+    _add_row(bits.reshape(1, -1), True, 0, acc, np.empty(bits.size, np.uint32))
+    np.testing.assert_array_equal(acc[finite], bits.view(np.float16)[finite].astype(np.float32))
