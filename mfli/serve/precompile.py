@@ -59,7 +59,21 @@ def precompile(n_items: int = 800, facets: int = 2, dim: int = 8, layers: int = 
             base.engine.build_lists(base.engine.list_length, base.engine.list_probe)
             for b in (1, 2):
                 base.retrieve_triggers([[int(ids[10 + i])] for i in range(b)], 10)
+    _coengagement(rng, ids)
     return time.perf_counter() - t0
+
+
+def _coengagement(rng: np.random.Generator, ids: np.ndarray) -> None:
+    """Blend mode's co-engagement look-up on a float16 table (what new snapshots store) and a float32
+    one (tables saved before float16)."""
+    from mfli.index.coengagement import CoEngagement, to_half
+
+    n = 64
+    W = rng.standard_normal((n, n)).astype(np.float32)
+    empty = (np.zeros(n + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    for dense, scale in (to_half(W), (W, 1.0)):
+        table = CoEngagement(ids[:n], *empty, "ease", 1.0, dense, scale)
+        table.retrieve([ids[:3], ids[5:6]], 10)
 
 
 def _answer(rng: np.random.Generator, base: EngineRetriever, delta: EngineRetriever, ids: np.ndarray,
