@@ -262,3 +262,15 @@ def test_encoding_refuses_a_neighbour_outside_the_probed_columns(world):
     rows[3, 0] = far[0]
     with pytest.raises(ValueError, match="item row 3"):
         encode_lists(rows, engine._own, engine.col_neighbours, engine.entry_rows, engine.offsets)
+
+
+def test_lists_of_another_engine_are_refused(world):
+    ids, _, index, engine = world
+    bare = ScanEngine(index, engine._cb, EngineConfig(prerank="fastscan"))
+    with pytest.raises(ValueError, match="no neighbour lists"):
+        bare.neighbour_rows([0])
+    small = encode_lists(engine.neighbour_rows()[:10], engine._own, engine.col_neighbours, engine.entry_rows,
+                         engine.offsets)  # lists of 10 items
+    with pytest.raises(ValueError, match="do not match this engine"):
+        engine.set_lists(small)
+    assert engine.neighbour_rows([5]).shape == (1, K)  # the engine's own lists are kept
