@@ -10,6 +10,8 @@ stored in the snapshot. This module is the one place that knows a snapshot's fol
     metrics.json    the evaluation's metrics
     serving.json    the ServingConfig the gates measured
     coengagement.npz  optional co-engagement table of blend mode (CoEngagement.save; no pickles)
+    neighbours.npz  optional trigger-mode neighbour lists of the scan engine the gates measured
+                    (mfli.serve.list_store): a service takes them instead of building its own
     snapshot.json   the manifest: format, sha256 + size of every top-level file and report file, and of
                     model/manifest.json and index/index.json (whose own checksums cover the rest)
 
@@ -47,6 +49,7 @@ from mfli.model.trained import TrainedModel
 from mfli.serve.config import ServingConfig
 from mfli.serve.engine import ScanEngine
 from mfli.serve.engine_retriever import EngineRetriever
+from mfli.serve.list_store import StoredLists, load_lists, save_lists
 from mfli.serve.retriever import Retriever
 from mfli.store.snapshots import ANY, load_snapshot, publish_snapshot
 
@@ -58,13 +61,15 @@ REPORT_DIR = "report"
 METRICS_FILE = "metrics.json"
 SERVING_FILE = "serving.json"
 COENGAGEMENT_FILE = "coengagement.npz"
+NEIGHBOURS_FILE = "neighbours.npz"
 MANIFEST_FILE = "snapshot.json"
 SNAPSHOT_FORMAT = "mfli-snapshot-folder/1"
 # the sub-manifests whose checksums cover model/ and index/
 _SUB_MANIFESTS = (f"{MODEL_DIR}/manifest.json", f"{INDEX_DIR}/index.json")
 
 __all__ = [
-    "COENGAGEMENT_FILE", "INDEX_DIR", "MANIFEST_FILE", "METRICS_FILE", "MODEL_DIR", "REPORT_DIR", "SERVING_FILE",
+    "COENGAGEMENT_FILE", "INDEX_DIR", "MANIFEST_FILE", "METRICS_FILE", "MODEL_DIR", "NEIGHBOURS_FILE", "REPORT_DIR",
+    "SERVING_FILE",
     "Snapshot", "SnapshotLoadError", "apply_delta_files", "content_key",
 ]
 
@@ -99,6 +104,8 @@ class Snapshot:
         path: the folder it was loaded from or saved to (None while only in memory).
         coengagement: blend mode's :class:`~mfli.index.coengagement.CoEngagement` table (needed when
             ``serving.blend`` is set), or None.
+        neighbour_lists: the scan engine's neighbour lists as stored (``neighbours.npz``), taken by the
+            engine :meth:`retriever` builds when they were built for it; None: built there.
     """
 
     model: TrainedModel
@@ -107,6 +114,7 @@ class Snapshot:
     serving: ServingConfig = field(default_factory=ServingConfig)
     path: Path | None = None
     coengagement: CoEngagement | None = None
+    neighbour_lists: StoredLists | None = None
     # scan engines built for this snapshot, by their config (building one fits a residual quantiser)
     _engines: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -149,11 +157,18 @@ class Snapshot:
             raise ValueError("Snapshot.retriever: the delta view must be built on this snapshot's index")
         cfg = self.serving
         if cfg.engine == "scan":
-            key = (json.dumps(dataclasses.asdict(cfg.scan), sort_keys=True),
-                   json.dumps(cfg.retriever.facet_weights and list(cfg.retriever.facet_weights)))
+            key = self._engine_key()
             if key not in self._engines:
-                engine = ScanEngine(self.index, self.model.codebooks.numpy(), cfg.scan,
-                                    facet_weights=cfg.retriever.facet_weights)
+                stored = self.neighbour_lists
+                try:
+                    engine = ScanEngine(self.index, self.model.codebooks.numpy(), cfg.scan,
+                                        facet_weights=cfg.retriever.facet_weights, lists=stored)
+                except ValueError as exc:
+                    if stored is None or not str(exc).startswith(stored.source):
+                        raise
+                    raise SnapshotLoadError(str(exc)) from exc
+                if stored is not None and engine.lists_source != stored.source:
+                    self.neighbour_lists = None  # built for other settings: not kept in memory twice
                 # compile (or load from numba's cache) the kernels now: a loading service is not ready
                 # until this returns, so no request pays the compilation
                 engine.search(np.zeros((1, self.index.n_facets, self.index.dim), np.float32), 1)
@@ -161,6 +176,27 @@ class Snapshot:
             return EngineRetriever(view, self.model.codebooks.numpy(), self.model.facets, cfg.retriever,
                                    engine=self._engines[key])
         return Retriever(view, self.model.codebooks.numpy(), self.model.facets, cfg.retriever)
+
+    def _engine_key(self) -> tuple[str, str]:
+        cfg = self.serving
+        return (json.dumps(dataclasses.asdict(cfg.scan), sort_keys=True),
+                json.dumps(cfg.retriever.facet_weights and list(cfg.retriever.facet_weights)))
+
+    def save_lists(self, path: str | Path) -> bool:
+        """Write the neighbour lists of the engine the serving config uses (built by :meth:`retriever`,
+        e.g. for a gate), else the stored ones (:attr:`neighbour_lists`); False (nothing written) when
+        there are none."""
+        engine = self._engines.get(self._engine_key()) if self.serving.engine == "scan" else None
+        if engine is not None and engine.has_lists and engine.lists_source != "set":
+            engine.save_lists(path)
+            return True
+        stored = self.neighbour_lists
+        scan = self.serving.scan
+        if self.serving.engine == "scan" and stored is not None and engine is None and \
+                stored.key.get("neighbours") == scan.neighbours and stored.key.get("compact_lists") == scan.compact_lists:
+            save_lists(path, stored.lists, stored.key)
+            return True
+        return False
 
     # ------------------------------------------------------------------------------ persistence
     def save(self, folder: str | Path, report_dir: str | Path | None = None) -> Path:
@@ -175,6 +211,8 @@ class Snapshot:
         self.index.save(folder / INDEX_DIR)
         if self.coengagement is not None:
             self.coengagement.save(folder / COENGAGEMENT_FILE)
+        if not self.save_lists(folder / NEIGHBOURS_FILE):
+            (folder / NEIGHBOURS_FILE).unlink(missing_ok=True)  # a reused folder keeps no other engine's lists
         if report_dir is not None:
             shutil.copytree(report_dir, folder / REPORT_DIR, dirs_exist_ok=True)
         (folder / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, sort_keys=True, default=str))
@@ -239,6 +277,8 @@ class Snapshot:
             model = TrainedModel.load(folder / MODEL_DIR, device="cpu")
             co_path = folder / COENGAGEMENT_FILE
             coengagement = CoEngagement.load(co_path) if co_path.is_file() else None
+            nb_path = folder / NEIGHBOURS_FILE
+            lists = load_lists(nb_path) if nb_path.is_file() else None
         except (ValueError, OSError, KeyError) as exc:
             raise SnapshotLoadError(f"{folder}: {exc}") from exc
         metrics = _read_json(folder / METRICS_FILE, {})
@@ -246,7 +286,7 @@ class Snapshot:
             serving = ServingConfig.from_dict(_read_json(folder / SERVING_FILE, None))
         except (TypeError, ValueError) as exc:
             raise SnapshotLoadError(f"{folder / SERVING_FILE}: {exc}") from exc
-        return cls(model, index, metrics, serving, folder, coengagement)
+        return cls(model, index, metrics, serving, folder, coengagement, lists)
 
     # ------------------------------------------------------------------------------ object store
     def publish(self, store: Any, snapshot_id: str, *, report_dir: str | Path | None = None, config: Any = None,

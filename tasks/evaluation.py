@@ -9,6 +9,10 @@ from the events before the cutoff; :func:`evaluate_run` chooses the blend weight
 split (:func:`mfli.eval.blend_select.choose_blend`, each user's latest training events; the holdout is
 never read), evaluates the snapshot in blend mode and records the table's URI, which the publish step
 puts into the snapshot (``coengagement.npz``).
+
+The scan engine's neighbour lists the evaluation built (trigger mode and blend mode read them) are
+uploaded as the run's ``neighbours`` artifact and published in the snapshot (``neighbours.npz``), so
+the service and the hourly gate serve the lists that were measured without building them again.
 """
 
 from __future__ import annotations
@@ -82,17 +86,19 @@ def _load_tables(run: dict, uri: str, tmp: Path):
 
 
 def run_snapshot(run: dict, trained: dict, index: dict, tmp: Path, metrics: dict | None = None,
-                 serving: dict | None = None, coengagement_uri: str | None = None):
+                 serving: dict | None = None, coengagement_uri: str | None = None, lists_uri: str | None = None):
     """The run's candidate :class:`~mfli.snapshot.Snapshot` from its model and index artifacts.
 
     ``serving`` (a :meth:`ServingConfig.to_dict`) defaults to :class:`~mfli.serve.config.ServingConfig`'s
     defaults: the evaluation chooses it, the publish step stores the same one. ``coengagement_uri``:
     the run's co-engagement artifact (:func:`fit_coengagement`), whose served table the snapshot carries.
+    ``lists_uri``: the neighbour lists the evaluation's engine built (:func:`evaluate_run`).
     """
     from mfli.index.inverted import MultiFacetIndex
     from mfli.model.trained import TrainedModel
     from mfli.serve.config import ServingConfig
-    from mfli.snapshot import Snapshot
+    from mfli.serve.list_store import load_lists
+    from mfli.snapshot import NEIGHBOURS_FILE, Snapshot
 
     s = run["store_uri"]
     model = TrainedModel.load(get_dir(s, trained["model_uri"], tmp / "model"))
@@ -100,7 +106,8 @@ def run_snapshot(run: dict, trained: dict, index: dict, tmp: Path, metrics: dict
     # None: a new snapshot gets today's defaults (from_dict gives a dict without "engine" the legacy one)
     cfg = ServingConfig() if serving is None else ServingConfig.from_dict(serving)
     table = _load_tables(run, coengagement_uri, tmp)[0] if coengagement_uri else None
-    return Snapshot(model, idx, dict(metrics or {}), cfg, coengagement=table)
+    lists = load_lists(get_dir(s, lists_uri, tmp / "neighbours") / NEIGHBOURS_FILE) if lists_uri else None
+    return Snapshot(model, idx, dict(metrics or {}), cfg, coengagement=table, neighbour_lists=lists)
 
 
 def _with_blend(run: dict, extracted: dict, snapshot, coengagement: dict, tmp: Path) -> dict:
@@ -145,6 +152,12 @@ def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict, coengag
             blend_metrics = _with_blend(run, extracted, snapshot, coengagement, tmp)
     result = evaluate_holdout(snapshot, ds, pd.Timestamp(run["cutoff"]))
     result.metrics.update(blend_metrics)
+    lists_uri = None
+    with scratch_dir() as tmp:
+        from mfli.snapshot import NEIGHBOURS_FILE
+
+        if snapshot.save_lists(tmp / NEIGHBOURS_FILE):
+            lists_uri = put_dir(s, artifact_uri(run, "neighbours"), tmp)
     with scratch_dir() as tmp:
         out = tmp / "report"
         out.mkdir()
@@ -154,7 +167,8 @@ def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict, coengag
         report_uri = put_dir(s, artifact_uri(run, "report"), out)
     return {"metrics": result.metrics, "previous": _previous_metrics(s), "report_uri": report_uri,
             "serving": snapshot.serving.to_dict(), "gate_params": daily_params(run).gate_thresholds(),
-            "coengagement_uri": (coengagement or {}).get("coengagement_uri") if snapshot.serving.blend else None}
+            "coengagement_uri": (coengagement or {}).get("coengagement_uri") if snapshot.serving.blend else None,
+            "lists_uri": lists_uri}
 
 
 def _ratio_row(metrics: dict, name: str) -> str:

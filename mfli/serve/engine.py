@@ -68,6 +68,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -75,6 +76,8 @@ import numpy as np
 
 from mfli.index.inverted import MultiFacetIndex, _as_numpy, encode_paths
 from mfli.serve.retriever import RetrievalResult
+
+log = logging.getLogger(__name__)
 
 PRERANKS = ("codes", "fastscan")
 _SMALL_BATCH = 16  # routing scores of at most this many queries are computed without BLAS
@@ -159,10 +162,13 @@ class ScanEngine:
         codes: ``(N, F, L)`` or ``(N, F, 1, L)`` items' learned code paths if already computed (the
             build's ``encode_paths``); default: encoded here.
         facet_weights: ``(F,)`` w_f of the user-mode score ``sum_f w_f q_f . e_f``; default 1.
+        lists: neighbour lists read back from a file (:class:`~mfli.serve.list_store.StoredLists`), served
+            instead of building them when they were built over this index with this config's list
+            settings (:meth:`list_key`); otherwise ignored (logged) and the lists are built.
     """
 
     def __init__(self, index: MultiFacetIndex, codebooks, config: EngineConfig | None = None,
-                 codes=None, facet_weights: Sequence[float] | None = None) -> None:
+                 codes=None, facet_weights: Sequence[float] | None = None, lists=None) -> None:
         import faiss
 
         from mfli.serve import engine_kernels as K
@@ -281,7 +287,10 @@ class ScanEngine:
             own[:, f, :] = csr.positions(index.assignments[:, f, :]) + self.facet_start[f]
         self._own = own.reshape(N, F * m).astype(np.int32)
         self._lists = None  # mfli.serve.neighbours.NeighbourLists
-        if self.config.neighbours:
+        self._list_key: dict | None = None  # mfli.serve.list_store.list_key of the lists served
+        self._layout: str | None = None
+        self.lists_source = None  # "built", or the file the lists were read from
+        if self.config.neighbours and (lists is None or not self._take_stored(lists)):
             self.build_lists(self.config.neighbours, self.config.neighbour_probe)
         self._bits = np.zeros((self.config.threads, N // 8 + 1), np.uint8)
         self._none_removed = np.zeros(N // 8 + 1, np.uint8)
@@ -310,6 +319,60 @@ class ScanEngine:
         rows = np.arange(self.N, dtype=np.int64) if rows is None else np.asarray(rows, np.int64).reshape(-1)
         return self._NB.decode_rows(self._list_args, self._own, rows)
 
+    def list_key(self, neighbours: int | None = None, probe: int | None = None) -> dict:
+        """What lists of ``neighbours`` items over ``probe`` columns (defaults: this config's; probe None:
+        automatic) depend on (:func:`mfli.serve.list_store.list_key`): stored lists are served only
+        under an equal key."""
+        from mfli.serve.list_store import layout_digest, list_key
+        from mfli.serve.neighbours import auto_probe
+
+        neighbours = self.config.neighbours if neighbours is None else neighbours
+        if probe is None:
+            probe = self.config.neighbour_probe if self.config.neighbour_probe is not None else \
+                auto_probe(self._col_len, neighbours)
+        if self._layout is None:
+            self._layout = layout_digest(self.offsets, self.entry_rows, self._own, self._emb)
+        return list_key(neighbours, probe, self.config.compact_lists, self._layout)
+
+    def save_lists(self, path) -> None:
+        """Write the served neighbour lists and their :meth:`list_key` (:func:`mfli.serve.list_store.save_lists`)."""
+        from mfli.serve.list_store import save_lists
+
+        if self._lists is None or self._list_key is None:
+            raise ValueError("this engine has no neighbour lists to save (EngineConfig.neighbours = 0, or lists "
+                             "set by hand)")
+        save_lists(path, self._lists, self._list_key)
+
+    def _take_stored(self, stored) -> bool:
+        """Serve ``stored`` lists if they were built for this engine (key and every entry checked)."""
+        from mfli.serve import neighbours as NB
+
+        want = self.list_key()
+        if not stored.matches(want):
+            diff = sorted(k for k in want if stored.key.get(k) != want[k])
+            log.info("stored neighbour lists %s not used (%s differ); building them", stored.source, ", ".join(diff))
+            return False
+        lists = stored.lists
+        if lists.codes.shape[0] != self.N or lists.col_nbr.shape[0] != self.offsets.size - 1 or \
+                lists.col_nbr.shape[1] != want["neighbour_probe"]:
+            raise ValueError(f"{stored.source}: lists of {lists.codes.shape[0]} items over {lists.col_nbr.shape} "
+                             f"columns do not match this engine ({self.N} items, {self.offsets.size - 1} columns, "
+                             f"probe {want['neighbour_probe']})")
+        if lists.col_nbr.size and (lists.col_nbr.min() < 0 or lists.col_nbr.max() >= self.offsets.size - 1):
+            raise ValueError(f"{stored.source}: array 'col_nbr' names columns outside this engine")
+        bad = NB.first_invalid(lists.kernel_args(self.entry_rows, self.offsets), self._own, self.N)
+        if bad >= 0:
+            K = lists.codes.shape[1]
+            raise ValueError(f"{stored.source}: array 'codes' row {bad // K}, entry {bad % K} does not decode to "
+                             f"an item of this engine")
+        self._NB = NB
+        self.col_neighbours = lists.col_nbr
+        self.list_probe = int(want["neighbour_probe"])
+        self.set_lists(lists)
+        self._list_key = want
+        self.lists_source = stored.source
+        return True
+
     def build_lists(self, neighbours: int, probe: int | None = None) -> None:
         """(Re)build the trigger-mode neighbour lists: every item's ``neighbours`` best items found in its
         clusters and their ``probe - 1`` nearest (:func:`mfli.serve.neighbours.build_neighbour_lists`);
@@ -330,6 +393,8 @@ class ScanEngine:
         self.list_probe = probe
         self.set_lists(encode_lists(rows, self._own, self.col_neighbours, self.entry_rows, self.offsets,
                                     compact=self.config.compact_lists))
+        self._list_key = self.list_key(neighbours, probe)
+        self.lists_source = "built"
 
     def set_lists(self, lists) -> None:
         """Serve trigger mode from ``lists`` (a :class:`~mfli.serve.neighbours.NeighbourLists` encoded over
@@ -338,6 +403,8 @@ class ScanEngine:
             raise ValueError(f"lists of {lists.codes.shape[0]} items over {lists.col_nbr.shape[0]} columns do not "
                              f"match this engine ({self.N} items, {self.offsets.size - 1} columns)")
         self._lists = lists
+        self._list_key = None  # set by build_lists / a stored file; lists set by hand are not saved
+        self.lists_source = "set"
         self._list_args = lists.kernel_args(self.entry_rows, self.offsets)
         self._slots = np.full((self.config.threads, self.N), -1, np.int32)  # trigger_lists' scratch
 

@@ -348,6 +348,44 @@ def _list_row(lists: tuple, own: np.ndarray, tr: int, j: int) -> int:
 
 
 @nb.njit(**_OPTS)
+def first_invalid(lists: tuple, own: np.ndarray, n_items: int) -> int:
+    """Flat index ``r * K + j`` of the first entry that does not decode to a row in ``[0, n_items)`` inside
+    the engine's arrays (lists read from a file are checked once before serving), or -1 when all do."""
+    codes, shift, col_nbr, offsets, _entry_rows, esc_key, esc_row = lists
+    N, K = codes.shape
+    W = own.shape[1]
+    P = col_nbr.shape[1]
+    C = col_nbr.shape[0]
+    n_esc = 0
+    for r in range(N):
+        for j in range(K):
+            c = np.int64(codes[r, j])
+            if shift < 0:
+                if c < -1 or c >= n_items:
+                    return r * K + j
+                continue
+            if c == PAD16:
+                continue
+            if c == ESC16:
+                if n_esc >= esc_key.size or esc_key[n_esc] != np.int64(r) * K + j:
+                    return r * K + j
+                if esc_row[n_esc] < 0 or esc_row[n_esc] >= n_items:
+                    return r * K + j
+                n_esc += 1
+                continue
+            ab = c >> shift
+            a = ab // P
+            if a >= W or own[r, a] < 0 or own[r, a] >= C:
+                return r * K + j
+            col = col_nbr[own[r, a], ab - a * P]
+            if col < 0 or col >= C or offsets[col] + (c & ((np.int64(1) << shift) - 1)) >= offsets[col + 1]:
+                return r * K + j
+    if shift >= 0 and n_esc != esc_key.size:
+        return N * K
+    return -1
+
+
+@nb.njit(**_OPTS)
 def decode_rows(lists: tuple, own: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``(n, K)`` int32 neighbour rows of items ``rows`` (-1 padding) from :meth:`NeighbourLists.kernel_args`."""
     K = lists[0].shape[1]

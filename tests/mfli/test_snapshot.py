@@ -24,7 +24,7 @@ from mfli.serve.engine_retriever import EngineRetriever
 from mfli.serve.retriever import Retriever, RetrieverConfig
 from mfli.serve.service import create_app
 from mfli.serve.snapshot_retriever import open_live
-from mfli.snapshot import MANIFEST_FILE, SERVING_FILE, Snapshot, SnapshotLoadError
+from mfli.snapshot import MANIFEST_FILE, NEIGHBOURS_FILE, SERVING_FILE, Snapshot, SnapshotLoadError
 from mfli.store import open_store
 from mfli.train import TrainConfig, train
 
@@ -278,6 +278,10 @@ def test_blend_mode_serves_exactly_the_lists_the_gate_scored(snapshot, distinct_
         q, K_MAX, exclude=result.histories).item_ids)
     store = open_store(tmp_path / "store")
     gated.publish(store, "v1")
+    # the gate's engine lists are published; the served engine takes them instead of building its own
+    served = Snapshot.open(store, "v1", tmp_path / "cache_check")
+    assert served.neighbour_lists is not None
+    assert served.retriever().engine.lists_source == str(served.path / NEIGHBOURS_FILE)
     live = open_live(store, cache_dir=tmp_path / "cache")
     seen_sources: set[str] = set()
     with TestClient(create_app(live, user_features=False)) as client:

@@ -12,7 +12,7 @@ from mfli.serve.precompile import precompile
 
 SERVED = [
     neighbours.trigger_lists, neighbours.trigger_lists_serial, neighbours._merge_block,
-    neighbours._entry_positions, neighbours._encode,
+    neighbours._entry_positions, neighbours._encode, neighbours.first_invalid,
     engine_kernels.rescore_candidates, engine_kernels.route_small, engine_kernels.segment_means,
     engine_kernels.delta_trigger_best, engine_kernels.delta_user_merge, coengagement._dense_top,
 ]
@@ -25,6 +25,7 @@ def test_precompile_compiles_the_served_kernels_of_both_modes():
     assert not missing, f"not compiled by precompile(): {missing}"
     # both list stores (uint16 codes, int32 rows) and both co-engagement tables (float16, float32)
     assert len(neighbours.trigger_lists_serial.signatures) >= 2
+    assert len(neighbours.first_invalid.signatures) >= 2  # lists read back from a snapshot, both stores
     assert len(coengagement._dense_top.signatures) >= 2
 
 

@@ -1,0 +1,102 @@
+"""Engine start with neighbour lists built against read back from the snapshot's ``neighbours.npz``.
+
+Builds the same data, model and rebalanced index as ``bench/serving_engine.py``, then for each list
+depth starts the serving engine twice with the served settings (``default_scan_config``): once
+building its lists, once taking the lists the first one saved (:mod:`mfli.serve.list_store`; the time
+includes reading the file and checking every entry). It checks that both serve the same lists and the
+same trigger-mode answers, and reports the times and the file's size::
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/engine_start.py --items 1000000 \\
+        --model-dir <model saved by an earlier run's --save-model-dir> --out docs/results/engine_start_1m.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--items", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--depths", default="100,200", help="list lengths (100: trigger mode's default; 200: blend)")
+    p.add_argument("--requests", type=int, default=256, help="trigger requests compared (4 triggers each)")
+    p.add_argument("--model-dir", default=None)
+    p.add_argument("--save-model-dir", default=None)
+    p.add_argument("--out", help="write the JSON here")
+    a = p.parse_args(argv)
+
+    from mfli.eval.bench_engine import trigger_requests
+    from mfli.eval.serving.config import ServingBenchConfig
+    from mfli.eval.serving.data import prepare_data
+    from mfli.eval.serving.machine import machine_info, set_threads
+    from mfli.index.build import auto_rebalance_config
+    from mfli.index.inverted import MultiFacetIndex, encode_paths
+    from mfli.index.split_merge import rebalance
+    from mfli.serve import neighbours as NB
+    from mfli.serve.config import default_scan_config
+    from mfli.serve.engine import ScanEngine
+    from mfli.serve.list_store import load_lists
+
+    set_threads(1)
+    scfg = ServingBenchConfig(n_items=a.items, dim=a.dim, n_queries=16, model_dir=a.model_dir,
+                              save_model_dir=a.save_model_dir, methods=("exact",))
+    out: dict = {"command": " ".join(["bench/engine_start.py", *(argv or sys.argv[1:])]),
+                 "machine": machine_info(), "depths": {}}
+    data, out["data_seconds"] = prepare_data(scfg, print)
+    codes = encode_paths(data.items, data.codebooks)
+    index = rebalance(MultiFacetIndex.build(data.item_ids, data.items, codes, data.codebooks),
+                      auto_rebalance_config(a.items)).index
+    reqs = index.item_ids[trigger_requests(a.items, a.requests, 4, 0)]
+    print(f"{a.items:,} items")
+    for depth in (int(x) for x in a.depths.split(",")):
+        cfg = default_scan_config()
+        cfg.neighbours, cfg.threads = depth, 1
+        t0 = time.perf_counter()
+        built = ScanEngine(index, data.codebooks, cfg, codes=codes)
+        build_s = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "neighbours.npz"
+            t0 = time.perf_counter()
+            built.save_lists(path)
+            save_s = time.perf_counter() - t0
+            size = path.stat().st_size
+            t0 = time.perf_counter()
+            stored = load_lists(path)
+            read_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            served = ScanEngine(index, data.codebooks, cfg, codes=codes, lists=stored)
+            start_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bad = NB.first_invalid(served._list_args, served._own, served.N)
+        check_s = time.perf_counter() - t0
+        same_lists = bool(np.array_equal(built.neighbour_rows(), served.neighbour_rows()))
+        r1, r2 = built.search_triggers(reqs, 100), served.search_triggers(reqs, 100)
+        same = same_lists and all(np.array_equal(getattr(r1, f), getattr(r2, f))
+                                  for f in ("item_ids", "scores", "source", "facet", "cluster"))
+        row = {"probe": built.list_probe, "engine_with_built_lists_seconds": round(build_s, 2),
+               "save_seconds": round(save_s, 2), "file_bytes": size, "read_seconds": round(read_s, 2),
+               "engine_with_stored_lists_seconds": round(start_s, 2), "entry_check_seconds": round(check_s, 2),
+               "taken": served.lists_source != "built", "invalid": int(bad), "same_answers": same}
+        out["depths"][str(depth)] = row
+        print(f"depth {depth} (probe {built.list_probe}): engine with built lists {build_s:.1f} s; saved "
+              f"{size / 2**20:.0f} MiB in {save_s:.1f} s; read {read_s:.1f} s; engine with stored lists "
+              f"{start_s:.1f} s (entry check {check_s:.2f} s); same answers {same}")
+        del built, served, stored
+    out["machine"]["load_average_end"] = list(__import__("os").getloadavg())
+    if a.out:
+        Path(a.out).write_text(json.dumps(out, indent=1, default=float))
+    return out
+
+
+if __name__ == "__main__":
+    main()
