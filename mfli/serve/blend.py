@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from mfli.index.lookup import positions_in_sorted
 
 RRF_K = 60  # Cormack et al.'s constant: damps the head so one list's top item cannot decide alone
 COENGAGEMENT_GRID = (0.0, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
@@ -172,6 +171,8 @@ def retrieve_blend(retriever: Any, table: Any, index: Any, cfg: BlendConfig, que
 
     Lists are ``max(cfg.depth, k)`` long. See :func:`blend_lists` for the arguments.
     """
+    from mfli.serve.blend_kernels import first_positions
+
     depth = max(cfg.depth, k)
     user, co, trig = blend_lists(retriever, table, index, queries, histories, depth, cfg.triggers)
     ids, scores = blend(user.item_ids, co, None if trig is None else trig.item_ids, cfg.weights,
@@ -184,44 +185,18 @@ def retrieve_blend(retriever: Any, table: Any, index: Any, cfg: BlendConfig, que
     for bit, res in ((2, trig), (0, user)):
         if res is None:
             continue
-        pos = row_positions(ids, res.item_ids)
+        pos = first_positions(ids, np.ascontiguousarray(res.item_ids, np.int64))
         hit = pos >= 0
         b, j = np.nonzero(hit)
         sources[b, j] |= np.uint8(1 << bit)
         facet[b, j] = res.facet[b, pos[b, j]]
         cluster[b, j] = res.cluster[b, pos[b, j]]
-    sources |= ((row_positions(ids, co) >= 0) << 1).astype(np.uint8)
+    sources |= ((first_positions(ids, np.ascontiguousarray(co, np.int64)) >= 0) << 1).astype(np.uint8)
     missing = (ids >= 0) & (facet < 0)
     if missing.any():  # co-engagement only: the item's cluster in the first facet
         facet[missing] = 0
         cluster[missing] = _first_facet_cluster(index, index.rows_of(ids[missing]))
     return BlendResult(ids, scores, sources, facet, cluster, user.item_ids)
-
-
-def row_positions(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``(B, k)`` position of each ``ids[b, j]`` in ``rows[b]`` (its first), -1 where absent or padding.
-
-    ``ids`` ``(B, k)`` and ``rows`` ``(B, D)`` are int64 with -1 padding; any int64 ids. One sort for the
-    whole batch: (request, item) pairs are keyed over dense item codes.
-    """
-    B, D = rows.shape
-    out = np.full(ids.shape, -1, np.int64)
-    rv, iv = rows >= 0, ids >= 0
-    if not (rv.any() and iv.any()):
-        return out
-    uniq = np.unique(rows[rv])
-    U = len(uniq)
-    rkey = np.where(rv, np.arange(B)[:, None] * U + np.searchsorted(uniq, rows), -1).ravel()
-    order = np.argsort(rkey, kind="stable")
-    sk = rkey[order]
-    code = np.searchsorted(uniq, ids)
-    known = iv & (code < U)
-    known[known] = uniq[code[known]] == ids[known]
-    ikey = np.arange(B)[:, None] * U + np.minimum(code, U - 1)
-    at = np.minimum(np.searchsorted(sk, ikey), sk.size - 1)
-    hit = known & (sk[at] == ikey)
-    out[hit] = order[at[hit]] % D
-    return out
 
 
 def _first_facet_cluster(index: Any, rows: np.ndarray) -> np.ndarray:
@@ -238,55 +213,25 @@ def _first_facet_cluster(index: Any, rows: np.ndarray) -> np.ndarray:
 
 def blend(user: np.ndarray, coengagement: np.ndarray | None, trigger: np.ndarray | None,
           weights: BlendWeights, known: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fuse ranked id lists into the top k.
+    """Fuse ranked id lists into the top k (one compiled call, :func:`mfli.serve.blend_kernels.fuse`).
 
     Args:
         user, coengagement, trigger: ``(B, K_l)`` int64 ranked ids, -1 padding (None: list absent).
         known: sorted int64 ids of the items with a co-engagement row (the items with training events).
 
     Returns:
-        ids ``(B, k)`` int64 (-1 padding) and fused scores ``(B, k)`` float32 (-inf padding).
+        ids ``(B, k)`` int64 (-1 padding) and fused scores ``(B, k)`` float32 (-inf padding): each id's
+        ``sum_l w_l / (RRF_K + rank_l)``, best first, ties by lower id.
     """
+    from mfli.serve.blend_kernels import fuse
+
     B = user.shape[0]
-    ids = np.full((B, k), -1, np.int64)
-    sc = np.full((B, k), -np.inf, np.float32)
-    credit_new = weights.new_items_best_rank and weights.coengagement > 0
-    for b in range(B):
-        parts, gains = [], []
-        urow = user[b][user[b] >= 0]
-        parts.append(urow)
-        gains.append(1.0 / (RRF_K + np.arange(len(urow))))
-        if coengagement is not None and weights.coengagement:
-            crow = coengagement[b][coengagement[b] >= 0]
-            parts.append(crow)
-            gains.append(weights.coengagement / (RRF_K + np.arange(len(crow))))
-        trow = trigger[b][trigger[b] >= 0] if trigger is not None else np.zeros(0, np.int64)
-        if weights.trigger and len(trow):
-            parts.append(trow)
-            gains.append(weights.trigger / (RRF_K + np.arange(len(trow))))
-        if credit_new:
-            # items without a co-engagement row get its weight at their better rank in the other lists
-            cand = np.concatenate([urow, trow])
-            rank = np.concatenate([np.arange(len(urow)), np.arange(len(trow))])
-            new = ~positions_in_sorted(known, cand)[1]
-            if new.any():
-                cand, rank = cand[new], rank[new]
-                order = np.lexsort((rank, cand))
-                cand, rank = cand[order], rank[order]
-                first = np.ones(len(cand), bool)
-                first[1:] = cand[1:] != cand[:-1]
-                parts.append(cand[first])
-                gains.append(weights.coengagement / (RRF_K + rank[first]))
-        allid = np.concatenate(parts)
-        if not len(allid):
-            continue
-        uniq, inv = np.unique(allid, return_inverse=True)
-        score = np.bincount(inv, weights=np.concatenate(gains))
-        n = min(k, len(uniq))
-        top = np.argsort(-score, kind="stable")[:n]
-        ids[b, :n] = uniq[top]
-        sc[b, :n] = score[top]
-    return ids, sc
+    none = np.zeros((B, 0), np.int64)
+    co = none if coengagement is None else np.ascontiguousarray(coengagement, np.int64)
+    trig = none if trigger is None else np.ascontiguousarray(trigger, np.int64)
+    credit_new = bool(weights.new_items_best_rank and weights.coengagement > 0)
+    return fuse(np.ascontiguousarray(user, np.int64), co, trig, float(weights.coengagement), float(weights.trigger),
+                credit_new, np.ascontiguousarray(known, np.int64), int(k), RRF_K)
 
 
 def grid_key(coengagement: float, trigger: float) -> str:

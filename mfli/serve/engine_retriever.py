@@ -261,30 +261,22 @@ class EngineRetriever:
 
     def _merge_parts(self, parts, excl: list[np.ndarray], B: int, k: int, res: EngineResult) -> EngineResult:
         """Per request the best k distinct items of candidate ``parts`` (ids, scores, facet, cluster, source,
-        request), excluded ids dropped; ties: lower item id. Each part is flat or ``(n, w)``."""
+        request), excluded ids dropped; ties: lower item id. Each part is flat or ``(n, w)``
+        (one compiled selection, :func:`mfli.serve.blend_kernels.best_distinct`)."""
+        from mfli.serve.blend_kernels import best_distinct
+
         ids, sc, fa, cl, so, rq = (np.concatenate([np.asarray(p[j]).reshape(-1) for p in parts]) for j in range(6))
-        keep = ids >= 0
-        ids, sc, fa, cl, so, rq = ids[keep], sc[keep], fa[keep], cl[keep], so[keep], rq[keep]
-        # (request, item) keys over dense item codes: item ids may be any int64
-        ex_ids = np.concatenate(excl) if B else np.zeros(0, np.int64)
-        codes = np.unique(np.concatenate([ids, ex_ids]), return_inverse=True)[1].reshape(-1)
-        U = int(codes.max()) + 1 if codes.size else 1
-        key = rq * U + codes[: ids.size]
-        if ex_ids.size:
-            ex_req = np.repeat(np.arange(B, dtype=np.int64), [e.size for e in excl])
-            keep = ~np.isin(key, ex_req * U + codes[ids.size :])
-            ids, sc, fa, cl, so, rq, key = ids[keep], sc[keep], fa[keep], cl[keep], so[keep], rq[keep], key[keep]
-        o = np.lexsort((ids, -sc, rq))  # per request best first: an item's best copy comes first
-        ids, sc, fa, cl, so, rq, key = ids[o], sc[o], fa[o], cl[o], so[o], rq[o], key[o]
-        first = np.zeros(ids.size, bool)
-        first[np.unique(key, return_index=True)[1]] = True
-        ids, sc, fa, cl, so, rq = ids[first], sc[first], fa[first], cl[first], so[first], rq[first]
-        slot = np.arange(ids.size) - np.searchsorted(rq, rq)
-        top = slot < k
+        ex_ptr = np.zeros(B + 1, np.int64)
+        np.cumsum(np.fromiter((len(e) for e in excl), np.int64, count=B), out=ex_ptr[1:])
+        ex_ids = np.concatenate(excl).astype(np.int64, copy=False) if B and ex_ptr[-1] else np.zeros(0, np.int64)
+        pick = best_distinct(ids.astype(np.int64, copy=False), np.ascontiguousarray(sc, np.float32),
+                             rq.astype(np.int64, copy=False), B, ex_ptr, ex_ids, k)
+        hit = pick >= 0
+        at = pick[hit]
         out = [np.full((B, k), v, dt) for v, dt in ((-1, np.int64), (-np.inf, np.float32), (-1, np.int16),
                                                      (-1, np.int64), (-1, np.int64))]
         for a, v in zip(out, (ids, sc, fa, cl, so)):
-            a[rq[top], slot[top]] = v[top]
+            a[hit] = v[at]
         return EngineResult(item_ids=out[0], scores=out[1], facet=out[2], cluster=out[3], source=out[4],
                             mode="trigger", facet_names=self.facet_names, entries=res.entries,
                             rescored=res.rescored)

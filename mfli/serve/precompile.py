@@ -56,6 +56,7 @@ def precompile(n_items: int = 800, facets: int = 2, dim: int = 8, layers: int = 
         engine_config = dataclasses.replace(served.scan, threads=threads)
         base = EngineRetriever(built.index, cb, config=served.retriever, engine_config=engine_config)
         _answer(rng, base, base.with_index(view), ids, new_ids, facets, dim)
+        _blend(rng, base.with_index(view), view, ids, new_ids, facets, dim)
         if base.engine.has_lists:  # lists kept as int32 rows (a catalogue whose codes do not fit 16 bits)
             _stored(base.engine, built.index, cb)
             base.engine.config.compact_lists = not base.engine.config.compact_lists
@@ -78,6 +79,20 @@ def _stored(engine, index: MultiFacetIndex, cb: np.ndarray) -> None:
         served = ScanEngine(index, cb, engine.config, lists=load_lists(Path(tmp) / "neighbours.npz"))
     if served.lists_source == "built":
         raise RuntimeError("precompile: the engine did not take the lists it was given")
+
+
+def _blend(rng: np.random.Generator, retriever: EngineRetriever, view, ids: np.ndarray, new_ids: np.ndarray,
+           F: int, d: int) -> None:
+    """Blend mode's fusion and explanations on a delta view (a float16 co-engagement table)."""
+    from mfli.index.coengagement import CoEngagement, to_half
+    from mfli.serve.blend import BlendConfig, retrieve_blend
+
+    n = 64
+    empty = (np.zeros(n + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    table = CoEngagement(ids[:n], *empty, "ease", 1.0, *to_half(rng.standard_normal((n, n)).astype(np.float32)))
+    for b in (1, 2):
+        hist = [np.array([ids[3 + i], ids[20 + i], new_ids[1 + i]], np.int64) for i in range(b)]
+        retrieve_blend(retriever, table, view, BlendConfig(), _unit(rng, (b, F, d)), hist, 10)
 
 
 def _coengagement(rng: np.random.Generator, ids: np.ndarray) -> None:

@@ -105,8 +105,8 @@ def test_no_validation_users_means_user_mode_alone():
     assert (cfg.weights.coengagement, cfg.weights.trigger, table) == (0.0, 0.0, {})
 
 
-def test_row_positions_match_a_per_request_lookup():
-    from mfli.serve.blend import row_positions
+def test_first_positions_match_a_per_request_lookup():
+    from mfli.serve.blend_kernels import first_positions as row_positions
 
     rng = np.random.default_rng(0)
     B, D, k = 7, 12, 9

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from mfli.cli import app
 from mfli.index import coengagement
-from mfli.serve import engine_kernels, neighbours
+from mfli.serve import blend_kernels, engine_kernels, neighbours
 from mfli.serve.precompile import precompile
 
 SERVED = [
@@ -15,6 +15,7 @@ SERVED = [
     neighbours._entry_positions, neighbours._encode, neighbours.first_invalid,
     engine_kernels.rescore_candidates, engine_kernels.route_small, engine_kernels.segment_means,
     engine_kernels.delta_trigger_best, engine_kernels.delta_user_merge, coengagement._dense_top,
+    blend_kernels.fuse, blend_kernels.first_positions, blend_kernels.best_distinct,
 ]
 
 
