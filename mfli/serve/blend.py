@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-
 RRF_K = 60  # Cormack et al.'s constant: damps the head so one list's top item cannot decide alone
 COENGAGEMENT_GRID = (0.0, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
 TRIGGER_GRID = (0.0, 0.2, 0.5)
