@@ -15,10 +15,8 @@ import numpy as np
 _OPTS = {"nogil": True, "cache": True}
 
 
-@nb.njit(**_OPTS)
-def _known(known: np.ndarray, x: int) -> bool:
-    p = np.searchsorted(known, x)
-    return p < known.size and known[p] == x
+#: multiplicative hashing (Knuth): ids -> slots of fuse's open-addressing table
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @nb.njit(**_OPTS)
@@ -40,87 +38,73 @@ def fuse(user: np.ndarray, co: np.ndarray, trig: np.ndarray, w_co: float, w_trig
     B = user.shape[0]
     ids = np.full((B, k), -1, np.int64)
     sc = np.full((B, k), -np.inf, np.float32)
-    cap = 2 * user.shape[1] + co.shape[1] + 2 * trig.shape[1] + 1
-    cid = np.empty(cap, np.int64)
-    cg = np.empty(cap, np.float64)
-    tbuf = np.empty(trig.shape[1] + 1, np.int64)
-    nid = np.empty(user.shape[1] + trig.shape[1] + 1, np.int64)
-    nrank = np.empty(user.shape[1] + trig.shape[1] + 1, np.int64)
+    cap = user.shape[1] + co.shape[1] + trig.shape[1] + 1
+    size = 1
+    while size < 2 * cap:
+        size *= 2
+    mask = size - 1
+    # open addressing over the request's ids; a slot is taken when its stamp is the request's number
+    table = np.empty(size, np.int64)
+    stamp = np.full(size, -1, np.int64)
+    where = np.empty(size, np.int64)
+    uid = np.empty(cap, np.int64)
+    score = np.empty(cap, np.float64)
+    best = np.empty(cap, np.int64)  # an id's best rank in the user and trigger lists (the credit), else -1
+    weights = (1.0, w_co, w_trig)
     for b in range(B):
-        n = 0
-        nu = 0
-        for j in range(user.shape[1]):
-            x = user[b, j]
-            if x >= 0:
-                cid[n] = x
-                cg[n] = 1.0 / (rrf_k + nu)
-                n += 1
-                nu += 1
-        if w_co != 0.0:
-            r = 0
-            for j in range(co.shape[1]):
-                x = co[b, j]
-                if x >= 0:
-                    cid[n] = x
-                    cg[n] = w_co / (rrf_k + r)
-                    n += 1
-                    r += 1
-        nt = 0
-        for j in range(trig.shape[1]):
-            x = trig[b, j]
-            if x >= 0:
-                tbuf[nt] = x
-                nt += 1
-        if w_trig != 0.0:
-            for r in range(nt):
-                cid[n] = tbuf[r]
-                cg[n] = w_trig / (rrf_k + r)
-                n += 1
-        if credit_new:
-            m = 0
-            for r in range(nu):  # the user list's ids are cid[:nu]
-                if not _known(known, cid[r]):
-                    nid[m] = cid[r]
-                    nrank[m] = r
-                    m += 1
-            for r in range(nt):
-                if not _known(known, tbuf[r]):
-                    nid[m] = tbuf[r]
-                    nrank[m] = r
-                    m += 1
-            if m:
-                o = np.argsort(nid[:m], kind="mergesort")
-                t = 0
-                while t < m:
-                    x = nid[o[t]]
-                    best = nrank[o[t]]
-                    t += 1
-                    while t < m and nid[o[t]] == x:
-                        best = min(best, nrank[o[t]])
-                        t += 1
-                    cid[n] = x
-                    cg[n] = w_co / (rrf_k + best)
-                    n += 1
-        if n == 0:
-            continue
-        o = np.argsort(cid[:n], kind="mergesort")  # stable: an id's gains stay in list order
-        uid = np.empty(n, np.int64)
-        score = np.empty(n, np.float64)
         u = 0
-        t = 0
-        while t < n:
-            x = cid[o[t]]
-            s = 0.0
-            while t < n and cid[o[t]] == x:
-                s += cg[o[t]]
-                t += 1
-            uid[u] = x
-            score[u] = s
-            u += 1
-        top = np.argsort(-score[:u], kind="mergesort")  # ids ascending: ties by lower id
-        for j in range(min(k, u)):
-            ids[b, j] = uid[top[j]]
-            sc[b, j] = np.float32(score[top[j]])
+        for li in range(3):  # list order is summation order: user, co-engagement, trigger
+            lst = user if li == 0 else (co if li == 1 else trig)
+            w = weights[li]
+            if li == 1 and w == 0.0:
+                continue
+            r = 0
+            for j in range(lst.shape[1]):
+                x = lst[b, j]
+                if x < 0:
+                    continue
+                p = np.int64((np.uint64(x) * _GOLDEN) >> np.uint64(32)) & mask
+                while stamp[p] == b and table[p] != x:
+                    p = (p + 1) & mask
+                if stamp[p] != b:
+                    stamp[p] = b
+                    table[p] = x
+                    where[p] = u
+                    uid[u] = x
+                    score[u] = 0.0
+                    best[u] = -1
+                    u += 1
+                i = where[p]
+                # an unweighted trigger list only records ranks for the credit (adding 0.0 changes no sum)
+                score[i] += w / (rrf_k + r)
+                if li != 1 and (best[i] < 0 or r < best[i]):
+                    best[i] = r
+                r += 1
+        if credit_new:
+            for i in range(u):
+                if best[i] < 0:
+                    continue
+                q = np.searchsorted(known, uid[i])
+                if q == known.size or known[q] != uid[i]:
+                    score[i] += w_co / (rrf_k + best[i])
+        if w_trig == 0.0:  # an id only the (unweighted) trigger list held, and no credit: not a candidate
+            m = 0
+            for i in range(u):  # every other id has a positive sum (weights are >= 0, zero ones unused)
+                if score[i] != 0.0:
+                    uid[m], score[m] = uid[i], score[i]
+                    m += 1
+            u = m
+        if u == 0:
+            continue
+        m = min(k, u)
+        neg = -score[:u]
+        cut = np.partition(neg, m - 1)[m - 1]
+        sel = np.flatnonzero(neg <= cut)  # the m best and any ties at the edge
+        o = sel[np.argsort(uid[sel], kind="mergesort")]
+        o = o[np.argsort(neg[o], kind="mergesort")]  # score desc, ties by lower id
+        for j in range(m):
+            ids[b, j] = uid[o[j]]
+            sc[b, j] = np.float32(score[o[j]])
     return ids, sc
 
 
@@ -131,18 +115,34 @@ def first_positions(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
     B, k = ids.shape
     D = rows.shape[1]
     out = np.full((B, k), -1, np.int64)
-    if D == 0:
-        return out
+    size = 1
+    while size < 2 * D + 2:
+        size *= 2
+    mask = size - 1
+    table = np.empty(size, np.int64)
+    stamp = np.full(size, -1, np.int64)
+    where = np.empty(size, np.int64)
     for b in range(B):
-        o = np.argsort(rows[b], kind="mergesort")  # stable: the first of equal ids sorts first
-        srt = rows[b][o]
+        for j in range(D):
+            x = rows[b, j]
+            if x < 0:
+                continue
+            p = np.int64((np.uint64(x) * _GOLDEN) >> np.uint64(32)) & mask
+            while stamp[p] == b and table[p] != x:
+                p = (p + 1) & mask
+            if stamp[p] != b:  # the first copy of an id keeps its position
+                stamp[p] = b
+                table[p] = x
+                where[p] = j
         for j in range(k):
             x = ids[b, j]
             if x < 0:
                 continue
-            p = np.searchsorted(srt, x)
-            if p < D and srt[p] == x:
-                out[b, j] = o[p]
+            p = np.int64((np.uint64(x) * _GOLDEN) >> np.uint64(32)) & mask
+            while stamp[p] == b and table[p] != x:
+                p = (p + 1) & mask
+            if stamp[p] == b:
+                out[b, j] = where[p]
     return out
 
 
@@ -173,29 +173,50 @@ def best_distinct(ids: np.ndarray, score: np.ndarray, req: np.ndarray, B: int, e
             idx[fill[req[i]]] = i
             fill[req[i]] += 1
     out = np.full((B, k), -1, np.int64)
+    most = 1
     for b in range(B):
-        c = idx[cnt[b] : cnt[b + 1]]
-        m = c.size
+        most = max(most, cnt[b + 1] - cnt[b] + ex_ptr[b + 1] - ex_ptr[b])
+    size = 1
+    while size < 2 * most:
+        size *= 2
+    mask = size - 1
+    table = np.empty(size, np.int64)
+    stamp = np.full(size, -1, np.int64)
+    where = np.empty(size, np.int64)  # the id's best candidate so far, or -1: excluded
+    pick = np.empty(most, np.int64)
+    for b in range(B):
+        for e in range(ex_ptr[b], ex_ptr[b + 1]):
+            x = ex_ids[e]
+            p = np.int64((np.uint64(x) * _GOLDEN) >> np.uint64(32)) & mask
+            while stamp[p] == b and table[p] != x:
+                p = (p + 1) & mask
+            stamp[p] = b
+            table[p] = x
+            where[p] = -1
+        m = 0
+        for t in range(cnt[b], cnt[b + 1]):
+            c = idx[t]
+            x = ids[c]
+            p = np.int64((np.uint64(x) * _GOLDEN) >> np.uint64(32)) & mask
+            while stamp[p] == b and table[p] != x:
+                p = (p + 1) & mask
+            if stamp[p] != b:
+                stamp[p] = b
+                table[p] = x
+                where[p] = m
+                pick[m] = c
+                m += 1
+            elif where[p] >= 0 and score[c] > score[pick[where[p]]]:  # ties keep the earlier copy
+                pick[where[p]] = c
         if m == 0:
             continue
-        c1 = c[np.argsort(ids[c], kind="mergesort")]
-        c2 = c1[np.argsort(-score[c1], kind="mergesort")]  # score desc, then id, then position
-        o3 = np.argsort(ids[c2], kind="mergesort")
-        first = np.zeros(m, np.bool_)
-        for t in range(m):
-            if t == 0 or ids[c2[o3[t]]] != ids[c2[o3[t - 1]]]:
-                first[o3[t]] = True
-        ex = np.sort(ex_ids[ex_ptr[b] : ex_ptr[b + 1]])
-        s = 0
-        for p in range(m):
-            if s == k:
-                break
-            if not first[p]:
-                continue
-            x = ids[c2[p]]
-            q = np.searchsorted(ex, x)
-            if q < ex.size and ex[q] == x:
-                continue
-            out[b, s] = c2[p]
-            s += 1
+        cand = pick[:m]
+        neg = -score[cand]
+        s = min(k, m)
+        cut = np.partition(neg, s - 1)[s - 1]
+        sel = np.flatnonzero(neg <= cut)  # the s best and any ties at the edge
+        o = sel[np.argsort(ids[cand[sel]], kind="mergesort")]
+        o = o[np.argsort(neg[o], kind="mergesort")]  # score desc, ties by lower id
+        for j in range(s):
+            out[b, j] = cand[o[j]]
     return out
