@@ -416,14 +416,14 @@ def _offer(slot: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, siz
 @nb.njit(**_OPTS)
 def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.ndarray, lists: tuple,
                 own: np.ndarray, emb: np.ndarray, bt: np.ndarray, removed: np.ndarray, slot: np.ndarray, hi: np.ndarray,
-                hq: np.ndarray, hs: np.ndarray, size: int, starts: np.ndarray, rbuf: np.ndarray) -> int:
+                hq: np.ndarray, hs: np.ndarray, size: int, starts: np.ndarray, rbuf: np.ndarray, single: bool) -> int:
     """Entries ``j0 .. j1 - 1`` of the lists of triggers ``q0 .. q1 - 1``, each scored exactly and offered
     (:func:`_offer`) until one scores below ``tau`` (lists run best first); returns the new size.
 
     Compact lists are decoded ``_DECODE_AHEAD`` entries at a time into ``rbuf`` before they are scored,
     so the entry-table reads of a run overlap instead of each delaying its own vector's read.
     ``starts ((q1 - q0) * F * m * probe,)`` int64: the triggers' neighbourhood column starts, -1 until
-    first needed (reset once per request, shared by both passes)."""
+    first needed (reset once per request, shared by both passes). ``single``: one trigger (no de-duplication)."""
     codes, shift, col_nbr, offsets, entry_rows, esc_key, esc_row = lists
     mask = (np.int64(1) << max(shift, 0)) - 1
     K = codes.shape[1]
@@ -438,7 +438,7 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
                 r = np.int64(codes[tr, j])
                 if r < 0:
                     break
-                size, below = _score_offer(emb, tr, r, q, tau, bt, removed, slot, hi, hq, hs, size)
+                size, below = _score_offer(emb, tr, r, q, tau, bt, removed, slot, hi, hq, hs, size, single)
                 if below:
                     break
             continue
@@ -465,7 +465,8 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
                 m += 1
             done = m < n  # padding: the list ends here
             for t in range(m):
-                size, below = _score_offer(emb, tr, rbuf[t], q, tau, bt, removed, slot, hi, hq, hs, size)
+                size, below = _score_offer(emb, tr, rbuf[t], q, tau, bt, removed, slot, hi, hq, hs, size,
+                                           single)
                 if below:
                     done = True
                     break
@@ -475,8 +476,10 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
 
 @nb.njit(**_OPTS)
 def _score_offer(emb: np.ndarray, tr: int, r: int, q: int, tau: float, bt: np.ndarray, removed: np.ndarray,
-                 slot: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, size: int) -> tuple[int, bool]:
-    """Score row ``r`` against trigger row ``tr`` and offer it unless excluded; ``below``: it scored under ``tau``."""
+                 slot: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, size: int,
+                 single: bool) -> tuple[int, bool]:
+    """Score row ``r`` against trigger row ``tr`` and offer it unless excluded; ``below``: it scored under ``tau``.
+    ``single``: the request's only trigger, whose list holds each row once (no de-duplication)."""
     if (bt[r >> 3] | removed[r >> 3]) & np.uint8(1 << (r & 7)):
         return size, False
     acc = np.float32(0.0)
@@ -484,6 +487,9 @@ def _score_offer(emb: np.ndarray, tr: int, r: int, q: int, tau: float, bt: np.nd
         acc += emb[tr, x] * emb[r, x]
     if acc < tau:
         return size, True
+    if single:
+        hi[size], hq[size], hs[size] = r, q, acc
+        return size + 1, False
     return _offer(slot, hi, hq, hs, size, r, q, acc), False
 
 
@@ -541,8 +547,9 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
         if (q1 - q0) * WP > starts.size:
             starts = np.empty((q1 - q0) * WP, np.int64)
         starts[: (q1 - q0) * WP] = -1
+        single = n_trig == 1  # a list holds each row once: no de-duplication (the slots stay untouched)
         size = _read_lists(q0, q1, 0, h, -np.inf, trig_rows, lists, own, emb, bt, removed, slot, hi, hq, hs, 0,
-                           starts, rbuf)
+                           starts, rbuf, single)
         if h < K:
             tau = -np.inf
             if size >= k:
@@ -550,11 +557,12 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
                 # build-time and request-time dot products may differ in the last bits
                 tau -= 1e-5 * max(1.0, abs(tau))
             size = _read_lists(q0, q1, h, K, tau, trig_rows, lists, own, emb, bt, removed, slot, hi, hq, hs,
-                               size, starts, rbuf)
+                               size, starts, rbuf, single)
         for j in range(n_t):
             bt[touched[j] >> 3] = 0
-        for j in range(size):
-            slot[hi[j]] = -1
+        if not single:
+            for j in range(size):
+                slot[hi[j]] = -1
         n_scored[b] = size
         # one trigger: its list order is (nearly) the exact order, so an insertion sort is ~linear
         sel = _sorted_run(hs, hi, size, k) if n_trig == 1 else _top_unique(hs, hi, size, k)

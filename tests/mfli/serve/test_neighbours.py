@@ -70,6 +70,8 @@ def test_lists_hold_the_best_of_the_probed_columns_best_first(world):
     assert engine._lists.compact and engine._lists.codes.dtype == np.uint16
     nbr = engine.neighbour_rows()
     assert nbr.shape == (N, K) and nbr.dtype == np.int32
+    srt = np.sort(nbr, axis=1)  # every list holds a row once (one-trigger requests skip de-duplication)
+    assert not ((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any()
     cols = column_neighbours(engine._cent, 4)
     member_cols = [[] for _ in range(N)]
     for c in range(engine.offsets.size - 1):
@@ -104,6 +106,7 @@ def test_search_triggers_from_lists_equals_merged_lists(world, T):
     k = 25
     res = engine.search_triggers([ids[t] for t in trig], k)
     assert res.mode == "trigger"
+    assert (engine._slots == -1).all()  # the per-thread scratch is restored after every request
     nbr = engine.neighbour_rows()
     for b, t in enumerate(trig):
         want = _reference(x, nbr, set(t.tolist()), k)
@@ -265,7 +268,7 @@ def test_encoding_refuses_a_neighbour_outside_the_probed_columns(world):
 
 
 def test_lists_of_another_engine_are_refused(world):
-    ids, _, index, engine = world
+    _, _, index, engine = world
     bare = ScanEngine(index, engine._cb, EngineConfig(prerank="fastscan"))
     with pytest.raises(ValueError, match="no neighbour lists"):
         bare.neighbour_rows([0])
