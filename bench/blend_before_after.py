@@ -14,31 +14,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _before import module_at
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def _module_at(rev: str, rel: str, name: str, tmp: Path):
-    """``rel`` as it was at ``rev``, imported under ``name``."""
-    src = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    path = tmp / f"{name}.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,9 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     from mfli.serve.engine_retriever import EngineRetriever
     from mfli.serve.retriever import RetrieverConfig
 
-    tmp = Path(tempfile.mkdtemp(prefix="mfli-before-"))
-    old_blend = _module_at(a.before, "mfli/serve/blend.py", "blend_before", tmp)
-    old_er = _module_at(a.before, "mfli/serve/engine_retriever.py", "engine_retriever_before", tmp)
+    old_blend = module_at(a.before, "mfli/serve/blend.py", "blend_before")
+    old_er = module_at(a.before, "mfli/serve/engine_retriever.py", "engine_retriever_before")
     ds = load_dataset(a.data) if a.data else generate(SyntheticConfig(n_items=10_000, n_users=3_000,
                                                                       n_interactions=100_000, seed=0))
     run = _SeedRun(ds, QualityConfig(split=a.split, seeds=1, epochs=a.epochs), 0)
@@ -92,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for f in ("item_ids", "scores", "sources", "facet", "cluster")}
         out: dict = {"command": " ".join(["bench/blend_before_after.py", *(argv or sys.argv[1:])]),
                      "machine": machine_info(), "before": a.before, "requests": n,
-                     "delta_items": int(len(run.new_items)), "same": same, "batches": {}}
+                     "delta_items": len(run.new_items), "same": same, "batches": {}}
         print(f"{n} requests, {len(run.new_items):,} delta items; same lists: {same}")
         for bs in (int(v) for v in a.batches.split(",")):
             batches = [(q[s : s + bs], hists[s : s + bs]) for s in range(0, n, bs)]

@@ -1,0 +1,106 @@
+"""Trigger-mode requests from neighbour lists: this checkout's kernels against an earlier revision's, in
+one process.
+
+Builds the data, model and index of ``bench/serving_engine.py`` and the served engine (lists of 100),
+loads ``mfli/serve/neighbours.py`` as it was at ``--before`` beside the current one, checks that both
+give the same answers, and alternates them over ``--rounds`` short rounds (the same requests, T random
+catalogue items each, k = 100, 1 thread), so machine noise hits both alike; reports the median
+requests/s and the median and quartiles of the per-round ratios::
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/trigger_before_after.py --items 1000000 --before 1d54285 \\
+        --model-dir <model saved by an earlier run's --save-model-dir> --out docs/results/trigger_before_after_1m.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from _before import module_at
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--items", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--before", default="1d54285", help="the revision to compare with")
+    p.add_argument("--triggers", default="1,4,16")
+    p.add_argument("--rounds", type=int, default=31)
+    p.add_argument("--model-dir", default=None)
+    p.add_argument("--save-model-dir", default=None)
+    p.add_argument("--out", help="write the JSON here")
+    a = p.parse_args(argv)
+
+    from mfli.eval.bench_engine import trigger_requests
+    from mfli.eval.serving.config import ServingBenchConfig
+    from mfli.eval.serving.data import prepare_data
+    from mfli.eval.serving.machine import machine_info, set_threads
+    from mfli.index.build import auto_rebalance_config
+    from mfli.index.inverted import MultiFacetIndex, encode_paths
+    from mfli.index.split_merge import rebalance
+    from mfli.serve import neighbours as current
+    from mfli.serve.config import default_scan_config
+    from mfli.serve.engine import ScanEngine
+
+    set_threads(1)
+    before = module_at(a.before, "mfli/serve/neighbours.py", "neighbours_before")
+    scfg = ServingBenchConfig(n_items=a.items, dim=a.dim, n_queries=16, model_dir=a.model_dir,
+                              save_model_dir=a.save_model_dir, methods=("exact",))
+    out: dict = {"command": " ".join(["bench/trigger_before_after.py", *(argv or sys.argv[1:])]),
+                 "machine": machine_info(), "before": a.before, "by_T": {}}
+    data, out["data_seconds"] = prepare_data(scfg, print)
+    codes = encode_paths(data.items, data.codebooks)
+    index = rebalance(MultiFacetIndex.build(data.item_ids, data.items, codes, data.codebooks),
+                      auto_rebalance_config(a.items)).index
+    cfg = default_scan_config()
+    cfg.threads = 1
+    engine = ScanEngine(index, data.codebooks, cfg, codes=codes)
+    kernels = {"before": before, "after": current}
+
+    def rps(which: str, batches: list) -> float:
+        engine._NB = kernels[which]  # the engine calls its list kernels through this module
+        t0 = time.perf_counter()
+        for b in batches:
+            engine.search_triggers(b, 100)
+        return sum(len(b) for b in batches) / (time.perf_counter() - t0)
+
+    try:
+        for T in (int(t) for t in a.triggers.split(",")):
+            r = index.item_ids[trigger_requests(a.items, 256, T, 0)]
+            res = {}
+            for which, mod in kernels.items():
+                engine._NB = mod
+                res[which] = engine.search_triggers(r, 100)
+            same = all(np.array_equal(getattr(res["before"], f), getattr(res["after"], f))
+                       for f in ("item_ids", "scores", "source", "facet", "cluster"))
+            row: dict = {"same_answers": same}
+            for bs, batches in ((1, [r[s : s + 1] for s in range(64)]), (64, [r[s : s + 64] for s in range(0, 256, 64)])):
+                t: dict = {"before": [], "after": []}
+                for rnd in range(a.rounds):
+                    for which in (("before", "after") if rnd % 2 == 0 else ("after", "before")):
+                        t[which].append(rps(which, batches))
+                ratios = [y / x for x, y in zip(t["before"], t["after"])]
+                row[f"b{bs}"] = {"rps_before": statistics.median(t["before"]), "rps_after": statistics.median(t["after"]),
+                                 "ratio_median": statistics.median(ratios),
+                                 "ratio_quartiles": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))]}
+                print(f"T={T} batch {bs}: {row[f'b{bs}']['rps_before']:.0f} -> {row[f'b{bs}']['rps_after']:.0f} "
+                      f"requests/s, per-round ratio {row[f'b{bs}']['ratio_median']:.2f} "
+                      f"[{row[f'b{bs}']['ratio_quartiles'][0]:.2f}, {row[f'b{bs}']['ratio_quartiles'][1]:.2f}]; same {same}")
+            out["by_T"][str(T)] = row
+    finally:
+        engine._NB = current
+    out["machine"]["load_average_end"] = list(__import__("os").getloadavg())
+    if a.out:
+        Path(a.out).write_text(json.dumps(out, indent=1, default=float))
+    return out
+
+
+if __name__ == "__main__":
+    main()
