@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from _before import module_at
+from _setup import write_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -94,10 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"({med['before'] / med['after']:.2f}x)")
     finally:
         EngineRetriever._merge_parts = merges["after"]
-    out["machine"]["load_average_end"] = list(__import__("os").getloadavg())
-    if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1, default=float))
-    return out
+    return write_record(out, a.out)
 
 
 if __name__ == "__main__":

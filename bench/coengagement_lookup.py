@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
                 t = {"numpy": [], "compiled": []}
                 for rnd in range(a.rounds):
                     for name in (("numpy", "compiled") if rnd % 2 == 0 else ("compiled", "numpy")):
-                        fn = (lambda x: numpy_retrieve(co, x, 200)) if name == "numpy" else (
-                            lambda x: co.retrieve(x, 200))
+                        fn = (lambda x, co=co: numpy_retrieve(co, x, 200)) if name == "numpy" else (
+                            lambda x, co=co: co.retrieve(x, 200))
                         t0 = time.perf_counter()
                         for s in range(0, a.requests, B):
                             fn(hist[s : s + B])

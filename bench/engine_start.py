@@ -12,50 +12,31 @@ same trigger-mode answers, and reports the times and the file's size::
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _setup import engine_index, engine_parser, write_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--items", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=64)
+    p = engine_parser(__doc__)
     p.add_argument("--depths", default="100,200", help="list lengths (100: trigger mode's default; 200: blend)")
     p.add_argument("--requests", type=int, default=256, help="trigger requests compared (4 triggers each)")
-    p.add_argument("--model-dir", default=None)
-    p.add_argument("--save-model-dir", default=None)
-    p.add_argument("--out", help="write the JSON here")
     a = p.parse_args(argv)
 
     from mfli.eval.bench_engine import trigger_requests
-    from mfli.eval.serving.config import ServingBenchConfig
-    from mfli.eval.serving.data import prepare_data
-    from mfli.eval.serving.machine import machine_info, set_threads
-    from mfli.index.build import auto_rebalance_config
-    from mfli.index.inverted import MultiFacetIndex, encode_paths
-    from mfli.index.split_merge import rebalance
     from mfli.serve import neighbours as NB
     from mfli.serve.config import default_scan_config
     from mfli.serve.engine import ScanEngine
     from mfli.serve.list_store import load_lists
 
-    set_threads(1)
-    scfg = ServingBenchConfig(n_items=a.items, dim=a.dim, n_queries=16, model_dir=a.model_dir,
-                              save_model_dir=a.save_model_dir, methods=("exact",))
-    out: dict = {"command": " ".join(["bench/engine_start.py", *(argv or sys.argv[1:])]),
-                 "machine": machine_info(), "depths": {}}
-    data, out["data_seconds"] = prepare_data(scfg, print)
-    codes = encode_paths(data.items, data.codebooks)
-    index = rebalance(MultiFacetIndex.build(data.item_ids, data.items, codes, data.codebooks),
-                      auto_rebalance_config(a.items)).index
+    data, codes, index, out = engine_index(a, "bench/engine_start.py", argv)
+    out["depths"] = {}
     reqs = index.item_ids[trigger_requests(a.items, a.requests, 4, 0)]
     print(f"{a.items:,} items")
     for depth in (int(x) for x in a.depths.split(",")):
@@ -92,10 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{size / 2**20:.0f} MiB in {save_s:.1f} s; read {read_s:.1f} s; engine with stored lists "
               f"{start_s:.1f} s (entry check {check_s:.2f} s); same answers {same}")
         del built, served, stored
-    out["machine"]["load_average_end"] = list(__import__("os").getloadavg())
-    if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1, default=float))
-    return out
+    return write_record(out, a.out)
 
 
 if __name__ == "__main__":

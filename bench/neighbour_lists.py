@@ -13,14 +13,13 @@ requests (median of the rounds)::
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _setup import engine_index, engine_parser, write_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,39 +34,21 @@ def _rps(fn, batches: list) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--items", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=64)
+    p = engine_parser(__doc__)
     p.add_argument("--depths", default="100,200", help="list lengths (probe: auto_probe for each)")
     p.add_argument("--triggers", default="1,4,16")
     p.add_argument("--requests", type=int, default=512, help="requests per trigger count (batch 64)")
     p.add_argument("--b1-requests", type=int, default=128, help="of which timed one at a time")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--model-dir", default=None)
-    p.add_argument("--save-model-dir", default=None)
-    p.add_argument("--out", help="write the JSON here")
     a = p.parse_args(argv)
 
     from mfli.eval.bench_engine import trigger_requests
-    from mfli.eval.serving.config import ServingBenchConfig
-    from mfli.eval.serving.data import prepare_data
-    from mfli.eval.serving.machine import machine_info, set_threads
-    from mfli.index.build import auto_rebalance_config
-    from mfli.index.inverted import MultiFacetIndex, encode_paths
-    from mfli.index.split_merge import rebalance
     from mfli.serve.config import default_scan_config
     from mfli.serve.engine import ScanEngine
     from mfli.serve.neighbours import encode_lists
 
-    set_threads(1)
-    scfg = ServingBenchConfig(n_items=a.items, dim=a.dim, n_queries=16, model_dir=a.model_dir,
-                              save_model_dir=a.save_model_dir, methods=("exact",))
-    out: dict = {"command": " ".join(["bench/neighbour_lists.py", *(argv or sys.argv[1:])]),
-                 "machine": machine_info(), "depths": {}}
-    data, out["data_seconds"] = prepare_data(scfg, print)
-    codes = encode_paths(data.items, data.codebooks)
-    index = rebalance(MultiFacetIndex.build(data.item_ids, data.items, codes, data.codebooks),
-                      auto_rebalance_config(a.items)).index
+    data, codes, index, out = engine_index(a, "bench/neighbour_lists.py", argv)
+    out["depths"] = {}
     cfg = default_scan_config()  # the served settings, lists built below
     cfg.neighbours, cfg.threads = 0, 1
     engine = ScanEngine(index, data.codebooks, cfg, codes=codes)
@@ -122,10 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         out["depths"][str(depth)] = row
         engine.set_lists(compact)
         del plain
-    out["machine"]["load_average_end"] = list(__import__("os").getloadavg())
-    if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1, default=float))
-    return out
+    return write_record(out, a.out)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ requests/s and the median and quartiles of the per-round ratios::
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -22,43 +20,26 @@ from pathlib import Path
 
 import numpy as np
 from _before import module_at
+from _setup import engine_index, engine_parser, write_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--items", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=64)
+    p = engine_parser(__doc__)
     p.add_argument("--before", default="1d54285", help="the revision to compare with")
     p.add_argument("--triggers", default="1,4,16")
     p.add_argument("--rounds", type=int, default=31)
-    p.add_argument("--model-dir", default=None)
-    p.add_argument("--save-model-dir", default=None)
-    p.add_argument("--out", help="write the JSON here")
     a = p.parse_args(argv)
 
     from mfli.eval.bench_engine import trigger_requests
-    from mfli.eval.serving.config import ServingBenchConfig
-    from mfli.eval.serving.data import prepare_data
-    from mfli.eval.serving.machine import machine_info, set_threads
-    from mfli.index.build import auto_rebalance_config
-    from mfli.index.inverted import MultiFacetIndex, encode_paths
-    from mfli.index.split_merge import rebalance
     from mfli.serve import neighbours as current
     from mfli.serve.config import default_scan_config
     from mfli.serve.engine import ScanEngine
 
-    set_threads(1)
     before = module_at(a.before, "mfli/serve/neighbours.py", "neighbours_before")
-    scfg = ServingBenchConfig(n_items=a.items, dim=a.dim, n_queries=16, model_dir=a.model_dir,
-                              save_model_dir=a.save_model_dir, methods=("exact",))
-    out: dict = {"command": " ".join(["bench/trigger_before_after.py", *(argv or sys.argv[1:])]),
-                 "machine": machine_info(), "before": a.before, "by_T": {}}
-    data, out["data_seconds"] = prepare_data(scfg, print)
-    codes = encode_paths(data.items, data.codebooks)
-    index = rebalance(MultiFacetIndex.build(data.item_ids, data.items, codes, data.codebooks),
-                      auto_rebalance_config(a.items)).index
+    data, codes, index, out = engine_index(a, "bench/trigger_before_after.py", argv)
+    out.update({"before": a.before, "by_T": {}})
     cfg = default_scan_config()
     cfg.threads = 1
     engine = ScanEngine(index, data.codebooks, cfg, codes=codes)
@@ -96,10 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
             out["by_T"][str(T)] = row
     finally:
         engine._NB = current
-    out["machine"]["load_average_end"] = list(__import__("os").getloadavg())
-    if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1, default=float))
-    return out
+    return write_record(out, a.out)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,26 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @nb.njit(**_OPTS)
+def _new_table(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """An open-addressing table for up to ``n`` ids per request: ``(ids, stamps, values, mask)``, at least
+    twice ``n`` slots (a power of two). A slot is taken when its stamp is the request's number."""
+    size = 1
+    while size < 2 * n:
+        size *= 2
+    return np.empty(size, np.int64), np.full(size, -1, np.int64), np.empty(size, np.int64), size - 1
+
+
+@nb.njit(inline="always", **_OPTS)
+def _probe(table: np.ndarray, stamp: np.ndarray, gen: int, x: int, mask: int) -> int:
+    """Slot of id ``x`` in an open-addressing table: where it is, or the free slot it would take (a slot
+    whose stamp is not ``gen`` is free: one table serves every request without being cleared)."""
+    p = np.int64((np.uint64(x) * _GOLDEN) >> np.uint64(32)) & mask
+    while stamp[p] == gen and table[p] != x:
+        p = (p + 1) & mask
+    return p
+
+
+@nb.njit(**_OPTS)
 def fuse(user: np.ndarray, co: np.ndarray, trig: np.ndarray, w_co: float, w_trig: float, credit_new: bool,
          known: np.ndarray, k: int, rrf_k: int) -> tuple[np.ndarray, np.ndarray]:
     """Weighted reciprocal-rank fusion of ranked id lists (:func:`mfli.serve.blend.blend`).
@@ -39,14 +59,7 @@ def fuse(user: np.ndarray, co: np.ndarray, trig: np.ndarray, w_co: float, w_trig
     ids = np.full((B, k), -1, np.int64)
     sc = np.full((B, k), -np.inf, np.float32)
     cap = user.shape[1] + co.shape[1] + trig.shape[1] + 1
-    size = 1
-    while size < 2 * cap:
-        size *= 2
-    mask = size - 1
-    # open addressing over the request's ids; a slot is taken when its stamp is the request's number
-    table = np.empty(size, np.int64)
-    stamp = np.full(size, -1, np.int64)
-    where = np.empty(size, np.int64)
+    table, stamp, where, mask = _new_table(cap)
     uid = np.empty(cap, np.int64)
     score = np.empty(cap, np.float64)
     best = np.empty(cap, np.int64)  # an id's best rank in the user and trigger lists (the credit), else -1
@@ -63,9 +76,7 @@ def fuse(user: np.ndarray, co: np.ndarray, trig: np.ndarray, w_co: float, w_trig
                 x = lst[b, j]
                 if x < 0:
                     continue
-                p = np.int64((np.uint64(x) * _GOLDEN) >> np.uint64(32)) & mask
-                while stamp[p] == b and table[p] != x:
-                    p = (p + 1) & mask
+                p = _probe(table, stamp, b, x, mask)
                 if stamp[p] != b:
                     stamp[p] = b
                     table[p] = x
@@ -115,21 +126,13 @@ def first_positions(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
     B, k = ids.shape
     D = rows.shape[1]
     out = np.full((B, k), -1, np.int64)
-    size = 1
-    while size < 2 * D + 2:
-        size *= 2
-    mask = size - 1
-    table = np.empty(size, np.int64)
-    stamp = np.full(size, -1, np.int64)
-    where = np.empty(size, np.int64)
+    table, stamp, where, mask = _new_table(D + 1)
     for b in range(B):
         for j in range(D):
             x = rows[b, j]
             if x < 0:
                 continue
-            p = np.int64((np.uint64(x) * _GOLDEN) >> np.uint64(32)) & mask
-            while stamp[p] == b and table[p] != x:
-                p = (p + 1) & mask
+            p = _probe(table, stamp, b, x, mask)
             if stamp[p] != b:  # the first copy of an id keeps its position
                 stamp[p] = b
                 table[p] = x
@@ -138,9 +141,7 @@ def first_positions(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
             x = ids[b, j]
             if x < 0:
                 continue
-            p = np.int64((np.uint64(x) * _GOLDEN) >> np.uint64(32)) & mask
-            while stamp[p] == b and table[p] != x:
-                p = (p + 1) & mask
+            p = _probe(table, stamp, b, x, mask)
             if stamp[p] == b:
                 out[b, j] = where[p]
     return out
@@ -176,20 +177,12 @@ def best_distinct(ids: np.ndarray, score: np.ndarray, req: np.ndarray, B: int, e
     most = 1
     for b in range(B):
         most = max(most, cnt[b + 1] - cnt[b] + ex_ptr[b + 1] - ex_ptr[b])
-    size = 1
-    while size < 2 * most:
-        size *= 2
-    mask = size - 1
-    table = np.empty(size, np.int64)
-    stamp = np.full(size, -1, np.int64)
-    where = np.empty(size, np.int64)  # the id's best candidate so far, or -1: excluded
+    table, stamp, where, mask = _new_table(most)  # where: the id's best candidate so far, or -1: excluded
     pick = np.empty(most, np.int64)
     for b in range(B):
         for e in range(ex_ptr[b], ex_ptr[b + 1]):
             x = ex_ids[e]
-            p = np.int64((np.uint64(x) * _GOLDEN) >> np.uint64(32)) & mask
-            while stamp[p] == b and table[p] != x:
-                p = (p + 1) & mask
+            p = _probe(table, stamp, b, x, mask)
             stamp[p] = b
             table[p] = x
             where[p] = -1
@@ -197,9 +190,7 @@ def best_distinct(ids: np.ndarray, score: np.ndarray, req: np.ndarray, B: int, e
         for t in range(cnt[b], cnt[b + 1]):
             c = idx[t]
             x = ids[c]
-            p = np.int64((np.uint64(x) * _GOLDEN) >> np.uint64(32)) & mask
-            while stamp[p] == b and table[p] != x:
-                p = (p + 1) & mask
+            p = _probe(table, stamp, b, x, mask)
             if stamp[p] != b:
                 stamp[p] = b
                 table[p] = x

@@ -1,0 +1,51 @@
+"""Shared set-up of the engine benchmarks: the 1M-item data, model and rebalanced index that
+``bench/serving_engine.py`` builds, the common arguments, and the JSON record."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def engine_parser(doc: str, items: int = 1_000_000) -> argparse.ArgumentParser:
+    """A parser with the data arguments every engine benchmark takes (catalogue size, facet width, model)."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--items", type=int, default=items)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--model-dir", default=None, help="a model saved by an earlier run (skips training)")
+    p.add_argument("--save-model-dir", default=None)
+    p.add_argument("--out", help="write the JSON here")
+    return p
+
+
+def engine_index(a: argparse.Namespace, script: str, argv: list[str] | None) -> tuple:
+    """``(data, codes, index, out)``: the catalogue and model (``prepare_data``), every item's learned code
+    path, the rebalanced index, and the JSON record started with the command and the machine (1 thread)."""
+    from mfli.eval.serving.config import ServingBenchConfig
+    from mfli.eval.serving.data import prepare_data
+    from mfli.eval.serving.machine import machine_info, set_threads
+    from mfli.index.build import auto_rebalance_config
+    from mfli.index.inverted import MultiFacetIndex, encode_paths
+    from mfli.index.split_merge import rebalance
+
+    set_threads(1)
+    scfg = ServingBenchConfig(n_items=a.items, dim=a.dim, n_queries=16, model_dir=a.model_dir,
+                              save_model_dir=a.save_model_dir, methods=("exact",))
+    out: dict = {"command": " ".join([script, *(argv if argv is not None else sys.argv[1:])]),
+                 "machine": machine_info()}
+    data, out["data_seconds"] = prepare_data(scfg, print)
+    codes = encode_paths(data.items, data.codebooks)
+    index = rebalance(MultiFacetIndex.build(data.item_ids, data.items, codes, data.codebooks),
+                      auto_rebalance_config(a.items)).index
+    return data, codes, index, out
+
+
+def write_record(out: dict, path: str | None) -> dict:
+    """Add the load average at the end and write ``out`` to ``path`` (if given)."""
+    out.setdefault("machine", {})["load_average_end"] = list(os.getloadavg())
+    if path:
+        Path(path).write_text(json.dumps(out, indent=1, default=float))
+    return out
