@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--before", default="1d54285", help="the revision to compare with")
     p.add_argument("--triggers", default="1,4,16")
     p.add_argument("--rounds", type=int, default=31)
+    p.add_argument("--requests", type=int, default=256,
+                   help="distinct requests per T (a round answers them all; many: their vectors are not cached)")
     a = p.parse_args(argv)
 
     from mfli.eval.bench_engine import trigger_requests
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:
         for T in (int(t) for t in a.triggers.split(",")):
-            r = index.item_ids[trigger_requests(a.items, 256, T, 0)]
+            r = index.item_ids[trigger_requests(a.items, a.requests, T, 0)]
             res = {}
             for which, mod in kernels.items():
                 engine._NB = mod
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
             same = all(np.array_equal(getattr(res["before"], f), getattr(res["after"], f))
                        for f in ("item_ids", "scores", "source", "facet", "cluster"))
             row: dict = {"same_answers": same}
-            for bs, batches in ((1, [r[s : s + 1] for s in range(64)]), (64, [r[s : s + 64] for s in range(0, 256, 64)])):
+            b1 = [r[s : s + 1] for s in range(min(len(r), max(64, a.requests // 4)))]
+            for bs, batches in ((1, b1), (64, [r[s : s + 64] for s in range(0, len(r), 64)])):
                 t: dict = {"before": [], "after": []}
                 for rnd in range(a.rounds):
                     for which in (("before", "after") if rnd % 2 == 0 else ("after", "before")):

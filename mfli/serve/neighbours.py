@@ -39,6 +39,7 @@ import numba as nb
 import numpy as np
 
 from mfli.serve.engine_kernels import _mark, _top_unique
+from mfli.serve.prefetch import prefetch_row
 
 #: with ``neighbour_probe=None``, columns are probed until a column's neighbourhood holds about this
 #: many candidates per list slot: at 1M items (480 items per column, lists of 100) that is 9 columns,
@@ -434,10 +435,15 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
         if tr < 0:
             continue
         if shift < 0:  # int32 rows
+            for j in range(j0, min(j1, j0 + _DECODE_AHEAD)):
+                if codes[tr, j] >= 0:
+                    prefetch_row(emb, codes[tr, j])
             for j in range(j0, j1):
                 r = np.int64(codes[tr, j])
                 if r < 0:
                     break
+                if j + _DECODE_AHEAD < j1 and codes[tr, j + _DECODE_AHEAD] >= 0:
+                    prefetch_row(emb, codes[tr, j + _DECODE_AHEAD])
                 size, below = _score_offer(emb, tr, r, q, tau, bt, removed, slot, hi, hq, hs, size, single)
                 if below:
                     break
@@ -462,6 +468,7 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
                     break
                 else:
                     rbuf[m] = esc_row[np.searchsorted(esc_key, np.int64(tr) * K + j + t)]
+                prefetch_row(emb, rbuf[m])  # its vector loads while the run's earlier ones are scored
                 m += 1
             done = m < n  # padding: the list ends here
             for t in range(m):
