@@ -21,9 +21,10 @@ def engine_parser(doc: str, items: int = 1_000_000) -> argparse.ArgumentParser:
     return p
 
 
-def engine_index(a: argparse.Namespace, script: str, argv: list[str] | None) -> tuple:
-    """``(data, codes, index, out)``: the catalogue and model (``prepare_data``), every item's learned code
-    path, the rebalanced index, and the JSON record started with the command and the machine (1 thread)."""
+def engine_index(a: argparse.Namespace, script: str, argv: list[str] | None, n_queries: int = 16) -> tuple:
+    """``(data, codes, index, out)``: the catalogue and model (``prepare_data``, ``n_queries`` user-tower
+    queries in ``data.queries``), every item's learned code path, the rebalanced index, and the JSON
+    record started with the command and the machine (1 thread)."""
     from mfli.eval.serving.config import ServingBenchConfig
     from mfli.eval.serving.data import prepare_data
     from mfli.eval.serving.machine import machine_info, set_threads
@@ -32,7 +33,7 @@ def engine_index(a: argparse.Namespace, script: str, argv: list[str] | None) -> 
     from mfli.index.split_merge import rebalance
 
     set_threads(1)
-    scfg = ServingBenchConfig(n_items=a.items, dim=a.dim, n_queries=16, model_dir=a.model_dir,
+    scfg = ServingBenchConfig(n_items=a.items, dim=a.dim, n_queries=n_queries, model_dir=a.model_dir,
                               save_model_dir=a.save_model_dir, methods=("exact",))
     out: dict = {"command": " ".join([script, *(argv if argv is not None else sys.argv[1:])]),
                  "machine": machine_info()}

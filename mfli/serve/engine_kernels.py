@@ -24,9 +24,12 @@ import numba as nb
 import numpy as np
 
 from mfli.index.topk import top_unique as _top_unique
+from mfli.serve.prefetch import prefetch_row
 
 # reassociation lets LLVM vectorise the sums; no "ninf"/"nnan": -inf marks padding and empty heaps
 _OPTS = {"nogil": True, "cache": True, "fastmath": {"reassoc", "contract", "arcp", "nsz"}}
+#: rows of a short list whose vectors are being loaded while the current one is scored
+_AHEAD = 16
 
 
 @nb.njit(**_OPTS)
@@ -363,6 +366,7 @@ def rescore_candidates(cand: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarra
         hq = np.empty(cap, np.int64)  # query vector
         hs = np.empty(cap, np.float32)  # exact score
         touched = np.empty(1024, np.int64)
+        rowbuf = np.empty(R, np.int64)
         for b in range(t * step, min(B, (t + 1) * step)):
             n_t = 0
             for j in range(ex_ptr[b], ex_ptr[b + 1]):
@@ -376,12 +380,22 @@ def rescore_candidates(cand: np.ndarray, req_q_ptr: np.ndarray, qfull: np.ndarra
                 hs = np.empty(cap, np.float32)
             size = 0
             for q in range(req_q_ptr[b], req_q_ptr[b + 1]):
+                # the short list's rows first (independent reads that overlap), then their vectors are
+                # scored with each one's load started _AHEAD rows earlier
+                n_c = 0
+                while n_c < R and cand[q, n_c] >= 0:
+                    rowbuf[n_c] = entry_rows[cand[q, n_c]]
+                    n_c += 1
+                for j in range(min(n_c, _AHEAD)):
+                    prefetch_row(emb, rowbuf[j])
                 taken = 0
-                for j in range(R):
-                    e = cand[q, j]
-                    if e < 0 or taken == shortlist:
+                for j in range(n_c):
+                    if taken == shortlist:
                         break
-                    r = entry_rows[e]
+                    if j + _AHEAD < n_c:
+                        prefetch_row(emb, rowbuf[j + _AHEAD])
+                    e = cand[q, j]
+                    r = rowbuf[j]
                     m = np.uint8(1 << (r & 7))
                     if (bt[r >> 3] | removed[r >> 3]) & m:
                         continue
