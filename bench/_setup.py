@@ -50,3 +50,26 @@ def write_record(out: dict, path: str | None) -> dict:
     if path:
         Path(path).write_text(json.dumps(out, indent=1, default=float))
     return out
+
+
+def blend_world(ds, split: str, epochs: int) -> tuple:
+    """``(run, model, view, retriever, selection)`` of blend mode on dataset ``ds``, as the daily DAG serves
+    it: the harness's split and model (seed 0), the index with the split's new items as a delta, the scan
+    engine with 200-deep neighbour lists, and the co-engagement table and weights chosen on validation."""
+    import dataclasses
+
+    from mfli.eval.blend_select import select_blend
+    from mfli.eval.harness import QualityConfig, _mfli_index, _SeedRun
+    from mfli.index.coengagement import CoEngagementConfig
+    from mfli.serve.config import default_scan_config
+    from mfli.serve.engine_retriever import EngineRetriever
+    from mfli.serve.retriever import RetrieverConfig
+
+    run = _SeedRun(ds, QualityConfig(split=split, seeds=1, epochs=epochs), 0)
+    model, _ = run.model("joint")
+    _, view, _ = _mfli_index(run, model)
+    scan = dataclasses.replace(default_scan_config(), neighbours=200)
+    retriever = EngineRetriever(view, model.codebooks, model.facets, RetrieverConfig(merge="sum"), scan)
+    sel = select_blend(model, retriever, view, run.split.train, validation=run.validation,
+                       coengagement=CoEngagementConfig(num_threads=1))
+    return run, model, view, retriever, sel

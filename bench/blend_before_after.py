@@ -13,7 +13,6 @@ change of machine speed hits both::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from _before import module_at
-from _setup import write_record
+from _setup import blend_world, write_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,26 +39,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     from mfli.data.loaders import load_dataset
     from mfli.data.synthetic import SyntheticConfig, generate
-    from mfli.eval.blend_select import select_blend
-    from mfli.eval.harness import QualityConfig, _mfli_index, _SeedRun
     from mfli.eval.serving.machine import machine_info
-    from mfli.index.coengagement import CoEngagementConfig
     from mfli.serve import blend as current
-    from mfli.serve.config import default_scan_config
     from mfli.serve.engine_retriever import EngineRetriever
-    from mfli.serve.retriever import RetrieverConfig
 
     old_blend = module_at(a.before, "mfli/serve/blend.py", "blend_before")
     old_er = module_at(a.before, "mfli/serve/engine_retriever.py", "engine_retriever_before")
     ds = load_dataset(a.data) if a.data else generate(SyntheticConfig(n_items=10_000, n_users=3_000,
                                                                       n_interactions=100_000, seed=0))
-    run = _SeedRun(ds, QualityConfig(split=a.split, seeds=1, epochs=a.epochs), 0)
-    model, _ = run.model("joint")
-    _, view, _ = _mfli_index(run, model)
-    scan = dataclasses.replace(default_scan_config(), neighbours=200)
-    r = EngineRetriever(view, model.codebooks, model.facets, RetrieverConfig(merge="sum"), scan)
-    sel = select_blend(model, r, view, run.split.train, validation=run.validation,
-                       coengagement=CoEngagementConfig(num_threads=1))
+    run, model, view, r, sel = blend_world(ds, a.split, a.epochs)
     n = min(a.requests, len(run.users))
     hists = run.histories[:n]
     q = model.user_embeddings(run.users[:n], hists).numpy()

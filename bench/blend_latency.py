@@ -18,7 +18,6 @@ Every step runs over the same requests, one after the other, each a few times (m
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _setup import blend_world
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -54,13 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     from mfli.data.loaders import load_dataset
-    from mfli.eval.blend_select import select_blend
-    from mfli.eval.harness import QualityConfig, _mfli_index, _SeedRun
-    from mfli.index.coengagement import CoEngagementConfig
     from mfli.serve.blend import blend, retrieve_blend
-    from mfli.serve.config import default_scan_config
-    from mfli.serve.engine_retriever import EngineRetriever
-    from mfli.serve.retriever import RetrieverConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
@@ -70,14 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
             data = str(write_synthetic(SyntheticConfig(n_items=10_000, n_users=3_000, n_interactions=100_000,
                                                        seed=0), Path(tmp) / "synthetic", progress=False))
         ds = load_dataset(data)
-    run = _SeedRun(ds, QualityConfig(split=args.split, seeds=1, epochs=args.epochs), 0)
     t0 = time.perf_counter()
-    model, _ = run.model("joint")
-    _, view, _ = _mfli_index(run, model)
-    scan = dataclasses.replace(default_scan_config(), neighbours=200)
-    retriever = EngineRetriever(view, model.codebooks, model.facets, RetrieverConfig(merge="sum"), scan)
-    sel = select_blend(model, retriever, view, run.split.train, validation=run.validation,
-                       coengagement=CoEngagementConfig(num_threads=1))
+    run, model, view, retriever, sel = blend_world(ds, args.split, args.epochs)
     cfg, table = sel.config, sel.table
     build_s = time.perf_counter() - t0
 
