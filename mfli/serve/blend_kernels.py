@@ -40,6 +40,18 @@ def _probe(table: np.ndarray, stamp: np.ndarray, gen: int, x: int, mask: int) ->
 
 
 @nb.njit(**_OPTS)
+def _top_by_score(score: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the best ``min(k, n)`` of ``score (n,)``, best first, ties by lower ``ids (n,)`` (any
+    int64, so they cannot share a sort key with the score as :func:`mfli.index.topk.top_unique` does)."""
+    m = min(k, score.size)
+    neg = -score
+    cut = np.partition(neg, m - 1)[m - 1]
+    sel = np.flatnonzero(neg <= cut)  # the m best and any ties at the edge
+    o = sel[np.argsort(ids[sel], kind="mergesort")]
+    return o[np.argsort(neg[o], kind="mergesort")][:m]  # score desc, ties by lower id
+
+
+@nb.njit(**_OPTS)
 def fuse(user: np.ndarray, co: np.ndarray, trig: np.ndarray, w_co: float, w_trig: float, credit_new: bool,
          known: np.ndarray, k: int, rrf_k: int) -> tuple[np.ndarray, np.ndarray]:
     """Weighted reciprocal-rank fusion of ranked id lists (:func:`mfli.serve.blend.blend`).
@@ -107,13 +119,8 @@ def fuse(user: np.ndarray, co: np.ndarray, trig: np.ndarray, w_co: float, w_trig
             u = m
         if u == 0:
             continue
-        m = min(k, u)
-        neg = -score[:u]
-        cut = np.partition(neg, m - 1)[m - 1]
-        sel = np.flatnonzero(neg <= cut)  # the m best and any ties at the edge
-        o = sel[np.argsort(uid[sel], kind="mergesort")]
-        o = o[np.argsort(neg[o], kind="mergesort")]  # score desc, ties by lower id
-        for j in range(m):
+        o = _top_by_score(score[:u], uid[:u], k)
+        for j in range(o.size):
             ids[b, j] = uid[o[j]]
             sc[b, j] = np.float32(score[o[j]])
     return ids, sc
@@ -202,12 +209,7 @@ def best_distinct(ids: np.ndarray, score: np.ndarray, req: np.ndarray, B: int, e
         if m == 0:
             continue
         cand = pick[:m]
-        neg = -score[cand]
-        s = min(k, m)
-        cut = np.partition(neg, s - 1)[s - 1]
-        sel = np.flatnonzero(neg <= cut)  # the s best and any ties at the edge
-        o = sel[np.argsort(ids[cand[sel]], kind="mergesort")]
-        o = o[np.argsort(neg[o], kind="mergesort")]  # score desc, ties by lower id
-        for j in range(s):
+        o = _top_by_score(score[cand], ids[cand], k)
+        for j in range(o.size):
             out[b, j] = cand[o[j]]
     return out
