@@ -353,11 +353,7 @@ class ScanEngine:
             log.info("stored neighbour lists %s not used (%s differ); building them", stored.source, ", ".join(diff))
             return False
         lists = stored.lists
-        if lists.codes.shape[0] != self.N or lists.col_nbr.shape[0] != self.offsets.size - 1 or \
-                lists.col_nbr.shape[1] != want["neighbour_probe"]:
-            raise ValueError(f"{stored.source}: lists of {lists.codes.shape[0]} items over {lists.col_nbr.shape} "
-                             f"columns do not match this engine ({self.N} items, {self.offsets.size - 1} columns, "
-                             f"probe {want['neighbour_probe']})")
+        self._check_fits(lists, f"{stored.source}: ", want["neighbour_probe"])
         if lists.col_nbr.size and (lists.col_nbr.min() < 0 or lists.col_nbr.max() >= self.offsets.size - 1):
             raise ValueError(f"{stored.source}: array 'col_nbr' names columns outside this engine")
         bad = NB.first_invalid(lists.kernel_args(self.entry_rows, self.offsets), self._own, self.N)
@@ -368,9 +364,7 @@ class ScanEngine:
         self._NB = NB
         self.col_neighbours = lists.col_nbr
         self.list_probe = int(want["neighbour_probe"])
-        self.set_lists(lists)
-        self._list_key = want
-        self.lists_source = stored.source
+        self._serve(lists, want, stored.source)
         return True
 
     def build_lists(self, neighbours: int, probe: int | None = None) -> None:
@@ -391,20 +385,30 @@ class ScanEngine:
         rows = build_neighbour_lists(self._emb, self.entry_rows, self.offsets, self._cent, neighbours, probe,
                                      self.col_neighbours)
         self.list_probe = probe
-        self.set_lists(encode_lists(rows, self._own, self.col_neighbours, self.entry_rows, self.offsets,
-                                    compact=self.config.compact_lists))
-        self._list_key = self.list_key(neighbours, probe)
-        self.lists_source = "built"
+        self._serve(encode_lists(rows, self._own, self.col_neighbours, self.entry_rows, self.offsets,
+                                 compact=self.config.compact_lists), self.list_key(neighbours, probe), "built")
 
     def set_lists(self, lists) -> None:
         """Serve trigger mode from ``lists`` (a :class:`~mfli.serve.neighbours.NeighbourLists` encoded over
-        this engine's columns and ``col_neighbours``, e.g. the same lists stored the other way)."""
-        if lists.codes.shape[0] != self.N or lists.col_nbr.shape[0] != self.offsets.size - 1:
-            raise ValueError(f"lists of {lists.codes.shape[0]} items over {lists.col_nbr.shape[0]} columns do not "
-                             f"match this engine ({self.N} items, {self.offsets.size - 1} columns)")
+        this engine's columns and ``col_neighbours``, e.g. the same lists stored the other way). Lists set
+        by hand have no :meth:`list_key` and are not saved."""
+        self._check_fits(lists)
+        self._serve(lists, None, "set")
+
+    def _check_fits(self, lists, where: str = "", probe: int | None = None) -> None:
+        """ValueError (prefixed by ``where``) unless ``lists`` cover this engine's items and columns (and
+        probe ``probe`` columns each, when given)."""
+        C = self.offsets.size - 1
+        if lists.codes.shape[0] != self.N or lists.col_nbr.shape[0] != C or \
+                (probe is not None and lists.col_nbr.shape[1] != probe):
+            raise ValueError(f"{where}lists of {lists.codes.shape[0]} items over {lists.col_nbr.shape} columns do not "
+                             f"match this engine ({self.N} items, {C} columns"
+                             + (f", probe {probe})" if probe is not None else ")"))
+
+    def _serve(self, lists, key: dict | None, source: str) -> None:
         self._lists = lists
-        self._list_key = None  # set by build_lists / a stored file; lists set by hand are not saved
-        self.lists_source = "set"
+        self._list_key = key
+        self.lists_source = source
         self._list_args = lists.kernel_args(self.entry_rows, self.offsets)
         self._slots = np.full((self.config.threads, self.N), -1, np.int32)  # trigger_lists' scratch
 
