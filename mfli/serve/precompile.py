@@ -52,11 +52,12 @@ def precompile(n_items: int = 800, facets: int = 2, dim: int = 8, layers: int = 
     new_ids[0] = ids[1]  # one replaced item
     view = apply_delta(built.index, new_ids, new, assign_paths(new, cb, built.maps), tombstones=ids[2:6])
     served = ServingConfig()  # the defaults new snapshots are served with
+    tables = _tables(rng, ids)
     for threads in sorted({served.scan.threads, 2}):  # 1 thread: the serial kernels; more: the parallel ones
         engine_config = dataclasses.replace(served.scan, threads=threads)
         base = EngineRetriever(built.index, cb, config=served.retriever, engine_config=engine_config)
         _answer(rng, base, base.with_index(view), ids, new_ids, facets, dim)
-        _blend(rng, base.with_index(view), view, ids, new_ids, facets, dim)
+        _blend(rng, base.with_index(view), view, tables[0], ids, new_ids, facets, dim)
         if base.engine.has_lists:  # lists kept as int32 rows (a catalogue whose codes do not fit 16 bits)
             _stored(base.engine, built.index, cb)
             base.engine.config.compact_lists = not base.engine.config.compact_lists
@@ -64,7 +65,8 @@ def precompile(n_items: int = 800, facets: int = 2, dim: int = 8, layers: int = 
             for b in (1, 2):
                 base.retrieve_triggers([[int(ids[10 + i])] for i in range(b)], 10)
             _stored(base.engine, built.index, cb)
-    _coengagement(rng, ids)
+    for table in tables:
+        table.retrieve([ids[:3], ids[5:6]], 10)
     return time.perf_counter() - t0
 
 
@@ -81,31 +83,25 @@ def _stored(engine, index: MultiFacetIndex, cb: np.ndarray) -> None:
         raise RuntimeError("precompile: the engine did not take the lists it was given")
 
 
-def _blend(rng: np.random.Generator, retriever: EngineRetriever, view, ids: np.ndarray, new_ids: np.ndarray,
-           F: int, d: int) -> None:
-    """Blend mode's fusion and explanations on a delta view (a float16 co-engagement table)."""
-    from mfli.index.coengagement import CoEngagement, to_half
+def _blend(rng: np.random.Generator, retriever: EngineRetriever, view, table, ids: np.ndarray,
+           new_ids: np.ndarray, F: int, d: int) -> None:
+    """Blend mode's fusion and explanations on a delta view."""
     from mfli.serve.blend import BlendConfig, retrieve_blend
 
-    n = 64
-    empty = (np.zeros(n + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
-    table = CoEngagement(ids[:n], *empty, "ease", 1.0, *to_half(rng.standard_normal((n, n)).astype(np.float32)))
     for b in (1, 2):
         hist = [np.array([ids[3 + i], ids[20 + i], new_ids[1 + i]], np.int64) for i in range(b)]
         retrieve_blend(retriever, table, view, BlendConfig(), _unit(rng, (b, F, d)), hist, 10)
 
 
-def _coengagement(rng: np.random.Generator, ids: np.ndarray) -> None:
-    """Blend mode's co-engagement look-up on a float16 table (what new snapshots store) and a float32
-    one (tables saved before float16)."""
+def _tables(rng: np.random.Generator, ids: np.ndarray) -> list:
+    """Two dense co-engagement tables over ``ids[:64]``: float16 (what new snapshots store) and float32
+    (tables saved before float16); precompile looks items up in both."""
     from mfli.index.coengagement import CoEngagement, to_half
 
     n = 64
     W = rng.standard_normal((n, n)).astype(np.float32)
     empty = (np.zeros(n + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
-    for dense, scale in (to_half(W), (W, 1.0)):
-        table = CoEngagement(ids[:n], *empty, "ease", 1.0, dense, scale)
-        table.retrieve([ids[:3], ids[5:6]], 10)
+    return [CoEngagement(ids[:n], *empty, "ease", 1.0, dense, scale) for dense, scale in (to_half(W), (W, 1.0))]
 
 
 def _answer(rng: np.random.Generator, base: EngineRetriever, delta: EngineRetriever, ids: np.ndarray,
