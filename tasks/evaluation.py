@@ -141,6 +141,7 @@ def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict, coengag
     """Metrics of the freshly built snapshot, the live snapshot's metrics, the report's URI and the
     serving config the metrics were measured with (blend mode when ``coengagement`` holds tables)."""
     from mfli.eval.holdout import evaluate_holdout
+    from mfli.snapshot import NEIGHBOURS_FILE
     from tasks.params import daily_params
 
     s = run["store_uri"]
@@ -154,8 +155,6 @@ def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict, coengag
     result.metrics.update(blend_metrics)
     lists_uri = None
     with scratch_dir() as tmp:
-        from mfli.snapshot import NEIGHBOURS_FILE
-
         if snapshot.save_lists(tmp / NEIGHBOURS_FILE):
             lists_uri = put_dir(s, artifact_uri(run, "neighbours"), tmp)
     with scratch_dir() as tmp:
