@@ -35,7 +35,9 @@ pre-ranked copy. The learned code paths stay stored (``F * L`` bytes per entry) 
 full (all-facet) vectors (stored as int8 rows with a per-row scale for routing: a quarter of the
 bytes a query reads), so clusters of different facets compare on one scale. ``routing="joint"``
 reads the ``n_clusters`` best clusters over all facets (one budget); ``"per_facet"`` reads the
-``n_clusters`` best of each facet.
+``n_clusters`` best of each facet. From 1,024 columns on, joint routing goes through a two-level
+tree of the columns (:mod:`mfli.serve.route_tree`, ``route_groups``): the same clusters, found
+without scoring every column's centroid.
 
 **Trigger mode** (item to item), two paths:
 
@@ -76,6 +78,7 @@ import numpy as np
 
 from mfli.index.inverted import MultiFacetIndex, _as_numpy, encode_paths
 from mfli.serve.retriever import RetrievalResult
+from mfli.serve.route_tree import RouteTree
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,9 @@ class EngineConfig:
     # "fastscan" (4-bit residual-to-centroid PQ in faiss fast-scan blocks, mfli.serve.engine_fastscan)
     prerank: str = "codes"
     fastscan_subquantizers: int | None = None  # 4-bit sub-quantisers of F * d (None: one per 2 dims)
+    # joint routing through a two-level tree of the columns (mfli.serve.route_tree; same clusters, fewer
+    # scored): groups of columns (None: about sqrt(columns) from 1,024 columns on, else none; 0: none)
+    route_groups: int | None = None
     threads: int = 1  # compiled-kernel threads (requests split into this many chunks)
     seed: int = 0  # product-quantiser sample and k-means seed
 
@@ -130,6 +136,8 @@ class EngineConfig:
             raise ValueError("pq_subquantizers and extra_clusters must be >= 0")
         if self.neighbours < 0 or (self.neighbour_probe is not None and self.neighbour_probe < 1):
             raise ValueError("neighbours must be >= 0 and neighbour_probe >= 1 (or None)")
+        if self.route_groups is not None and self.route_groups < 0:
+            raise ValueError("route_groups must be >= 0 (or None)")
         return self
 
 
@@ -272,6 +280,9 @@ class ScanEngine:
         self._cent8, self._cent_scale = K.quantize_rows(cent)
         self._min_facet_clusters = int(np.diff(self.facet_start).min())
         self._centT = np.ascontiguousarray((self._cent8.astype(np.float32) * self._cent_scale[:, None]).T)
+        C = cent.shape[0]
+        groups = RouteTree.auto_groups(C) if self.config.route_groups is None else min(self.config.route_groups, C)
+        self._tree = RouteTree.build(cent, self._cent8, self._cent_scale, groups, self.config.seed) if groups else None
         self._fs = None
         if fastscan:
             from mfli.serve.engine_fastscan import FastScanLists
@@ -535,6 +546,12 @@ class ScanEngine:
         qf = np.ascontiguousarray(q.reshape(B, self.D))
         joint = routing == "joint"
         n = max(1, min(n, self._cent8.shape[0]) if joint else min(n, self._min_facet_clusters))
+        if joint and self._tree is not None:  # flat routing's clusters, most columns unscored
+            T = self._chunks(B)
+            if T == 1:
+                return self._K.route_tree(qf, *self._tree.arrays, n)[:2]
+            _numba_threads(T)
+            return self._K.route_tree_chunks(qf, *self._tree.arrays, n, T)[:2]
         if B <= _SMALL_BATCH:  # on this thread, scored and selected in one pass (see route_small)
             return self._K.route_small(qf, self._cent8, self._cent_scale, self.facet_start, n, joint)
         _numba_threads(self._chunks(B))
@@ -721,4 +738,6 @@ class ScanEngine:
             own += self._fs.nbytes() + self._cent.nbytes + self.entry_col.nbytes
         if self._lists is not None:
             own += self._lists.nbytes + self._slots.nbytes
+        if self._tree is not None:
+            own += self._tree.nbytes
         return {"engine": int(own), "embeddings": int(self._emb.nbytes), "total": int(own + self._emb.nbytes)}

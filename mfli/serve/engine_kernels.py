@@ -12,6 +12,7 @@ Each kernel is one call per batch (no Python loop per request or cluster):
 - :func:`route_small`, :func:`column_dots`, :func:`pair_entries`, :func:`explain_rows`: the
   small per-request steps around them (routing scores of a few queries, the chosen columns' biases,
   entry counts, explanations), compiled because at batch 1 numpy's per-call cost was ~100 us of ~640;
+- :func:`route_tree`: routing through a two-level tree of the columns (:mod:`mfli.serve.route_tree`);
 - :func:`segment_means`: per cluster, the mean of its members' full vectors (build time).
 
 Requests are split into one contiguous chunk per thread (``prange`` over chunks) so a chunk owns its
@@ -474,6 +475,92 @@ def route_small(q: np.ndarray, cent8: np.ndarray, scale: np.ndarray, facet_start
             gid[b, j] = hi[order[j]]
             rank[b, j] = j
     return gid, rank
+
+
+@nb.njit(**_OPTS)
+def _route_tree_range(q: np.ndarray, gcent: np.ndarray, radius: np.ndarray, gptr: np.ndarray, cent8: np.ndarray,
+                      scale: np.ndarray, cols: np.ndarray, n: int, lo: int, hi_b: int, gid: np.ndarray,
+                      rank: np.ndarray, visited: np.ndarray) -> None:
+    """:func:`route_tree` for queries ``lo:hi_b`` (one chunk)."""
+    D = q.shape[1]
+    G = gcent.shape[0]
+    ub = np.empty(G, np.float64)
+    hs = np.empty(n, np.float32)
+    hi = np.empty(n, np.int64)
+    hp = np.zeros(n, np.int64)
+    for b in range(lo, hi_b):
+        norm = 0.0
+        for j in range(D):
+            norm += np.float64(q[b, j]) * np.float64(q[b, j])
+        norm = np.sqrt(norm)
+        for g in range(G):  # no column of group g scores above q . gcent[g] + |q| radius[g]
+            acc = 0.0
+            for j in range(D):
+                acc += np.float64(q[b, j]) * np.float64(gcent[g, j])
+            ub[g] = -(acc + norm * radius[g])
+        order = np.argsort(ub)  # best bound first
+        m = 0
+        seen = 0
+        for o in range(G):
+            g = order[o]
+            if m == n and np.float64(hs[0]) > -ub[g]:
+                break  # the heap's worst beats every column left
+            for c in range(gptr[g], gptr[g + 1]):
+                # the same arithmetic as route_small, so a column scores alike on both paths
+                acc32 = np.float32(0.0)
+                for j in range(D):
+                    acc32 += q[b, j] * np.float32(cent8[c, j])
+                sc = acc32 * scale[c]
+                if m < n:
+                    hs[m], hi[m] = sc, cols[c]
+                    _sift_up(hs, hi, hp, m)
+                    m += 1
+                elif sc > hs[0]:
+                    hs[0], hi[0] = sc, cols[c]
+                    _sift_down(hs, hi, hp, m, 0)
+            seen += gptr[g + 1] - gptr[g]
+        visited[b] = seen
+        sel = _top_unique(hs, hi, m, m)
+        for j in range(m):
+            gid[b, j] = hi[sel[j]]
+            rank[b, j] = j
+
+
+@nb.njit(**_OPTS)
+def route_tree(q: np.ndarray, gcent: np.ndarray, radius: np.ndarray, gptr: np.ndarray, cent8: np.ndarray,
+               scale: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Joint routing through a two-level tree (:class:`mfli.serve.route_tree.RouteTree`), on this thread:
+    :func:`route_small`'s choice (ties at the last slot aside) without scoring every column.
+
+    Group ``g`` holds rows ``gptr[g]:gptr[g + 1]`` of ``cent8``/``scale`` (int8 centroids and scales,
+    group-major; engine columns ``cols``); none of them scores above ``q . gcent[g] + |q| radius[g]``
+    (Cauchy-Schwarz). A query ``q (B, D)`` offers the groups' columns to the heap in the order of
+    that bound and stops at the first group whose bound the heap's ``n``-th best score beats.
+
+    Returns ``gid (B, n)`` and ``rank (B, n)`` as :func:`route_small`, and ``visited (B,)`` columns scored.
+    """
+    B = q.shape[0]
+    gid = np.full((B, n), -1, np.int64)
+    rank = np.full((B, n), -1, np.int64)
+    visited = np.zeros(B, np.int64)
+    _route_tree_range(q, gcent, radius, gptr, cent8, scale, cols, n, 0, B, gid, rank, visited)
+    return gid, rank, visited
+
+
+@nb.njit(parallel=True, **_OPTS)
+def route_tree_chunks(q: np.ndarray, gcent: np.ndarray, radius: np.ndarray, gptr: np.ndarray, cent8: np.ndarray,
+                      scale: np.ndarray, cols: np.ndarray, n: int, n_chunks: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`route_tree` over ``n_chunks`` threads (large batches)."""
+    B = q.shape[0]
+    gid = np.full((B, n), -1, np.int64)
+    rank = np.full((B, n), -1, np.int64)
+    visited = np.zeros(B, np.int64)
+    step = (B + n_chunks - 1) // n_chunks
+    for t in nb.prange(n_chunks):
+        _route_tree_range(q, gcent, radius, gptr, cent8, scale, cols, n, t * step, min(B, (t + 1) * step), gid,
+                          rank, visited)
+    return gid, rank, visited
 
 
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -65,6 +65,10 @@ def precompile(n_items: int = 800, facets: int = 2, dim: int = 8, layers: int = 
             for b in (1, 2):
                 base.retrieve_triggers([[int(ids[10 + i])] for i in range(b)], 10)
             _stored(base.engine, built.index, cb)
+        # routing through the column tree (catalogues of >= 1,024 columns; this one has fewer, so forced)
+        tree = base.engine.__class__(built.index, cb, dataclasses.replace(engine_config, route_groups=4, neighbours=0))
+        for b in (1, 2):
+            tree.search(_unit(rng, (b, facets, dim)), 10)
     for table in tables:
         table.retrieve([ids[:3], ids[5:6]], 10)
     return time.perf_counter() - t0
