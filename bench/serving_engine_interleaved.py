@@ -6,9 +6,10 @@
 
 ``bench/serving_engine.py`` times each method once, one after the other; on a shared machine the
 speed can drift by 1.5x within one run, so a method timed in a slow minute looks worse. Here the
-methods alternate on every request (``--interleave query``: each sweep point of every method answers
-query i, in a rotated order, before any answers query i + 1; likewise per batch of 256), so a slow
-second falls on all of them alike; the median over rounds is reported (each round's figure is in the
+methods alternate on every request (``--interleave query``: at each step every sweep point of every
+method answers one query, in a rotated order, each point a different query than the point before it,
+so no point finds the previous point's work for the same query in cache; likewise per batch of 256),
+so a slow second falls on all of them alike; the median over rounds is reported (each round's figure is in the
 JSON). ``--interleave point`` times one sweep point at a time per round (the earlier protocol). Same data, queries, reference and index as
 ``bench/serving_engine.py`` (:func:`mfli.eval.serving_bench.prepare_data`); 1 search thread; batch 1
 over the first 200 queries one at a time, batch 256 over all.
@@ -17,6 +18,7 @@ over the first 200 queries one at a time, batch 256 over all.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -26,27 +28,32 @@ import numpy as np
 
 def _per_query_round(points: dict, names: list[str], n_queries: int, rnd: int,
                      b1_queries: int = 200, batch: int = 256) -> tuple[dict, dict]:
-    """One round, methods alternating per request: every point answers query i (then batch j) before
-    any answers query i + 1, in an order rotated per request, so a slow second on the shared machine
-    lands on all of them alike. Returns queries/s at batch 1 and at ``batch`` per point."""
+    """One round, methods alternating per request, so a slow second on the shared machine lands on all
+    of them alike. At step i the points run in an order rotated per step, and point j answers query
+    ``(i + j) mod n`` (likewise batch ``(i + j) mod n_batches``): each point answers every query once,
+    and never the query the point before it just answered, whose clusters, lists and vectors would
+    still be in cache. Returns queries/s at batch 1 and at ``batch`` per point."""
     import time
 
     t1 = dict.fromkeys(names, 0.0)
     tb = dict.fromkeys(names, 0.0)
     P = len(names)
-    for i in range(min(b1_queries, n_queries)):
+    nb1 = min(b1_queries, n_queries)
+    for i in range(nb1):
         for j in range(P):
             name = names[(i + j + rnd) % P]
+            qi = (i + j) % nb1
             t0 = time.perf_counter()
-            points[name][1](slice(i, i + 1))
+            points[name][1](slice(qi, qi + 1))
             t1[name] += time.perf_counter() - t0
-    for bi, s in enumerate(range(0, n_queries, batch)):
+    starts = list(range(0, n_queries, batch))
+    for bi in range(len(starts)):
         for j in range(P):
             name = names[(bi + j + rnd) % P]
+            s = starts[(bi + j) % len(starts)]
             t0 = time.perf_counter()
             points[name][1](slice(s, min(n_queries, s + batch)))
             tb[name] += time.perf_counter() - t0
-    nb1 = min(b1_queries, n_queries)
     return {n: nb1 / t1[n] for n in names}, {n: n_queries / tb[n] for n in names}
 
 
@@ -75,6 +82,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--interleave", choices=("query", "point"), default="query",
                     help="query: methods alternate on every request (default); point: each sweep point "
                          "runs all its queries, then the next point")
+    ap.add_argument("--subquantizers", default="",
+                    help="comma list of EngineConfig.fastscan_subquantizers to time side by side as methods "
+                         "mfli_sN (empty: the serving default only, as method mfli)")
+    ap.add_argument("--points", default="32/300,48/300,48/400,64/400,64/500,80/500,96/500",
+                    help="the engine's sweep: comma list of clusters/short list")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)
@@ -95,12 +107,17 @@ def main(argv: list[str] | None = None) -> dict:
     index = rebalance(index, auto_rebalance_config(N, seed=0)).index
     as_rows = (lambda ids: ids) if np.array_equal(index.item_ids, np.arange(N)) else (
         lambda ids: np.where(ids >= 0, index.rows_of(ids), -1))
-    engine = ScanEngine(index, data.codebooks, default_scan_config())  # what snapshots serve
+    engines = {"mfli": ScanEngine(index, data.codebooks, default_scan_config())}  # what snapshots serve
+    if a.subquantizers:
+        engines = {f"mfli_s{v}": ScanEngine(index, data.codebooks, dataclasses.replace(
+            default_scan_config(), fastscan_subquantizers=int(v))) for v in a.subquantizers.split(",")}
     ivf, _ = build_ivf(X, round(4 * math.sqrt(N)), 0)
     points: dict[str, tuple] = {}
-    for n, R in ((32, 300), (48, 300), (48, 400), (64, 400), (64, 500), (80, 500), (96, 500)):
-        points[f"mfli {n} clusters / short list {R}"] = ("mfli", lambda sl, n=n, R=R: as_rows(
-            engine.search(data.queries[sl], k, n_clusters=n, shortlist=R).item_ids))
+    sweep = [tuple(int(x) for x in p.split("/")) for p in a.points.split(",")]
+    for label, engine in engines.items():
+        for n, R in sweep:
+            points[f"{label} {n} clusters / short list {R}"] = (label, lambda sl, n=n, R=R, e=engine: as_rows(
+                e.search(data.queries[sl], k, n_clusters=n, shortlist=R).item_ids))
     for npb in (20, 24, 32, 40, 48):
         points[f"ivf nprobe {npb}"] = ("ivf", lambda sl, npb=npb: (setattr(ivf, "nprobe", npb),
                                                                    ivf.search(Q[sl], k)[1])[1])
@@ -135,26 +152,29 @@ def main(argv: list[str] | None = None) -> dict:
     for target in (0.90, 0.95):
         for key in ("median_b1", "median_b256"):
             row: dict = {"recall": target, "batch": key.split("_b")[1]}
-            for method in ("mfli", "ivf", "scann"):
+            for method in (*engines, "ivf", "scann"):
                 pts = [(p["recall"], p[key]) for p in res.values() if p["method"] == method]
                 row[method] = qps_at_recall(pts, target) if pts else None
-            for other in ("ivf", "scann"):
-                if row.get("mfli") and row.get(other):
-                    row[f"mfli_over_{other}"] = row["mfli"] / row[other]
+            for mine in engines:
+                for other in ("ivf", "scann"):
+                    if row.get(mine) and row.get(other):
+                        row[f"{mine}_over_{other}"] = row[mine] / row[other]
             equal.append(row)
     result = {"config": vars(a) | {"out": str(a.out)}, "machine": machine_info(),
-              "engine": {"prerank": engine.config.prerank, "clusters": [c.n_clusters for c in index.facets]},
+              "engine": {"prerank": engines[next(iter(engines))].config.prerank,
+                         "clusters": [c.n_clusters for c in index.facets]},
               "points": res, "equal_recall": equal}
     write_json(result, a.out)
     print("| point | recall@100 | q/s b1 (median; rounds) | q/s b256 (median; rounds) |\n|---|---|---|---|")
     for name, p in res.items():
         print(f"| {name} | {p['recall']:.3f} | {p['median_b1']:,.0f} ({', '.join(f'{x:,.0f}' for x in p['qps_b1'])}) "
               f"| {p['median_b256']:,.0f} ({', '.join(f'{x:,.0f}' for x in p['qps_b256'])}) |")
-    print("\n| recall | batch | mfli | ivf | scann | mfli/ivf | mfli/scann |\n|---|---|---|---|---|---|---|")
     f = lambda x, nd=0: "-" if x is None else f"{x:,.{nd}f}"
-    for r in equal:
-        print(f"| {r['recall']:.2f} | {r['batch']} | {f(r['mfli'])} | {f(r['ivf'])} | {f(r.get('scann'))} | "
-              f"{f(r.get('mfli_over_ivf'), 2)} | {f(r.get('mfli_over_scann'), 2)} |")
+    for mine in engines:
+        print(f"\n| recall | batch | {mine} | ivf | scann | {mine}/ivf | {mine}/scann |\n|---|---|---|---|---|---|---|")
+        for r in equal:
+            print(f"| {r['recall']:.2f} | {r['batch']} | {f(r[mine])} | {f(r['ivf'])} | {f(r.get('scann'))} | "
+                  f"{f(r.get(f'{mine}_over_ivf'), 2)} | {f(r.get(f'{mine}_over_scann'), 2)} |")
     return result
 
 

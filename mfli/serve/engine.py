@@ -116,7 +116,7 @@ class EngineConfig:
     # pre-ranker of the short list: "codes" (learned code path + 8-bit residual PQ, numba scan) or
     # "fastscan" (4-bit residual-to-centroid PQ in faiss fast-scan blocks, mfli.serve.engine_fastscan)
     prerank: str = "codes"
-    fastscan_subquantizers: int | None = None  # 4-bit sub-quantisers of F * d (None: one per 2 dims)
+    fastscan_subquantizers: int | None = None  # 4-bit sub-quantisers of F * d (None: one per dimension)
     # joint routing through a two-level tree of the columns (mfli.serve.route_tree; same clusters, fewer
     # scored): groups of columns (None: about sqrt(columns) from 1,024 columns on, else none; 0: none)
     route_groups: int | None = None

@@ -59,7 +59,7 @@ def snapshot(distinct_dataset) -> Snapshot:
 def test_default_serving_config_is_what_the_gates_measured():
     cfg = ServingConfig()
     assert (cfg.retriever.merge, cfg.retriever.beam) == ("sum", 32)
-    assert (cfg.engine, cfg.scan.n_clusters, cfg.scan.shortlist) == ("scan", 48, 400)  # new snapshots
+    assert (cfg.engine, cfg.scan.n_clusters, cfg.scan.shortlist) == ("scan", 48, 300)  # new snapshots
     assert ServingConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown retriever config fields"):
         ServingConfig.from_dict({"retriever": {"mrege": "sum"}})
