@@ -31,7 +31,10 @@ def test_all_methods_run_on_the_same_split(small_catalogue):
             assert math.isnan(v) or 0.0 <= v <= 1.0, (method, k, v)
     # exact search is the ceiling of the embeddings the MFLI index serves from
     assert results["mfli"]["recall@200"]["mean"] <= results["exact"]["recall@200"]["mean"] + 1e-9
-    assert results["mfli_scan"]["recall@200"]["mean"] <= results["exact"]["recall@200"]["mean"] + 1e-9
+    # the scan engine rescores exactly, in another summation order than exact search's BLAS: an item tied
+    # at the 200th rank can fall either way, so it may pass exact by a user's single positive at most
+    n_users = len(results["exact"]["per_user"]["recall@100"][0])
+    assert results["mfli_scan"]["recall@200"]["mean"] <= results["exact"]["recall@200"]["mean"] + 1.0 / n_users
     # the scan engine serves the delta's items too: cold items are reachable as through the reference
     assert results["mfli_scan"]["cold_recall@100"]["mean"] > 0 or math.isnan(results["mfli"]["cold_recall@100"]["mean"])
     # items without training events are invisible to a rebuild-at-snapshot ANN index
