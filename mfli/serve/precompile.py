@@ -26,6 +26,7 @@ from mfli.index.delta import apply_delta, assign_paths
 from mfli.index.inverted import MultiFacetIndex, encode_paths
 from mfli.index.split_merge import RebalanceConfig, rebalance
 from mfli.serve.config import ServingConfig
+from mfli.serve.engine import ScanEngine
 from mfli.serve.engine_retriever import EngineRetriever
 
 
@@ -66,7 +67,7 @@ def precompile(n_items: int = 800, facets: int = 2, dim: int = 8, layers: int = 
                 base.retrieve_triggers([[int(ids[10 + i])] for i in range(b)], 10)
             _stored(base.engine, built.index, cb)
         # routing through the column tree (catalogues of >= 1,024 columns; this one has fewer, so forced)
-        tree = base.engine.__class__(built.index, cb, dataclasses.replace(engine_config, route_groups=4, neighbours=0))
+        tree = ScanEngine(built.index, cb, dataclasses.replace(engine_config, route_groups=4, neighbours=0))
         for b in (1, 2):
             tree.search(_unit(rng, (b, facets, dim)), 10)
     for table in tables:
@@ -77,7 +78,6 @@ def precompile(n_items: int = 800, facets: int = 2, dim: int = 8, layers: int = 
 def _stored(engine, index: MultiFacetIndex, cb: np.ndarray) -> None:
     """An engine started from ``engine``'s saved lists, as a service starts from a snapshot's
     ``neighbours.npz`` (every entry is checked by a kernel)."""
-    from mfli.serve.engine import ScanEngine
     from mfli.serve.list_store import load_lists
 
     with tempfile.TemporaryDirectory() as tmp:
