@@ -51,3 +51,20 @@ def test_search_finds_the_best_entries():
     got = fs.search(q, gid, q @ cent.T, 50)
     exact = np.argsort(-(q @ emb.T), axis=1)[:, :10]
     assert np.mean([np.isin(exact[i], got[i]).mean() for i in range(5)]) >= 0.9
+
+
+def test_codes_of_equal_and_tied_centroids_take_the_lower_index():
+    pq = np.zeros((2, 16, 1), np.float32)
+    pq[0, :, 0] = np.arange(16, dtype=np.float32)[::-1]  # descending: sorted order is reversed
+    pq[1, :, 0] = 5.0  # all equal: index 0 wins
+    pq[1, 7, 0] = 9.0
+    emb = np.array([[3.5, 5.0], [20.0, 8.0], [-4.0, 7.0], [7.2, 9.5]], np.float32)  # 3.5: tie between 3 and 4
+    codes = pq4_codes(emb, np.arange(4, dtype=np.int32), np.array([0, 4], np.int64), np.zeros((1, 2), np.float32), pq)
+    low, high = codes[:, 0] & 15, codes[:, 0] >> 4
+    # sub-quantiser 0: nearest value, ties to the lower index (3.5 is as far from 3 (index 12) as from 4 (index 11))
+    np.testing.assert_array_equal(low, [11, 0, 15, 8])
+    # sub-quantiser 1: 5.0 at every index but 7 (9.0); 7.0 ties 5.0 and 9.0 -> index 0
+    np.testing.assert_array_equal(high, [0, 7, 0, 7])
+    # and as a brute-force search says (numpy's argmin takes the first minimum)
+    for m, got in ((0, low), (1, high)):
+        np.testing.assert_array_equal(got, np.argmin((emb[:, m : m + 1] - pq[m, :, 0][None]) ** 2, axis=1))
