@@ -4,7 +4,10 @@ one process.
 Builds the data, model and index of ``bench/serving_engine.py`` and the served engine, loads
 ``mfli/serve/engine_kernels.py`` as it was at ``--before`` beside the current one (the engine calls its
 kernels through one module reference), checks that both give the same answers, and alternates them over
-``--rounds`` rounds on the same user-tower queries (k = 100, 1 thread), at batch 1 and 256::
+``--rounds`` rounds on the same user-tower queries (k = 100, 1 thread), at batch 1 and 256. Against a
+revision before the column tree (``mfli/serve/route_tree.py``) the earlier side routes flat, and batches
+over 16 then ran BLAS, which picks other clusters than the int8 kernels for about 0.5% of queries: the
+answers can differ there::
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/user_before_after.py --items 1000000 --before 06b001b \\
         --model-dir <model saved by an earlier run's --save-model-dir> --out docs/results/user_before_after_1m.json
@@ -43,10 +46,12 @@ def main(argv: list[str] | None = None) -> dict:
     out.update({"before": a.before, "config": {"n_clusters": cfg.n_clusters, "shortlist": cfg.shortlist},
                 "batches": {}})
     kernels = {"before": before, "after": current}
+    # a revision without the column tree's kernel routed flat (mfli/serve/route_tree.py: the same clusters)
+    trees = {"before": engine._tree if hasattr(before, "route_tree") else None, "after": engine._tree}
     q = data.queries
 
     def answer(which: str, qb):
-        engine._K = kernels[which]
+        engine._K, engine._tree = kernels[which], trees[which]
         gid, rank = engine.route(qb, cfg.n_clusters, cfg.routing)
         return engine.scan_users(qb, gid, rank, 100)
 
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{row['ratio_median']:.2f} [{row['ratio_quartiles'][0]:.2f}, {row['ratio_quartiles'][1]:.2f}]; "
                   f"same {same}")
     finally:
-        engine._K = current
+        engine._K, engine._tree = current, trees["after"]
     return write_record(out, a.out)
 
 
