@@ -78,8 +78,8 @@ class FastScanLists:
         ivf.is_trained = True
         # the codes are computed here, not by faiss's add_core: with one dimension per sub-quantiser its
         # encoder took 24 s for 2M entries at 1M items (one small distance call per sub-quantiser), this
-        # kernel about 7 s (a binary search over the sorted values was slower: 8.3 s); each column's codes
-        # then go into its inverted list as they are
+        # kernel 2.2 s (7.7 s one sub-quantiser at a time; same codes); each column's codes then go into
+        # its inverted list as they are
         pq_cent = faiss.vector_to_array(ivf.pq.centroids).reshape(n_sub, 16, D // n_sub)
         codes = pq4_codes(emb, np.ascontiguousarray(entry_rows), np.ascontiguousarray(offsets, np.int64),
                           np.ascontiguousarray(centroids, dtype=np.float32), np.ascontiguousarray(pq_cent))
@@ -144,26 +144,40 @@ def pq4_codes(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.ndarray, cent
     """
     C = offsets.size - 1
     M, K, ds = pq.shape
+    # sub-quantisers side by side: the loops over m are contiguous and branch-free, so LLVM runs them
+    # 8 wide (3.1x faster than one sub-quantiser's 16 distances after another, same arithmetic and ties)
+    pqT = np.empty((K, ds, M), np.float32)  # codeword k's coordinate j of every sub-quantiser
+    for m in range(M):
+        for k in range(K):
+            for j in range(ds):
+                pqT[k, j, m] = pq[m, k, j]
     out = np.zeros((entry_rows.size, (M + 1) // 2), np.uint8)
-    res = np.empty(emb.shape[1], np.float32)
+    resT = np.empty((ds, M), np.float32)
+    dist = np.empty(M, np.float32)
+    best_d = np.empty(M, np.float32)
+    best = np.empty(M, np.uint8)
     for c in range(C):
         for e in range(offsets[c], offsets[c + 1]):
             r = entry_rows[e]
-            for j in range(res.size):
-                res[j] = emb[r, j] - centroids[c, j]
             for m in range(M):
-                best = 0
-                best_d = np.inf
-                for k in range(K):
-                    d = np.float32(0.0)
-                    for j in range(ds):
-                        x = res[m * ds + j] - pq[m, k, j]
-                        d += x * x
-                    if d < best_d:
-                        best_d = d
-                        best = k
-                if m & 1:
-                    out[e, m >> 1] |= np.uint8(best << 4)
-                else:
-                    out[e, m >> 1] = np.uint8(best)
+                for j in range(ds):
+                    resT[j, m] = emb[r, m * ds + j] - centroids[c, m * ds + j]
+            for m in range(M):
+                best_d[m] = np.inf
+                best[m] = 0
+            for k in range(K):
+                for m in range(M):
+                    dist[m] = np.float32(0.0)
+                for j in range(ds):  # summed in j order, as faiss's encoder
+                    for m in range(M):
+                        x = resT[j, m] - pqT[k, j, m]
+                        dist[m] += x * x
+                for m in range(M):
+                    better = dist[m] < best_d[m]  # strict: ties keep the lower index
+                    best_d[m] = dist[m] if better else best_d[m]
+                    best[m] = np.uint8(k) if better else best[m]
+            for m in range(0, M - 1, 2):
+                out[e, m >> 1] = best[m] | (best[m + 1] << 4)
+            if M & 1:
+                out[e, M >> 1] = best[M - 1]
     return out
