@@ -12,6 +12,8 @@ stored in the snapshot. This module is the one place that knows a snapshot's fol
     coengagement.npz  optional co-engagement table of blend mode (CoEngagement.save; no pickles)
     neighbours.npz  optional trigger-mode neighbour lists of the scan engine the gates measured
                     (mfli.serve.list_store): a service takes them instead of building its own
+    fastscan.npz    optional residual quantiser of that engine's fast-scan codes
+                    (mfli.serve.quantiser_store): a service encodes with it instead of fitting its own
     snapshot.json   the manifest: format, sha256 + size of every top-level file and report file, and of
                     model/manifest.json and index/index.json (whose own checksums cover the rest)
 
@@ -50,6 +52,7 @@ from mfli.serve.config import ServingConfig
 from mfli.serve.engine import ScanEngine
 from mfli.serve.engine_retriever import EngineRetriever
 from mfli.serve.list_store import StoredLists, load_lists, save_lists
+from mfli.serve.quantiser_store import StoredQuantiser, load_quantiser, save_quantiser
 from mfli.serve.retriever import Retriever
 from mfli.store.snapshots import ANY, load_snapshot, publish_snapshot
 
@@ -62,13 +65,14 @@ METRICS_FILE = "metrics.json"
 SERVING_FILE = "serving.json"
 COENGAGEMENT_FILE = "coengagement.npz"
 NEIGHBOURS_FILE = "neighbours.npz"
+FASTSCAN_FILE = "fastscan.npz"
 MANIFEST_FILE = "snapshot.json"
 SNAPSHOT_FORMAT = "mfli-snapshot-folder/1"
 # the sub-manifests whose checksums cover model/ and index/
 _SUB_MANIFESTS = (f"{MODEL_DIR}/manifest.json", f"{INDEX_DIR}/index.json")
 
 __all__ = [
-    "COENGAGEMENT_FILE", "INDEX_DIR", "MANIFEST_FILE", "METRICS_FILE", "MODEL_DIR", "NEIGHBOURS_FILE", "REPORT_DIR",
+    "COENGAGEMENT_FILE", "FASTSCAN_FILE", "INDEX_DIR", "MANIFEST_FILE", "METRICS_FILE", "MODEL_DIR", "NEIGHBOURS_FILE", "REPORT_DIR",
     "SERVING_FILE",
     "Snapshot", "SnapshotLoadError", "apply_delta_files", "content_key",
 ]
@@ -106,6 +110,8 @@ class Snapshot:
             ``serving.blend`` is set), or None.
         neighbour_lists: the scan engine's neighbour lists as stored (``neighbours.npz``), taken by the
             engine :meth:`retriever` builds when they were built for it; None: built there.
+        fastscan_quantiser: the scan engine's fast-scan quantiser as stored (``fastscan.npz``), used by
+            the engine :meth:`retriever` builds when it was fitted for it; None: fitted there.
     """
 
     model: TrainedModel
@@ -115,6 +121,7 @@ class Snapshot:
     path: Path | None = None
     coengagement: CoEngagement | None = None
     neighbour_lists: StoredLists | None = None
+    fastscan_quantiser: StoredQuantiser | None = None
     # scan engines built for this snapshot, by their config (building one fits a residual quantiser)
     _engines: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -162,7 +169,8 @@ class Snapshot:
                 stored = self.neighbour_lists
                 try:
                     engine = ScanEngine(self.index, self.model.codebooks.numpy(), cfg.scan,
-                                        facet_weights=cfg.retriever.facet_weights, lists=stored)
+                                        facet_weights=cfg.retriever.facet_weights, lists=stored,
+                                        quantiser=self.fastscan_quantiser)
                 except ValueError as exc:
                     if stored is None or not str(exc).startswith(stored.source):
                         raise
@@ -198,6 +206,27 @@ class Snapshot:
             return True
         return False
 
+    def save_quantiser(self, path: str | Path) -> bool:
+        """Write the fast-scan quantiser of the engine the serving config uses (built by :meth:`retriever`),
+        else the stored one (:attr:`fastscan_quantiser`) when it was fitted for that engine's settings;
+        False (nothing written) when there is none."""
+        if self.serving.engine != "scan" or self.serving.scan.prerank != "fastscan":
+            return False
+        engine = self._engines.get(self._engine_key())
+        if engine is not None:
+            if engine.quantiser_source is None:
+                return False  # a catalogue too small for fast-scan codes
+            engine.save_quantiser(path)
+            return True
+        stored = self.fastscan_quantiser
+        scan = self.serving.scan
+        n_sub = scan.fastscan_subquantizers or self.index.n_facets * self.index.dim
+        if stored is not None and (stored.key.get("n_sub"), stored.key.get("train_size"), stored.key.get("seed")) == \
+                (n_sub, scan.pq_train_size, scan.seed):
+            save_quantiser(path, stored.centroids, stored.key)
+            return True
+        return False
+
     # ------------------------------------------------------------------------------ persistence
     def save(self, folder: str | Path, report_dir: str | Path | None = None) -> Path:
         """Write the snapshot folder (layout in the module docstring); ``report_dir`` is copied to ``report/``.
@@ -213,6 +242,8 @@ class Snapshot:
             self.coengagement.save(folder / COENGAGEMENT_FILE)
         if not self.save_lists(folder / NEIGHBOURS_FILE):
             (folder / NEIGHBOURS_FILE).unlink(missing_ok=True)  # a reused folder keeps no other engine's lists
+        if not self.save_quantiser(folder / FASTSCAN_FILE):
+            (folder / FASTSCAN_FILE).unlink(missing_ok=True)
         if report_dir is not None:
             shutil.copytree(report_dir, folder / REPORT_DIR, dirs_exist_ok=True)
         (folder / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, sort_keys=True, default=str))
@@ -279,6 +310,8 @@ class Snapshot:
             coengagement = CoEngagement.load(co_path) if co_path.is_file() else None
             nb_path = folder / NEIGHBOURS_FILE
             lists = load_lists(nb_path) if nb_path.is_file() else None
+            fs_path = folder / FASTSCAN_FILE
+            quantiser = load_quantiser(fs_path) if fs_path.is_file() else None
         except (ValueError, OSError, KeyError) as exc:
             raise SnapshotLoadError(f"{folder}: {exc}") from exc
         metrics = _read_json(folder / METRICS_FILE, {})
@@ -286,7 +319,7 @@ class Snapshot:
             serving = ServingConfig.from_dict(_read_json(folder / SERVING_FILE, None))
         except (TypeError, ValueError) as exc:
             raise SnapshotLoadError(f"{folder / SERVING_FILE}: {exc}") from exc
-        return cls(model, index, metrics, serving, folder, coengagement, lists)
+        return cls(model, index, metrics, serving, folder, coengagement, lists, quantiser)
 
     # ------------------------------------------------------------------------------ object store
     def publish(self, store: Any, snapshot_id: str, *, report_dir: str | Path | None = None, config: Any = None,

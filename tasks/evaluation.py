@@ -86,19 +86,20 @@ def _load_tables(run: dict, uri: str, tmp: Path):
 
 
 def run_snapshot(run: dict, trained: dict, index: dict, tmp: Path, metrics: dict | None = None,
-                 serving: dict | None = None, coengagement_uri: str | None = None, lists_uri: str | None = None):
+                 serving: dict | None = None, coengagement_uri: str | None = None, engine_uri: str | None = None):
     """The run's candidate :class:`~mfli.snapshot.Snapshot` from its model and index artifacts.
 
     ``serving`` (a :meth:`ServingConfig.to_dict`) defaults to :class:`~mfli.serve.config.ServingConfig`'s
     defaults: the evaluation chooses it, the publish step stores the same one. ``coengagement_uri``:
     the run's co-engagement artifact (:func:`fit_coengagement`), whose served table the snapshot carries.
-    ``lists_uri``: the neighbour lists the evaluation's engine built (:func:`evaluate_run`).
+    ``engine_uri``: the neighbour lists and fast-scan quantiser of the evaluation's engine (:func:`evaluate_run`).
     """
     from mfli.index.inverted import MultiFacetIndex
     from mfli.model.trained import TrainedModel
     from mfli.serve.config import ServingConfig
     from mfli.serve.list_store import load_lists
-    from mfli.snapshot import NEIGHBOURS_FILE, Snapshot
+    from mfli.serve.quantiser_store import load_quantiser
+    from mfli.snapshot import FASTSCAN_FILE, NEIGHBOURS_FILE, Snapshot
 
     s = run["store_uri"]
     model = TrainedModel.load(get_dir(s, trained["model_uri"], tmp / "model"))
@@ -106,8 +107,11 @@ def run_snapshot(run: dict, trained: dict, index: dict, tmp: Path, metrics: dict
     # None: a new snapshot gets today's defaults (from_dict gives a dict without "engine" the legacy one)
     cfg = ServingConfig() if serving is None else ServingConfig.from_dict(serving)
     table = _load_tables(run, coengagement_uri, tmp)[0] if coengagement_uri else None
-    lists = load_lists(get_dir(s, lists_uri, tmp / "neighbours") / NEIGHBOURS_FILE) if lists_uri else None
-    return Snapshot(model, idx, dict(metrics or {}), cfg, coengagement=table, neighbour_lists=lists)
+    files = get_dir(s, engine_uri, tmp / "engine") if engine_uri else None
+    lists = load_lists(files / NEIGHBOURS_FILE) if files and (files / NEIGHBOURS_FILE).is_file() else None
+    quantiser = load_quantiser(files / FASTSCAN_FILE) if files and (files / FASTSCAN_FILE).is_file() else None
+    return Snapshot(model, idx, dict(metrics or {}), cfg, coengagement=table, neighbour_lists=lists,
+                    fastscan_quantiser=quantiser)
 
 
 def _with_blend(run: dict, extracted: dict, snapshot, coengagement: dict, tmp: Path) -> dict:
@@ -141,7 +145,7 @@ def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict, coengag
     """Metrics of the freshly built snapshot, the live snapshot's metrics, the report's URI and the
     serving config the metrics were measured with (blend mode when ``coengagement`` holds tables)."""
     from mfli.eval.holdout import evaluate_holdout
-    from mfli.snapshot import NEIGHBOURS_FILE
+    from mfli.snapshot import FASTSCAN_FILE, NEIGHBOURS_FILE
     from tasks.params import daily_params
 
     s = run["store_uri"]
@@ -153,10 +157,11 @@ def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict, coengag
             blend_metrics = _with_blend(run, extracted, snapshot, coengagement, tmp)
     result = evaluate_holdout(snapshot, ds, pd.Timestamp(run["cutoff"]))
     result.metrics.update(blend_metrics)
-    lists_uri = None
+    engine_uri = None  # what the gated engine fitted: served as measured, not refitted at publish
     with scratch_dir() as tmp:
-        if snapshot.save_lists(tmp / NEIGHBOURS_FILE):
-            lists_uri = put_dir(s, artifact_uri(run, "neighbours"), tmp)
+        saved = [snapshot.save_lists(tmp / NEIGHBOURS_FILE), snapshot.save_quantiser(tmp / FASTSCAN_FILE)]
+        if any(saved):
+            engine_uri = put_dir(s, artifact_uri(run, "engine"), tmp)
     with scratch_dir() as tmp:
         out = tmp / "report"
         out.mkdir()
@@ -167,7 +172,7 @@ def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict, coengag
     return {"metrics": result.metrics, "previous": _previous_metrics(s), "report_uri": report_uri,
             "serving": snapshot.serving.to_dict(), "gate_params": daily_params(run).gate_thresholds(),
             "coengagement_uri": (coengagement or {}).get("coengagement_uri") if snapshot.serving.blend else None,
-            "lists_uri": lists_uri}
+            "engine_uri": engine_uri}
 
 
 def _ratio_row(metrics: dict, name: str) -> str:

@@ -204,7 +204,9 @@ def publish_task(run: dict, trained: dict, index: dict, evaluation: dict, gate: 
                 "store_uri": s, "live": latest.snapshot_id}
     with scratch_dir() as tmp:
         snapshot = run_snapshot(run, trained, index, tmp, evaluation["metrics"], evaluation["serving"],
-                                evaluation.get("coengagement_uri"), evaluation.get("lists_uri"))
+                                evaluation.get("coengagement_uri"),
+                                # "lists_uri": an evaluation from before the quantiser was stored
+                                evaluation.get("engine_uri", evaluation.get("lists_uri")))
         report = get_dir(s, evaluation["report_uri"], tmp / "report")
         manifest = snapshot.publish(
             store, sid, report_dir=report,

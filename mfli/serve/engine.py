@@ -173,10 +173,16 @@ class ScanEngine:
         lists: neighbour lists read back from a file (:class:`~mfli.serve.list_store.StoredLists`), served
             instead of building them when they were built over this index with this config's list
             settings (:meth:`list_key`); otherwise ignored (logged) and the lists are built.
+        quantiser: the fast-scan pre-ranker's residual quantiser read back from a file
+            (:class:`~mfli.serve.quantiser_store.StoredQuantiser`), used instead of fitting one when it
+            was fitted for this index and config (:meth:`quantiser_key`); otherwise ignored (logged).
+
+    Attributes:
+        quantiser_source: "fitted", the file the fast-scan quantiser was read from, or None (no fast-scan).
     """
 
     def __init__(self, index: MultiFacetIndex, codebooks, config: EngineConfig | None = None,
-                 codes=None, facet_weights: Sequence[float] | None = None, lists=None) -> None:
+                 codes=None, facet_weights: Sequence[float] | None = None, lists=None, quantiser=None) -> None:
         import faiss
 
         from mfli.serve import engine_kernels as K
@@ -283,23 +289,26 @@ class ScanEngine:
         C = cent.shape[0]
         groups = RouteTree.auto_groups(C) if self.config.route_groups is None else min(self.config.route_groups, C)
         self._tree = RouteTree.build(cent, self._cent8, self._cent_scale, groups, self.config.seed) if groups else None
-        self._fs = None
-        if fastscan:
-            from mfli.serve.engine_fastscan import FastScanLists
-
-            self.entry_col = np.repeat(np.arange(self.offsets.size - 1, dtype=np.int32), np.diff(self.offsets))
-            self._fs = FastScanLists(self._emb, self.entry_rows, self.offsets, cent,
-                                     self.config.fastscan_subquantizers, self.config.pq_train_size,
-                                     self.config.seed)
         # each item's own clusters (trigger mode): (N, F * m) columns
         m = index.paths_per_item
         own = np.empty((N, F, m), np.int64)
         for f, csr in enumerate(index.facets):
             own[:, f, :] = csr.positions(index.assignments[:, f, :]) + self.facet_start[f]
         self._own = own.reshape(N, F * m).astype(np.int32)
+        self._layout: str | None = None
+        self._fs = None
+        self.quantiser_source: str | None = None
+        if fastscan:
+            from mfli.serve.engine_fastscan import FastScanLists
+
+            self.entry_col = np.repeat(np.arange(self.offsets.size - 1, dtype=np.int32), np.diff(self.offsets))
+            stored = self._stored_quantiser(quantiser)
+            self._fs = FastScanLists(self._emb, self.entry_rows, self.offsets, cent,
+                                     self.config.fastscan_subquantizers, self.config.pq_train_size,
+                                     self.config.seed, quantiser=None if stored is None else stored.centroids)
+            self.quantiser_source = "fitted" if stored is None else stored.source
         self._lists = None  # mfli.serve.neighbours.NeighbourLists
         self._list_key: dict | None = None  # mfli.serve.list_store.list_key of the lists served
-        self._layout: str | None = None
         self.lists_source = None  # "built", or the file the lists were read from
         if self.config.neighbours and (lists is None or not self._take_stored(lists)):
             self.build_lists(self.config.neighbours, self.config.neighbour_probe)
@@ -334,16 +343,48 @@ class ScanEngine:
         """What lists of ``neighbours`` items over ``probe`` columns (defaults: this config's; probe None:
         automatic) depend on (:func:`mfli.serve.list_store.list_key`): stored lists are served only
         under an equal key."""
-        from mfli.serve.list_store import layout_digest, list_key
+        from mfli.serve.list_store import list_key
         from mfli.serve.neighbours import auto_probe
 
         neighbours = self.config.neighbours if neighbours is None else neighbours
         if probe is None:
             probe = self.config.neighbour_probe if self.config.neighbour_probe is not None else \
                 auto_probe(self._col_len, neighbours)
+        return list_key(neighbours, probe, self.config.compact_lists, self._layout_digest())
+
+    def _layout_digest(self) -> str:
+        """:func:`mfli.serve.list_store.layout_digest` of this engine (computed once)."""
+        from mfli.serve.list_store import layout_digest
+
         if self._layout is None:
             self._layout = layout_digest(self.offsets, self.entry_rows, self._own, self._emb)
-        return list_key(neighbours, probe, self.config.compact_lists, self._layout)
+        return self._layout
+
+    def quantiser_key(self) -> dict:
+        """What this engine's fast-scan quantiser is fitted for (:func:`mfli.serve.quantiser_store.quantiser_key`)."""
+        from mfli.serve.quantiser_store import quantiser_key
+
+        n_sub = self.config.fastscan_subquantizers or self.D  # FastScanLists' default: one per dimension
+        return quantiser_key(n_sub, self.config.pq_train_size, self.config.seed, self._layout_digest())
+
+    def save_quantiser(self, path) -> None:
+        """Write the fast-scan quantiser and its :meth:`quantiser_key` (:mod:`mfli.serve.quantiser_store`)."""
+        from mfli.serve.quantiser_store import save_quantiser
+
+        if self._fs is None:
+            raise ValueError("this engine has no fast-scan quantiser to save (EngineConfig.prerank is not 'fastscan')")
+        save_quantiser(path, self._fs.quantiser, self.quantiser_key())
+
+    def _stored_quantiser(self, stored):
+        """``stored`` if it was fitted for this engine (:meth:`quantiser_key`), else None (logged)."""
+        if stored is None:
+            return None
+        want = self.quantiser_key()
+        if stored.matches(want):
+            return stored
+        diff = sorted(k for k in want if stored.key.get(k) != want[k])
+        log.info("stored fast-scan quantiser %s not used (%s differ); fitting one", stored.source, ", ".join(diff))
+        return None
 
     def save_lists(self, path) -> None:
         """Write the served neighbour lists and their :meth:`list_key` (:func:`mfli.serve.list_store.save_lists`)."""

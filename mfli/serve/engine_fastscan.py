@@ -40,10 +40,17 @@ class FastScanLists:
         centroids: ``(C, D)`` float32 per-column centroids (the residual is taken to these).
         n_sub: 4-bit sub-quantisers; must divide D (None: ``D``, one per dimension).
         train_size: residuals sampled to fit the quantiser.  seed: its sample and k-means seed.
+        quantiser: ``(n_sub, 16, D / n_sub)`` float32 sub-quantiser centroids fitted before (e.g. read from
+            a snapshot, :mod:`mfli.serve.quantiser_store`): used instead of fitting; ``train_size`` and
+            ``seed`` are then unused.
+
+    Attributes:
+        quantiser: ``(n_sub, 16, D / n_sub)`` float32, the sub-quantiser centroids the codes use.
     """
 
     def __init__(self, emb: np.ndarray, entry_rows: np.ndarray, offsets: np.ndarray, centroids: np.ndarray,
-                 n_sub: int | None = None, train_size: int = 65_536, seed: int = 0) -> None:
+                 n_sub: int | None = None, train_size: int = 65_536, seed: int = 0,
+                 quantiser: np.ndarray | None = None) -> None:
         import faiss
 
         D = emb.shape[1]
@@ -60,27 +67,35 @@ class FastScanLists:
         if E < 16:
             raise ValueError(f"fast-scan needs at least 16 entries to fit 4-bit codes, got {E}")
         self.D, self.C, self.E, self.n_sub = D, C, E, n_sub
-        col = np.repeat(np.arange(C, dtype=np.int64), np.diff(offsets))
         self._quantizer = faiss.IndexFlatIP(D)
         self._quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
         ivf = faiss.IndexIVFPQ(self._quantizer, D, C, n_sub, 4, faiss.METRIC_INNER_PRODUCT)
         ivf.by_residual = True
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(E, min(E, train_size), replace=False))
-        residual = np.ascontiguousarray(emb[entry_rows[sample]] - centroids[col[sample]], dtype=np.float32)
-        ivf.pq.cp.seed = seed
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)  # k-means sums in a fixed order: the same codes for every thread count
-        try:
-            ivf.pq.train(residual)
-        finally:
-            faiss.omp_set_num_threads(threads)
+        if quantiser is None:
+            rng = np.random.default_rng(seed)
+            sample = np.sort(rng.choice(E, min(E, train_size), replace=False))
+            col = np.repeat(np.arange(C, dtype=np.int64), np.diff(offsets))
+            residual = np.ascontiguousarray(emb[entry_rows[sample]] - centroids[col[sample]], dtype=np.float32)
+            ivf.pq.cp.seed = seed
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)  # k-means sums in a fixed order: the same codes for every thread count
+            try:
+                ivf.pq.train(residual)
+            finally:
+                faiss.omp_set_num_threads(threads)
+        else:
+            if quantiser.shape != (n_sub, 16, D // n_sub) or quantiser.dtype != np.float32:
+                raise ValueError(f"fast-scan quantiser is {quantiser.dtype} {quantiser.shape}, expected float32 "
+                                 f"({n_sub}, 16, {D // n_sub})")
+            faiss.copy_array_to_vector(np.ascontiguousarray(quantiser).ravel(), ivf.pq.centroids)
+            ivf.pq.sync_transposed_centroids()
         ivf.is_trained = True
         # the codes are computed here, not by faiss's add_core: with one dimension per sub-quantiser its
         # encoder took 24 s for 2M entries at 1M items (one small distance call per sub-quantiser), this
         # kernel 2.2 s (7.7 s one sub-quantiser at a time; same codes); each column's codes then go into
         # its inverted list as they are
         pq_cent = faiss.vector_to_array(ivf.pq.centroids).reshape(n_sub, 16, D // n_sub)
+        self.quantiser = pq_cent
         codes = pq4_codes(emb, np.ascontiguousarray(entry_rows), np.ascontiguousarray(offsets, np.int64),
                           np.ascontiguousarray(centroids, dtype=np.float32), np.ascontiguousarray(pq_cent))
         ids = np.arange(E, dtype=np.int64)

@@ -109,12 +109,14 @@ def test_daily_publishes_and_backfill_is_deterministic(dagbag, published):
     m = _previous_metrics(env["store"])["metrics"]
     assert 0.0 <= m["blend_valid_recall@100_user"] <= m["blend_valid_recall@100"] <= 1.0
     assert m["coengagement_items"] > 0
-    # the neighbour lists the evaluation's engine built travel in the snapshot (not rebuilt by the service)
-    from mfli.snapshot import NEIGHBOURS_FILE
+    # the neighbour lists and fast-scan quantiser the evaluation's engine built travel in the snapshot
+    # (neither is rebuilt nor refitted by the service)
+    from mfli.snapshot import FASTSCAN_FILE, NEIGHBOURS_FILE
     from mfli.store import open_store
     from mfli.store.snapshots import read_manifest
 
-    assert any(f.endswith(NEIGHBOURS_FILE) for f in read_manifest(open_store(env["store"]), second)["files"])
+    files = read_manifest(open_store(env["store"]), second)["files"]
+    assert any(f.endswith(NEIGHBOURS_FILE) for f in files) and any(f.endswith(FASTSCAN_FILE) for f in files)
     # re-running day 1 computes the same id and publishes nothing new; LATEST stays on day 2
     dr = _run(dagbag, "mfli_daily_retrain", DAY1, _conf(env))
     assert dr.state == "success"

@@ -24,7 +24,7 @@ from mfli.serve.engine_retriever import EngineRetriever
 from mfli.serve.retriever import Retriever, RetrieverConfig
 from mfli.serve.service import create_app
 from mfli.serve.snapshot_retriever import open_live
-from mfli.snapshot import MANIFEST_FILE, NEIGHBOURS_FILE, SERVING_FILE, Snapshot, SnapshotLoadError
+from mfli.snapshot import FASTSCAN_FILE, MANIFEST_FILE, NEIGHBOURS_FILE, SERVING_FILE, Snapshot, SnapshotLoadError
 from mfli.store import open_store
 from mfli.train import TrainConfig, train
 
@@ -215,6 +215,35 @@ def test_scan_engine_with_its_residual_quantiser_serves_what_the_gate_scored(tmp
         assert served[u] == one[one >= 0].tolist() and len(served[u]) >= 50, u
         same_as_batch += served[u] == row[row >= 0].tolist()
     assert same_as_batch >= 0.95 * len(result.users), (same_as_batch, len(result.users))
+
+
+def test_fastscan_quantiser_the_gate_fitted_is_published_and_served(snapshot, tmp_path, monkeypatch):
+    """The gate's engine fits the fast-scan quantiser once; the snapshot carries it (``fastscan.npz``,
+    in the manifest) and a loaded snapshot's engine encodes with it, answering as the gate's engine;
+    without an engine or a stored quantiser nothing is written, and the reference engine has none."""
+    import faiss
+
+    cfg = ServingConfig(engine="scan", scan=EngineConfig(prerank="fastscan", n_clusters=4, shortlist=40))
+    gate = Snapshot(snapshot.model, snapshot.index, {}, cfg)
+    assert not gate.save_quantiser(tmp_path / "none.npz")  # no engine built yet, none stored
+    q = snapshot.model.codebooks.numpy()[0, :, :3].transpose(1, 0, 2).copy()  # (3, F, d) query vectors
+    want = gate.retriever().engine.search(q, 20)
+    folder = gate.save(tmp_path / "snap")
+    assert FASTSCAN_FILE in Snapshot.verify(folder)["files"]
+
+    monkeypatch.setattr(faiss.ProductQuantizer, "train", lambda *a, **kw: pytest.fail("quantiser refitted"))
+    served = Snapshot.load(folder)
+    assert served.fastscan_quantiser is not None
+    engine = served.retriever().engine
+    assert engine.quantiser_source == str(folder / FASTSCAN_FILE)
+    got = engine.search(q, 20)
+    np.testing.assert_array_equal(got.item_ids, want.item_ids)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    # re-saved without building an engine: the stored quantiser travels on unchanged
+    again = Snapshot.load(folder).save(tmp_path / "again")
+    assert (again / FASTSCAN_FILE).read_bytes() == (folder / FASTSCAN_FILE).read_bytes()
+    ref = Snapshot(snapshot.model, snapshot.index, {}, ServingConfig(engine="reference"))
+    assert not (ref.save(tmp_path / "snap") / FASTSCAN_FILE).exists()  # a reused folder keeps no stale file
 
 
 @pytest.mark.timeout(120)
