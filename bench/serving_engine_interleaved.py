@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,6 @@ def _per_query_round(points: dict, names: list[str], n_queries: int, rnd: int,
     ``(i + j) mod n`` (likewise batch ``(i + j) mod n_batches``): each point answers every query once,
     and never the query the point before it just answered, whose clusters, lists and vectors would
     still be in cache. Returns queries/s at batch 1 and at ``batch`` per point."""
-    import time
-
     t1 = dict.fromkeys(names, 0.0)
     tb = dict.fromkeys(names, 0.0)
     P = len(names)
@@ -131,8 +130,15 @@ def main(argv: list[str] | None = None) -> dict:
     names = list(points)
     for name in names:  # warm-up, and the recall of every point
         method, fn = points[name]
+        w0, c0 = time.perf_counter(), time.process_time()
         got = np.concatenate([fn(slice(s, min(len(Q), s + 256))) for s in range(0, len(Q), 256)])
-        res[name] = {"method": method, "recall": recall_at_k(got, ref), "qps_b1": [], "qps_b256": []}
+        # CPU seconds per wall second of this process over the batches: ~1 on one thread; above it a
+        # library is using more cores than the comparison allows (ScaNN's parallel batch call did)
+        cpu = (time.process_time() - c0) / (time.perf_counter() - w0)
+        res[name] = {"method": method, "recall": recall_at_k(got, ref), "cpu_per_wall_b256": cpu,
+                     "qps_b1": [], "qps_b256": []}
+        if cpu > 1.25:
+            log(f"WARNING {name}: {cpu:.2f} CPU seconds per wall second in batches of 256 (more than one thread)")
     for rnd in range(a.rounds):
         if a.interleave == "query":
             b1, b256 = _per_query_round(points, names, len(Q), rnd)

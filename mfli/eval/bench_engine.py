@@ -122,7 +122,10 @@ def _point(fn, ref, cfg: EngineBenchConfig, set_t: Callable[[int], None]) -> dic
     out: dict = {}
     for t in cfg.threads:
         set_t(t)
+        w0, c0 = time.perf_counter(), time.process_time()
         qb1, qb, ids, p50 = _timed(fn, len(ref), cfg.b1_queries if t == cfg.threads[0] else 0, cfg.batch_size)
+        # CPU seconds per wall second: about t, unless a library uses more threads than it was given
+        out[f"cpu_per_wall_t{t}"] = (time.process_time() - c0) / (time.perf_counter() - w0)
         out[f"qps_b1_t{t}"] = qb1
         out[f"qps_b{cfg.batch_size}_t{t}"] = qb
         out[f"p50_ms_t{t}"] = p50
@@ -175,10 +178,6 @@ def build_ivf(x: np.ndarray, nlist: int, seed: int):
     index.train(x[np.sort(rng.choice(len(x), min(len(x), 39 * nlist), replace=False))])
     index.add(x)
     return index, int(len(x) * (D * 4 + 8) + nlist * D * 4)
-
-
-def _scann_threads(searcher, t: int) -> None:
-    searcher.set_num_threads(t)
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -408,8 +407,13 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
             if deadline.passed():
                 sweep.append({"leaves": leaves, "reorder": R, "skipped": "over budget"})
                 continue
-            p = _point(lambda sl, a=leaves, b=R: scann_search(sc, Qc[sl], cfg.k, a, b)[0], ref, cfg,
-                       lambda t: _scann_threads(sc, t))
+            threads = {"n": 1}  # the count _point times next (scann_search's serial or parallel call)
+
+            def set_threads_scann(t: int, box=threads) -> None:
+                box["n"] = t
+
+            p = _point(lambda sl, a=leaves, b=R: scann_search(sc, Qc[sl], cfg.k, a, b, threads["n"])[0], ref, cfg,
+                       set_threads_scann)
             sweep.append({"leaves": leaves, "reorder": R, **p})
             log(f"  leaves={leaves} reorder={R}: recall {p['recall']:.3f}, b1 {p['qps_b1_t1']:.0f}, "
                 f"{bk} {p[bk + '_t1']:.0f} q/s")

@@ -395,7 +395,6 @@ def bench_scann(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadl
         t0 = time.perf_counter()
         searcher, nbytes = build_scann(x, cfg.k, leaves, cfg.seed)
         build = time.perf_counter() - t0
-    searcher.set_num_threads(cfg.threads)
     leaves = min(leaves, max(1, len(x) // 100))  # build_scann's cap
     log(f"  scann: {leaves} leaves, built in {build:.1f}s")
     sweep = []
@@ -405,7 +404,8 @@ def bench_scann(data: BenchData, cfg: ServingBenchConfig, ref: np.ndarray, deadl
         if deadline.passed():
             sweep.append({"leaves": n_leaves, "reorder": reorder, "skipped": "over budget"})
             continue
-        point = measure(lambda sl, a=n_leaves, b=reorder: _ids(data, scann_search(searcher, q[sl], cfg.k, a, b)[0]),
+        point = measure(lambda sl, a=n_leaves, b=reorder: _ids(data, scann_search(searcher, q[sl], cfg.k, a, b,
+                                                                                   cfg.threads)[0]),
                         len(q), cfg.b1_queries, cfg.batch_size, ref)
         sweep.append({"leaves": n_leaves, "reorder": reorder, **point})
         log(f"  scann leaves={n_leaves} reorder={reorder}: recall {point['recall']:.3f}, {point['qps_b1']:.0f} q/s b1, "
