@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "mfli_sN (empty: the serving default only, as method mfli)")
     ap.add_argument("--points", default="32/300,48/300,48/400,64/400,64/500,80/500,96/500",
                     help="the engine's sweep: comma list of clusters/short list")
+    ap.add_argument("--scann-points", default="20/200,30/250,40/250,60/300,80/400",
+                    help="ScaNN (leaves searched / reorder) sweep points")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                    ivf.search(Q[sl], k)[1])[1])
     if not a.no_scann:
         sc, _ = build_scann(X, k, round(2 * math.sqrt(N)), 0)
-        for leaves, R in ((40, 250), (60, 300), (80, 400)):
+        for leaves, R in (tuple(int(x) for x in p.split("/")) for p in a.scann_points.split(",")):
             points[f"scann {leaves} leaves / reorder {R}"] = ("scann", lambda sl, a_=leaves, b_=R: scann_search(
                 sc, Q[sl], k, a_, b_)[0])
 
