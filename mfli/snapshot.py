@@ -72,7 +72,8 @@ SNAPSHOT_FORMAT = "mfli-snapshot-folder/1"
 _SUB_MANIFESTS = (f"{MODEL_DIR}/manifest.json", f"{INDEX_DIR}/index.json")
 
 __all__ = [
-    "COENGAGEMENT_FILE", "FASTSCAN_FILE", "INDEX_DIR", "MANIFEST_FILE", "METRICS_FILE", "MODEL_DIR", "NEIGHBOURS_FILE", "REPORT_DIR",
+    "COENGAGEMENT_FILE", "FASTSCAN_FILE", "INDEX_DIR", "MANIFEST_FILE", "METRICS_FILE", "MODEL_DIR", "NEIGHBOURS_FILE",
+    "REPORT_DIR",
     "SERVING_FILE",
     "Snapshot", "SnapshotLoadError", "apply_delta_files", "content_key",
 ]
@@ -220,9 +221,8 @@ class Snapshot:
             return True
         stored = self.fastscan_quantiser
         scan = self.serving.scan
-        n_sub = scan.fastscan_subquantizers or self.index.n_facets * self.index.dim
-        if stored is not None and (stored.key.get("n_sub"), stored.key.get("train_size"), stored.key.get("seed")) == \
-                (n_sub, scan.pq_train_size, scan.seed):
+        want = (scan.fastscan_subquantizers or self.index.n_facets * self.index.dim, scan.pq_train_size, scan.seed)
+        if stored is not None and tuple(stored.key.get(f) for f in ("n_sub", "train_size", "seed")) == want:
             save_quantiser(path, stored.centroids, stored.key)
             return True
         return False

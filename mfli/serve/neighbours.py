@@ -417,14 +417,16 @@ def _offer(slot: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, siz
 @nb.njit(**_OPTS)
 def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.ndarray, lists: tuple,
                 own: np.ndarray, emb: np.ndarray, bt: np.ndarray, removed: np.ndarray, slot: np.ndarray, hi: np.ndarray,
-                hq: np.ndarray, hs: np.ndarray, size: int, starts: np.ndarray, rbuf: np.ndarray, single: bool) -> int:
+                hq: np.ndarray, hs: np.ndarray, size: int, starts: np.ndarray, rbuf: np.ndarray, single: bool,
+                ids2: np.ndarray) -> int:
     """Entries ``j0 .. j1 - 1`` of the lists of triggers ``q0 .. q1 - 1``, each scored exactly and offered
     (:func:`_offer`) until one scores below ``tau`` (lists run best first); returns the new size.
 
     Compact lists are decoded ``_DECODE_AHEAD`` entries at a time into ``rbuf`` before they are scored,
     so the entry-table reads of a run overlap instead of each delaying its own vector's read.
     ``starts ((q1 - q0) * F * m * probe,)`` int64: the triggers' neighbourhood column starts, -1 until
-    first needed (reset once per request, shared by both passes). ``single``: one trigger (no de-duplication)."""
+    first needed (reset once per request, shared by both passes). ``single``: one trigger (no de-duplication).
+    ``ids2``: ``(N, 1)`` view of the item ids (:func:`_prefetch_entry`)."""
     codes, shift, col_nbr, offsets, entry_rows, esc_key, esc_row = lists
     mask = (np.int64(1) << max(shift, 0)) - 1
     K = codes.shape[1]
@@ -437,13 +439,13 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
         if shift < 0:  # int32 rows
             for j in range(j0, min(j1, j0 + _DECODE_AHEAD)):
                 if codes[tr, j] >= 0:
-                    prefetch_row(emb, codes[tr, j])
+                    _prefetch_entry(emb, own, ids2, codes[tr, j], single)
             for j in range(j0, j1):
                 r = np.int64(codes[tr, j])
                 if r < 0:
                     break
                 if j + _DECODE_AHEAD < j1 and codes[tr, j + _DECODE_AHEAD] >= 0:
-                    prefetch_row(emb, codes[tr, j + _DECODE_AHEAD])
+                    _prefetch_entry(emb, own, ids2, codes[tr, j + _DECODE_AHEAD], single)
                 size, below = _score_offer(emb, tr, r, q, tau, bt, removed, slot, hi, hq, hs, size, single)
                 if below:
                     break
@@ -468,7 +470,7 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
                     break
                 else:
                     rbuf[m] = esc_row[np.searchsorted(esc_key, np.int64(tr) * K + j + t)]
-                prefetch_row(emb, rbuf[m])  # its vector loads while the run's earlier ones are scored
+                _prefetch_entry(emb, own, ids2, rbuf[m], single)  # loads while the run's earlier rows are scored
                 m += 1
             done = m < n  # padding: the list ends here
             for t in range(m):
@@ -479,6 +481,18 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
                     break
             j += n
     return size
+
+
+@nb.njit(**_OPTS)
+def _prefetch_entry(emb: np.ndarray, own: np.ndarray, ids2: np.ndarray, r: int, single: bool) -> None:
+    """Start loading row ``r``'s vector; with one trigger also its own columns and id, which the answer
+    reads for every row of the list (scattered reads of 8 MB arrays at 1M items). One trigger: 1.12x /
+    1.09x the requests/s at batch 1 / 64, cache-cold; with several triggers most rows are dropped below
+    the floor and the extra loads cost 2% at 16 (docs/benchmarks_serving.md, "Trigger mode")."""
+    prefetch_row(emb, r)
+    if single:
+        prefetch_row(own, r)
+        prefetch_row(ids2, r)
 
 
 @nb.njit(**_OPTS)
@@ -534,6 +548,7 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
     WP = W * lists[2].shape[1]
     starts = np.empty(WP, np.int64)
     rbuf = np.empty(_DECODE_AHEAD, np.int64)
+    ids2 = item_ids.reshape((item_ids.size, 1))  # a view, for _prefetch_entry
     for b in range(b0, b1):
         n_t = 0
         for j in range(ex_ptr[b], ex_ptr[b + 1]):
@@ -556,7 +571,7 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
         starts[: (q1 - q0) * WP] = -1
         single = n_trig == 1  # a list holds each row once: no de-duplication (the slots stay untouched)
         size = _read_lists(q0, q1, 0, h, -np.inf, trig_rows, lists, own, emb, bt, removed, slot, hi, hq, hs, 0,
-                           starts, rbuf, single)
+                           starts, rbuf, single, ids2)
         if h < K:
             tau = -np.inf
             if size >= k:
@@ -564,7 +579,7 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
                 # build-time and request-time dot products may differ in the last bits
                 tau -= 1e-5 * max(1.0, abs(tau))
             size = _read_lists(q0, q1, h, K, tau, trig_rows, lists, own, emb, bt, removed, slot, hi, hq, hs,
-                               size, starts, rbuf, single)
+                               size, starts, rbuf, single, ids2)
         for j in range(n_t):
             bt[touched[j] >> 3] = 0
         if not single:
