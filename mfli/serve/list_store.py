@@ -14,17 +14,16 @@ list settings) builds its own lists; it never serves lists built over other colu
 from __future__ import annotations
 
 import hashlib
-import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mfli.serve.keyed_npz import load_keyed, save_keyed
 from mfli.serve.neighbours import NeighbourLists
 
 FORMAT = "mfli-neighbour-lists/1"
-_ARRAYS = ("codes", "shift", "col_nbr", "esc_key", "esc_row", "key")
+_ARRAYS = ("codes", "shift", "col_nbr", "esc_key", "esc_row")
 
 __all__ = ["FORMAT", "StoredLists", "layout_digest", "list_key", "load_lists", "save_lists"]
 
@@ -59,13 +58,9 @@ class StoredLists:
 
 
 def save_lists(path: str | Path, lists: NeighbourLists, key: dict[str, Any]) -> Path:
-    """Write ``lists`` and their ``key`` (:func:`list_key`) to ``path`` (npz, uncompressed: codes do not
-    compress and loading stays a copy)."""
-    path = Path(path)
-    with path.open("wb") as fh:
-        np.savez(fh, codes=lists.codes, shift=np.int64(lists.shift), col_nbr=lists.col_nbr, esc_key=lists.esc_key,
-                 esc_row=lists.esc_row, key=np.frombuffer(json.dumps(key, sort_keys=True).encode(), np.uint8))
-    return path
+    """Write ``lists`` and their ``key`` (:func:`list_key`) to ``path`` (:func:`~mfli.serve.keyed_npz.save_keyed`)."""
+    return save_keyed(path, key, codes=lists.codes, shift=np.int64(lists.shift), col_nbr=lists.col_nbr,
+                      esc_key=lists.esc_key, esc_row=lists.esc_row)
 
 
 def load_lists(path: str | Path) -> StoredLists:
@@ -74,25 +69,7 @@ def load_lists(path: str | Path) -> StoredLists:
     Raises:
         ValueError: naming the file and the array that is missing or malformed.
     """
-    path = Path(path)
-
-    def bad(what: str) -> ValueError:
-        return ValueError(f"{path}: {what} (not neighbour lists written by mfli.serve.list_store)")
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {a: z[a] for a in _ARRAYS if a in z.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:  # numpy: "pickled data" for non-npz bytes
-        raise ValueError(f"{path}: cannot be read as npz ({exc})") from exc
-    missing = [a for a in _ARRAYS if a not in arrays]
-    if missing:
-        raise bad(f"no array {missing[0]!r}")
-    try:
-        key = json.loads(arrays["key"].tobytes().decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise bad(f"array 'key' is not JSON ({exc})") from exc
-    if not isinstance(key, dict) or key.get("format") != FORMAT:
-        raise bad(f"format {key.get('format') if isinstance(key, dict) else key!r}, expected {FORMAT!r}")
+    arrays, key, bad = load_keyed(path, _ARRAYS, FORMAT, "neighbour lists written by mfli.serve.list_store")
     shift = int(arrays["shift"])
     codes, col_nbr, esc_key, esc_row = (arrays[a] for a in ("codes", "col_nbr", "esc_key", "esc_row"))
     want = np.uint16 if shift >= 0 else np.int32
@@ -103,4 +80,4 @@ def load_lists(path: str | Path) -> StoredLists:
     if esc_key.ndim != 1 or esc_key.dtype != np.int64 or esc_row.shape != esc_key.shape or esc_row.dtype != np.int32:
         raise bad(f"arrays 'esc_key' / 'esc_row' are {esc_key.dtype} {esc_key.shape} / {esc_row.dtype} "
                   f"{esc_row.shape}, expected int64 / int32 of one length")
-    return StoredLists(NeighbourLists(codes, shift, col_nbr, esc_key, esc_row), key, str(path))
+    return StoredLists(NeighbourLists(codes, shift, col_nbr, esc_key, esc_row), key, str(Path(path)))

@@ -15,12 +15,12 @@ The file is one npz (no pickles): the centroids and a JSON ``key`` of what they 
 
 from __future__ import annotations
 
-import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mfli.serve.keyed_npz import load_keyed, save_keyed
 
 FORMAT = "mfli-fastscan-quantiser/1"
 
@@ -52,11 +52,7 @@ class StoredQuantiser:
 
 def save_quantiser(path: str | Path, centroids: np.ndarray, key: dict[str, Any]) -> Path:
     """Write ``centroids (n_sub, 16, dsub)`` and their ``key`` (:func:`quantiser_key`) to ``path`` (npz)."""
-    path = Path(path)
-    with path.open("wb") as fh:
-        np.savez(fh, centroids=np.ascontiguousarray(centroids, np.float32),
-                 key=np.frombuffer(json.dumps(key, sort_keys=True).encode(), np.uint8))
-    return path
+    return save_keyed(path, key, centroids=np.ascontiguousarray(centroids, np.float32))
 
 
 def load_quantiser(path: str | Path) -> StoredQuantiser:
@@ -65,28 +61,11 @@ def load_quantiser(path: str | Path) -> StoredQuantiser:
     Raises:
         ValueError: naming the file and the array that is missing or malformed.
     """
-    path = Path(path)
-
-    def bad(what: str) -> ValueError:
-        return ValueError(f"{path}: {what} (not a fast-scan quantiser written by mfli.serve.quantiser_store)")
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {a: z[a] for a in ("centroids", "key") if a in z.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:  # numpy: "pickled data" for non-npz bytes
-        raise ValueError(f"{path}: cannot be read as npz ({exc})") from exc
-    for a in ("centroids", "key"):
-        if a not in arrays:
-            raise bad(f"no array {a!r}")
-    try:
-        key = json.loads(arrays["key"].tobytes().decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise bad(f"array 'key' is not JSON ({exc})") from exc
-    if not isinstance(key, dict) or key.get("format") != FORMAT:
-        raise bad(f"format {key.get('format') if isinstance(key, dict) else key!r}, expected {FORMAT!r}")
+    arrays, key, bad = load_keyed(path, ("centroids",), FORMAT,
+                                  "a fast-scan quantiser written by mfli.serve.quantiser_store")
     cent = arrays["centroids"]
     if cent.dtype != np.float32 or cent.ndim != 3 or cent.shape[0] != key.get("n_sub") or cent.shape[1] != 16:
         raise bad(f"array 'centroids' is {cent.dtype} {cent.shape}, expected float32 ({key.get('n_sub')}, 16, dsub)")
     if not np.isfinite(cent).all():
         raise bad("array 'centroids' holds NaN or infinite values")
-    return StoredQuantiser(cent, key, str(path))
+    return StoredQuantiser(cent, key, str(Path(path)))

@@ -8,11 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from topic_vectors import topic_vectors
+from topic_vectors import rebalanced_index
 
-from mfli.eval.serving.data import kmeans_rq_codebooks
-from mfli.index.inverted import MultiFacetIndex, encode_paths
-from mfli.index.split_merge import RebalanceConfig, rebalance
 from mfli.serve import engine as engine_mod
 from mfli.serve.engine import EngineConfig, ScanEngine
 from mfli.serve.list_store import StoredLists, load_lists, save_lists
@@ -22,11 +19,7 @@ F, D, L, M, N, K = 2, 8, 2, 16, 900, 20
 
 
 def _index(seed: int):
-    emb = topic_vectors(N, seed, F, D, topics=6)
-    cb = kmeans_rq_codebooks(emb, L, M)
-    codes = encode_paths(emb, cb)
-    ids = np.arange(N, dtype=np.int64) * 3 + 1
-    return rebalance(MultiFacetIndex.build(ids, emb, codes, cb), RebalanceConfig(floor=10, cap=60)).index, cb, codes
+    return rebalanced_index(seed, N, F, D, L, M)
 
 
 @pytest.fixture(scope="module")
