@@ -43,9 +43,14 @@ def measure(search: Callable[[slice], np.ndarray], n_queries: int, b1: int, batc
 
     A warm-up call on a few queries precedes the timings (lazy structures, caches).
     """
+    w0, c0 = time.perf_counter(), time.process_time()
     lat, t_total, ids = timed_runs(search, n_queries, b1, batch)
+    # CPU seconds per wall second: about the thread count, unless a library uses more cores than it
+    # was given (ScaNN's parallel batch call did, whatever set_num_threads said)
+    cpu_per_wall = (time.process_time() - c0) / (time.perf_counter() - w0)
     lat_ms = np.asarray(lat) * 1e3
     out = {
+        "cpu_per_wall": float(cpu_per_wall),
         "qps_b1": float(len(lat) / sum(lat)) if lat else None,
         "p50_ms": float(np.percentile(lat_ms, 50)) if lat else None,
         "p99_ms": float(np.percentile(lat_ms, 99)) if lat else None,

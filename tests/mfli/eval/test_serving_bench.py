@@ -79,6 +79,7 @@ def test_json_has_every_method_with_sane_numbers(tiny_result):
             assert 0.0 <= p["recall"] <= 1.0, (name, p)
             assert p["qps_b1"] > 0 and p["qps_b32"] > 0, (name, p)
             assert 0 < p["p50_ms"] <= p["p99_ms"], (name, p)
+            assert p["cpu_per_wall"] > 0, (name, p)  # recorded for every point (> 1: more cores than allowed)
     assert r["methods"]["exact"]["sweep"][0]["recall"] == pytest.approx(1.0)
     for name in ("mfli", "mfli_scan", "hnsw", "ivf", "ivfpq_fs", *(("scann",) if has_scann else ())):
         assert r["methods"][name]["n_items"] == 3000
