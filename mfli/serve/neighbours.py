@@ -486,9 +486,9 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
 @nb.njit(**_OPTS)
 def _prefetch_entry(emb: np.ndarray, own: np.ndarray, ids2: np.ndarray, r: int, single: bool) -> None:
     """Start loading row ``r``'s vector; with one trigger also its own columns and id, which the answer
-    reads for every row of the list (scattered reads of 8 MB arrays at 1M items). One trigger: 1.12x /
-    1.09x the requests/s at batch 1 / 64, cache-cold; with several triggers most rows are dropped below
-    the floor and the extra loads cost 2% at 16 (docs/benchmarks_serving.md, "Trigger mode")."""
+    reads for every row of the list (scattered reads of 8 MB arrays at 1M items). One trigger: 1.03-1.12x
+    / 1.09-1.10x the requests/s at batch 1 / 64, cache-cold, two runs; with several triggers most rows
+    drop below the floor and the extra loads cost 2% at 16 (docs/benchmarks_serving.md, "Trigger mode")."""
     prefetch_row(emb, r)
     if single:
         prefetch_row(own, r)
