@@ -231,9 +231,11 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
         out = {}
         for T, rows in trig_sets.items():
             fn = lambda sl, r=rows: run(r[sl])
+            w0, c0 = time.perf_counter(), time.process_time()
             qb1, qb, ids, p50 = _timed(fn, len(rows), cfg.trigger_b1, cfg.trigger_batch)
             out[str(T)] = {"recall": recall_at_k(ids, trig_ref[T]), "rps_b1": qb1,
-                           f"rps_b{cfg.trigger_batch}": qb, "p50_ms": p50}
+                           f"rps_b{cfg.trigger_batch}": qb, "p50_ms": p50,
+                           "cpu_per_wall": (time.process_time() - c0) / (time.perf_counter() - w0)}
         return out
 
     # ---------------------------------------------------------------- MFLI engine (both pre-rankers)

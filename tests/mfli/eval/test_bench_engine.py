@@ -45,6 +45,9 @@ def test_tiny_run_produces_every_table():
     ivf = res["methods"]["ivf"]["sweep"]
     assert ivf[-1]["recall"] > max(0.85, ivf[0]["recall"])
     assert all(p["by_T"]["3"]["recall"] > 0 for p in res["trigger"]["mfli"])
+    # CPU seconds per wall second of every timed point (above the thread count: a library took more cores)
+    assert all(p["cpu_per_wall_t1"] > 0 and p["cpu_per_wall_t2"] > 0 for p in ivf)
+    assert all(v["cpu_per_wall"] > 0 for p in res["trigger"]["mfli"] for v in p["by_T"].values())
     # neighbour lists: probing every column makes them exact, so trigger mode matches exact search
     lists = res["trigger"]["mfli_lists"]
     assert [p["probe"] for p in lists] == [2, 64] and lists[0]["list_compact"]
