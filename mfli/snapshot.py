@@ -211,6 +211,8 @@ class Snapshot:
         """Write the fast-scan quantiser of the engine the serving config uses (built by :meth:`retriever`),
         else the stored one (:attr:`fastscan_quantiser`) when it was fitted for that engine's settings;
         False (nothing written) when there is none."""
+        from mfli.serve.engine_fastscan import subquantizers  # numba: loaded with the engine, not the module
+
         if self.serving.engine != "scan" or self.serving.scan.prerank != "fastscan":
             return False
         engine = self._engines.get(self._engine_key())
@@ -221,7 +223,8 @@ class Snapshot:
             return True
         stored = self.fastscan_quantiser
         scan = self.serving.scan
-        want = (scan.fastscan_subquantizers or self.index.n_facets * self.index.dim, scan.pq_train_size, scan.seed)
+        want = (subquantizers(scan.fastscan_subquantizers, self.index.n_facets * self.index.dim), scan.pq_train_size,
+                scan.seed)
         if stored is not None and tuple(stored.key.get(f) for f in ("n_sub", "train_size", "seed")) == want:
             save_quantiser(path, stored.centroids, stored.key)
             return True

@@ -362,10 +362,11 @@ class ScanEngine:
 
     def quantiser_key(self) -> dict:
         """What this engine's fast-scan quantiser is fitted for (:func:`mfli.serve.quantiser_store.quantiser_key`)."""
+        from mfli.serve.engine_fastscan import subquantizers
         from mfli.serve.quantiser_store import quantiser_key
 
-        n_sub = self.config.fastscan_subquantizers or self.D  # FastScanLists' default: one per dimension
-        return quantiser_key(n_sub, self.config.pq_train_size, self.config.seed, self._layout_digest())
+        return quantiser_key(subquantizers(self.config.fastscan_subquantizers, self.D), self.config.pq_train_size,
+                             self.config.seed, self._layout_digest())
 
     def save_quantiser(self, path) -> None:
         """Write the fast-scan quantiser and its :meth:`quantiser_key` (:mod:`mfli.serve.quantiser_store`)."""
