@@ -17,7 +17,7 @@ from mfli.index.delta import DeltaIndex, apply_delta, assign_paths
 from mfli.index.inverted import MultiFacetIndex, encode_paths
 from mfli.index.split_merge import RebalanceConfig, rebalance
 from mfli.serve.engine import EngineConfig
-from mfli.serve.engine_retriever import DELTA_PROBE, EngineRetriever
+from mfli.serve.engine_retriever import DELTA_EXACT_ITEMS, DELTA_PROBE, EngineRetriever
 from mfli.serve.exact import exact_search
 from mfli.serve.retriever import Retriever, RetrieverConfig
 
@@ -163,10 +163,12 @@ def test_an_engine_rebuilt_from_the_same_snapshot_ranks_identically(world):
     np.testing.assert_array_equal(a.retrieve_users(Q, 20).item_ids, b.retrieve_users(Q, 20).item_ids)
 
 
-def _trigger_reference(engine: EngineRetriever, view, trig: list, k: int, exclude: list) -> list[list[int]]:
+def _trigger_reference(engine: EngineRetriever, view, trig: list, k: int, exclude: list,
+                       exact_delta: bool = False) -> list[list[int]]:
     """Brute force of list-based trigger mode over a view: per trigger, its live list items and the delta
-    items of its own clusters and their nearest (a new trigger: every live item, when routing reads every cluster), scored
-    ``e_t . e_i``; best per item, triggers and exclusions dropped, top k (ties: lower id)."""
+    items of its own clusters and their nearest (``exact_delta``: every delta item; a new trigger: every
+    live item, when routing reads every cluster), scored ``e_t . e_i``; best per item, triggers and
+    exclusions dropped, top k (ties: lower id)."""
     eng = engine.engine
     Nb = view.base.n_items
     live_ids, live_emb = _live(view)
@@ -185,6 +187,8 @@ def _trigger_reference(engine: EngineRetriever, view, trig: list, k: int, exclud
                 for c in own:
                     lo, hi = engine._doff[c], engine._doff[c + 1]
                     cand += view.item_ids[engine._drows[lo:hi]].tolist()
+                if exact_delta:
+                    cand += view.item_ids.tolist()
             else:
                 cand = live_ids.tolist()
             for i in cand:
@@ -195,8 +199,15 @@ def _trigger_reference(engine: EngineRetriever, view, trig: list, k: int, exclud
     return out
 
 
-@pytest.mark.parametrize("with_delta", [False, True])
-def test_trigger_mode_from_neighbour_lists(world, with_delta):
+@pytest.mark.parametrize("with_delta,exact_delta", [(False, True), (True, True), (True, False)])
+def test_trigger_mode_from_neighbour_lists(world, with_delta, exact_delta, monkeypatch):
+    """``exact_delta``: the view's 60 new items are under ``DELTA_EXACT_ITEMS`` and each is scored against
+    every trigger; else (the limit set to 0) only those of the triggers' own and nearest columns."""
+    import mfli.serve.engine_retriever as er
+
+    assert len(world[4].item_ids) <= DELTA_EXACT_ITEMS  # the default covers this delta
+    if not exact_delta:
+        monkeypatch.setattr(er, "DELTA_EXACT_ITEMS", 0)
     ids, _, cb, index, view, _ = world
     cfg = dataclasses.replace(EVERYTHING, prerank="fastscan", neighbours=200, neighbour_probe=6)
     base = EngineRetriever(index, cb, config=SUM, engine_config=cfg)
@@ -206,7 +217,7 @@ def test_trigger_mode_from_neighbour_lists(world, with_delta):
     excl = [[int(ids[2])], [], [], [int(x) for x in view.item_ids[:30]]]
     got = served.retrieve_triggers(trig, 25, exclude=excl)
     assert got.mode == "trigger"
-    want = _trigger_reference(served, view if with_delta else DeltaIndex.over(index), trig, 25, excl)
+    want = _trigger_reference(served, view if with_delta else DeltaIndex.over(index), trig, 25, excl, exact_delta)
     for b in range(len(trig)):
         n = len(want[b])
         np.testing.assert_array_equal(got.item_ids[b, :n], want[b])
