@@ -331,8 +331,41 @@ class _Trainer:
         final = {"epoch": "final", "seconds": round(time.time() - t0, 2), "best_valid_recall": best if best >= 0 else None}
         if model.rq.n_active:
             final["codebook"] = model.rq.health(self._train_item_embeddings(np.random.default_rng(cfg.seed)), self.fs_names)
+        placement = None
+        if cfg.new_item_neighbours > 0:
+            placement, table = self._choose_placement()
+            final["placement"] = {**placement.to_dict(), "valid_recall": table}
         history.append(final)
-        return TrainedModel(model, self.fs, cfg, self.catalogue, self.users, self.resolved, history)
+        return TrainedModel(model, self.fs, cfg, self.catalogue, self.users, self.resolved, history, placement)
+
+    @torch.no_grad()
+    def _choose_placement(self, max_items: int = 2000):
+        """New-item placement's mix (:func:`mfli.model.placement.choose_mix`): up to ``max_items`` trained
+        items among the validation positives are played as new."""
+        from mfli.model.placement import ContentNeighbours, PlacementConfig, choose_mix, content_matrix
+
+        v, k = self.valid, self.cfg.new_item_neighbours
+        if v is None or len(v["users"]) == 0:
+            return PlacementConfig(k, 0.0), {}
+        tm: TrainedModel = v["tm"]
+        was = self.model.training
+        self.model.eval()
+        try:
+            cat = self._embed_catalogue().float().cpu()  # (N, F, d)
+            trained = np.flatnonzero(self.catalogue.id_index.cpu().numpy() > 0)
+            pseudo = np.intersect1d(np.concatenate(v["pos"]), trained)
+            if len(pseudo) > max_items:
+                pseudo = np.sort(np.random.default_rng(self.cfg.seed).choice(pseudo, max_items, replace=False))
+            fs = self.fs
+            content = content_matrix(self.catalogue, fs.n_categories, fs.n_tokens, fs.n_brands)
+            nb = ContentNeighbours(content[trained], cat[trained].numpy())
+            feats = self.catalogue.rows(torch.as_tensor(pseudo, device=self.dev))
+            tower = tm._embed_features(feats, use_ids=False)
+            q = tm.user_embeddings(v["users"], v["hist"]).float().cpu()
+            return choose_mix(q, cat, tower, pseudo, nb, content[pseudo], np.searchsorted(trained, pseudo),
+                              v["seen"], v["pos"], k_neighbours=k, k=self.cfg.valid_k)
+        finally:
+            self.model.train(was)
 
     @property
     def fs_names(self) -> list[str]:

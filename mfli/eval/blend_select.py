@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mfli.index.coengagement import CoEngagement, CoEngagementConfig, build_coengagement
@@ -49,6 +50,14 @@ def fit_tables(train: pd.DataFrame, validation: Any, cfg: CoEngagementConfig | N
     return table, build_coengagement(validation.fit, cfg=cfg, param=table.param)
 
 
+def keep_only(ids: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """``ids (B, K)`` ranked lists (-1 padding) with the ids not in sorted ``allowed`` removed, order kept."""
+    keep = np.isin(ids, allowed) & (ids >= 0)
+    order = np.argsort(~keep, axis=1, kind="stable")  # kept first, in their order
+    out = np.take_along_axis(np.where(keep, ids, -1), order, axis=1)
+    return out
+
+
 def choose_blend(model: Any, retriever: Any, index: Any, validation: Any, fit_table: CoEngagement,
                  depth: int = 200, triggers: int = 10) -> tuple[BlendConfig, dict[str, float]]:
     """The blend settings with the best validation recall@100, and every grid point's recall.
@@ -59,8 +68,14 @@ def choose_blend(model: Any, retriever: Any, index: Any, validation: Any, fit_ta
         return BlendConfig(BlendWeights(coengagement=0.0, trigger=0.0), depth, triggers), {}
     q = model.user_embeddings(validation.users, validation.histories).numpy()
     user, co, trig = blend_lists(retriever, fit_table, index, q, validation.histories, depth, triggers)
-    weights, valid_recall = choose_blend_weights(user.item_ids, co, None if trig is None else trig.item_ids,
-                                                 fit_table.item_ids, validation.positives)
+    # items without a training event cannot be held out, so on validation they are only ever misses; where
+    # the test period engages with them they are hits. Left in, they would tilt the weights against
+    # the lists that find new items, so the weights are chosen on lists without them
+    eligible = np.unique(np.concatenate([validation.fit["item_id"].to_numpy(np.int64),
+                                         validation.valid["item_id"].to_numpy(np.int64)]))
+    weights, valid_recall = choose_blend_weights(
+        keep_only(user.item_ids, eligible), co, None if trig is None else keep_only(trig.item_ids, eligible),
+        fit_table.item_ids, validation.positives)
     return BlendConfig(weights, depth, triggers), valid_recall
 
 

@@ -200,6 +200,8 @@ class _SeedRun:
             tcfg.model.codebook.mode = mode
             if facets != "default":
                 tcfg.model.facets = _facet_set(facets)
+            if mode == "none":  # the plain two-tower baseline: new items embedded by its item tower alone
+                tcfg.new_item_neighbours = 0
             t0 = time.perf_counter()
             self._models[key] = (train(self.ds, self.split.train, tcfg), time.perf_counter() - t0)
         return self._models[key]

@@ -40,6 +40,10 @@ class TrainConfig:
     valid_frac: float = 0.05  # share of each user's latest events held out for early stopping; 0: none
     valid_k: int = 100  # K of the validation recall@K
     valid_max_users: int = 2000  # validation users scored (a seeded sample beyond this)
+    # items without a trained id take the mean embedding of this many content neighbours among the trained
+    # items, mixed with the tower's own; the mix is chosen on the validation hold-out after training
+    # (mfli.model.placement). 0: off (the tower alone)
+    new_item_neighbours: int = 20
     # torch CPU threads during training (0: leave the process default). The step's ops are small:
     # on a busy 2-core machine 2 threads ran 2x slower than 1 (spin-waiting); raise it on idle many-core hosts
     num_threads: int = 1

@@ -29,6 +29,7 @@ from mfli.checksums import sha256_file as _sha256
 from mfli.data.errors import DataError
 from mfli.model.features import FeatureSpace, ItemFeatures, UserFeatures
 from mfli.model.mfli_model import MFLIModel
+from mfli.model.placement import ContentNeighbours, PlacementConfig, content_matrix
 from mfli.model.quantizer import rq_encode
 from mfli.model.train_config import TrainConfig
 
@@ -85,8 +86,11 @@ class TrainedModel:
         users: UserFeatures,
         resolved: dict,
         history: list[dict] | None = None,
+        placement: PlacementConfig | None = None,
     ) -> None:
         self.model = model.eval()
+        self.placement = placement or PlacementConfig()  # mix 0: items without a trained id use the tower
+        self._neighbours: ContentNeighbours | None = None
         self.feature_space = feature_space
         self.config = config
         self.catalogue = catalogue  # on the model's device
@@ -151,10 +155,35 @@ class TrainedModel:
     def item_embeddings(self, items_df: pd.DataFrame, use_ids: bool = True) -> torch.Tensor:
         """Items -> ``(N, F, d)`` float32 L2-normalised facet embeddings (CPU).
 
-        Ids seen in training use their id embedding plus content; other items (and all items when
-        ``use_ids=False``) are embedded from content alone.
+        Ids seen in training use their id embedding plus content. Other items are embedded from
+        content alone and, when :attr:`placement` has a mix above 0, moved towards their content
+        neighbours among the trained items (:mod:`mfli.model.placement`). ``use_ids=False``: every
+        item from content alone, the item tower's own answer (no placement).
         """
-        return self._embed_features(self.encode_items(items_df), use_ids)
+        feats = self.encode_items(items_df)
+        emb = self._embed_features(feats, use_ids)
+        if not use_ids or self.placement.mix <= 0:
+            return emb
+        new = np.flatnonzero(feats.id_index.cpu().numpy() == 0)
+        if new.size == 0:
+            return emb
+        nb = self.content_neighbours()
+        placed = nb.place(self._content(feats.rows(torch.as_tensor(new, device=self._device))), emb[new].numpy(),
+                          self.placement)
+        emb[new] = torch.from_numpy(placed)
+        return emb
+
+    def _content(self, feats: ItemFeatures):
+        fs = self.feature_space
+        return content_matrix(feats, fs.n_categories, fs.n_tokens, fs.n_brands)
+
+    def content_neighbours(self) -> ContentNeighbours:
+        """The trained catalogue items' content vectors and embeddings (built once, on first use)."""
+        if self._neighbours is None:
+            trained = torch.nonzero(self.catalogue.id_index > 0).flatten()
+            feats = self.catalogue.rows(trained)
+            self._neighbours = ContentNeighbours(self._content(feats), self._embed_features(feats, True).numpy())
+        return self._neighbours
 
     def item_codes(self, items_df: pd.DataFrame, use_ids: bool = True) -> torch.Tensor:
         """Items -> codes ``(N, F, L')`` int64 with the learned codebooks (greedy RQ)."""
@@ -247,7 +276,7 @@ class TrainedModel:
         tensors["users.values"] = self.users.values.cpu().contiguous()
         save_file(tensors, str(out / _WEIGHTS))
         cfg = {"format_version": _FORMAT_VERSION, "train": self.config.to_dict(), "resolved": self.resolved,
-               "facets": self.facets}  # fmt: skip
+               "facets": self.facets, "placement": self.placement.to_dict()}  # fmt: skip
         (out / _CONFIG).write_text(json.dumps(cfg, indent=2))
         self.feature_space.save(out / _FEATURES)
         (out / _HISTORY).write_text(json.dumps(self.history, indent=1))
@@ -286,4 +315,5 @@ class TrainedModel:
         catalogue = ItemFeatures.from_state(tensors, "catalogue.").to(dev)
         users = UserFeatures(tensors["users.user_ids"], tensors["users.values"]).to(dev)
         history = json.loads((d / _HISTORY).read_text())
-        return cls(model, fs, config, catalogue, users, res, history)
+        placement = PlacementConfig(**meta["placement"]) if "placement" in meta else None  # older models: none
+        return cls(model, fs, config, catalogue, users, res, history, placement)

@@ -185,3 +185,47 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(tiny_dataset, monkeypatch
     assert len(epochs) == 6  # best at epoch 4, two worse epochs, stop
     assert [h["epoch"] for h in epochs if h.get("best")][-1] == 4
     assert m.history[-1]["best_valid_recall"] == 0.5
+
+
+def test_new_item_placement_is_chosen_saved_and_applied_to_items_without_a_trained_id(tiny_dataset, tmp_path):
+    from mfli.model.placement import PlacementConfig
+
+    ds = tiny_dataset
+    m = train(ds, ds.interactions, _cfg(epochs=3, new_item_neighbours=5))
+    final = m.history[-1]
+    assert final["placement"]["neighbours"] == 5 and set(final["placement"]["valid_recall"]) == {
+        "0", "0.25", "0.5", "0.75", "1"}
+    assert m.placement == PlacementConfig(5, final["placement"]["mix"])
+    new = pd.DataFrame({"item_id": [999], "created_at": [pd.Timestamp("2024-02-01", tz="UTC")],
+                        "categories": [["topic1", "topic1>sub0"]], "title": ["item 999 about topic1"],
+                        "text": ["word1a word1b word1c"], "brand": ["brand1"]})  # fmt: skip
+    both = pd.concat([ds.items.head(3), new], ignore_index=True)
+    tower = m.item_embeddings(both, use_ids=False)
+    m.placement = PlacementConfig(5, 1.0)
+    placed = m.item_embeddings(both)
+    m.placement = PlacementConfig(5, 0.0)
+    plain = m.item_embeddings(both)
+    torch.testing.assert_close(plain[3], tower[3])  # mix 0: the tower's content-only embedding
+    torch.testing.assert_close(placed[:3], plain[:3])  # trained ids are never moved
+    nb = m.content_neighbours()
+    mean, has = nb.neighbour_mean(m._content(m.encode_items(new)), 5)
+    assert has.all()
+    torch.testing.assert_close(placed[3], torch.from_numpy(mean[0]))
+    # saved with the model; a model saved before placement existed loads with the tower alone
+    m.placement = PlacementConfig(5, 0.75)
+    m.save(tmp_path / "model")
+    m2 = TrainedModel.load(tmp_path / "model")
+    assert m2.placement == PlacementConfig(5, 0.75)
+    torch.testing.assert_close(m2.item_embeddings(both), m.item_embeddings(both))
+    from mfli.checksums import sha256_file
+
+    d = tmp_path / "model"
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("placement")
+    (d / "config.json").write_text(json.dumps(cfg))
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["sha256"]["config.json"] = sha256_file(d / "config.json")
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    assert TrainedModel.load(d).placement == PlacementConfig(20, 0.0)
+    off = train(ds, ds.interactions, _cfg(epochs=2, new_item_neighbours=0))
+    assert off.placement.mix == 0.0 and "placement" not in off.history[-1]

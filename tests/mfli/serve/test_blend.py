@@ -124,3 +124,42 @@ def test_first_positions_match_a_per_request_lookup():
         want = [pos.get(int(i), -1) if i >= 0 else -1 for i in ids[b].tolist()]
         assert got[b].tolist() == want
     assert (row_positions(ids, np.full((B, D), -1, np.int64)) == -1).all()
+
+
+def test_keep_only_drops_ids_and_keeps_the_order():
+    from mfli.eval.blend_select import keep_only
+
+    ids = np.array([[9, 4, 7, -1], [100, 3, 101, 4]])
+    out = keep_only(ids, np.array([3, 4, 7]))
+    np.testing.assert_array_equal(out, [[4, 7, -1, -1], [3, 4, -1, -1]])
+
+
+def test_weights_are_chosen_without_items_that_have_no_training_event(monkeypatch):
+    """On validation an item without any training event can only be a miss (nothing of it is held out),
+    while the test period may engage with it: the lists the weights are chosen on leave such items out."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    import mfli.eval.blend_select as bs
+
+    seen = {}
+
+    def spy(user, co, trig, known, positives, **kw):
+        seen.update(user=user, trig=trig)
+        return BlendWeights(0.0, 0.0), {"0/0": 0.0}
+
+    monkeypatch.setattr(bs, "choose_blend_weights", spy)
+    lists = SimpleNamespace(item_ids=np.array([[100, 5, 6], [7, 101, 5]]))
+    retriever = SimpleNamespace(retrieve_users=lambda q, k, exclude: lists,
+                                retrieve_triggers=lambda t, k, exclude: lists)
+    index = SimpleNamespace(rows_of=lambda ids: np.zeros_like(ids))
+    table = SimpleNamespace(item_ids=np.array([5, 6, 7]),
+                            retrieve=lambda h, k, exclude: (np.array([[6, -1], [5, -1]]), None))
+    model = SimpleNamespace(user_embeddings=lambda u, h: SimpleNamespace(numpy=lambda: np.zeros((2, 1, 2))))
+    events = lambda items: pd.DataFrame({"item_id": items})  # noqa: E731
+    vs = SimpleNamespace(users=np.array([1, 2]), histories=[np.array([7]), np.array([6])],
+                         positives=[np.array([5]), np.array([5])], fit=events([5, 6, 7]), valid=events([5]))
+    bs.choose_blend(model, retriever, index, vs, table, depth=3, triggers=1)
+    for name in ("user", "trig"):
+        np.testing.assert_array_equal(seen[name], [[5, 6, -1], [7, 5, -1]])
