@@ -8,12 +8,18 @@ import scipy.sparse as sp
 import torch
 
 from mfli.model.features import ItemFeatures
-from mfli.model.placement import ContentNeighbours, PlacementConfig, choose_mix, content_matrix, mix_embeddings
+from mfli.model.placement import (
+    ContentNeighbours,
+    PlacementConfig,
+    choose_mix,
+    content_matrix,
+    mix_embeddings,
+)
 
 
 def _feats(categories: list[list[int]], tokens: list[list[int]], brand: list[int]) -> ItemFeatures:
     n = len(brand)
-    pad = lambda rows: torch.tensor([r + [0] * (4 - len(r)) for r in rows], dtype=torch.long)  # noqa: E731
+    pad = lambda rows: torch.tensor([r + [0] * (4 - len(r)) for r in rows], dtype=torch.long)
     return ItemFeatures(torch.arange(n), torch.zeros(n, dtype=torch.long), pad(categories), pad(tokens),
                         torch.tensor(brand), torch.zeros(n, dtype=torch.long))
 
@@ -42,7 +48,7 @@ def _world(seed: int = 0):
 
 
 def test_neighbour_mean_follows_the_content_group_and_leaves_out_the_excluded_row():
-    nb, centre, emb, group = _world()
+    nb, centre, emb, _ = _world()
     new = content_matrix(_feats([[3], [2], [7]], [[5], [5], [9]], [0, 0, 0]), 10, 10, 10)
     mean, has = nb.neighbour_mean(new, k=10)
     assert has.tolist() == [True, True, False]  # the third shares no content id with a trained item
@@ -56,7 +62,7 @@ def test_neighbour_mean_follows_the_content_group_and_leaves_out_the_excluded_ro
 
 
 def test_place_mixes_per_facet_and_keeps_the_tower_without_neighbours():
-    nb, centre, _, _ = _world()
+    nb, _, _, _ = _world()
     new = content_matrix(_feats([[3], [7]], [[5], [9]], [0, 0]), 10, 10, 10)
     tower = _unit(np.random.default_rng(3).normal(size=(2, 2, 8)))
     np.testing.assert_array_equal(nb.place(new, tower, PlacementConfig(10, 0.0)), tower)

@@ -157,7 +157,7 @@ def test_weights_are_chosen_without_items_that_have_no_training_event(monkeypatc
     table = SimpleNamespace(item_ids=np.array([5, 6, 7]),
                             retrieve=lambda h, k, exclude: (np.array([[6, -1], [5, -1]]), None))
     model = SimpleNamespace(user_embeddings=lambda u, h: SimpleNamespace(numpy=lambda: np.zeros((2, 1, 2))))
-    events = lambda items: pd.DataFrame({"item_id": items})  # noqa: E731
+    events = lambda items: pd.DataFrame({"item_id": items})
     vs = SimpleNamespace(users=np.array([1, 2]), histories=[np.array([7]), np.array([6])],
                          positives=[np.array([5]), np.array([5])], fit=events([5, 6, 7]), valid=events([5]))
     bs.choose_blend(model, retriever, index, vs, table, depth=3, triggers=1)
