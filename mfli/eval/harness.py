@@ -31,7 +31,9 @@ split's cold items among them) through the delta path, from content alone. Metho
 - ``hnsw``, ``ivf``: the same towers trained without codebooks, FAISS indexes rebuilt only at
   snapshot time (cold items invisible), ``hnsw_add``: HNSW with incremental ``add`` of new items;
   ``hnsw_i2i``: that HNSW searched once per recent item (item to item, the alternative to trigger
-  lists), merged by each item's best score;
+  lists), merged by each item's best score (their new items embedded by the item tower alone);
+  ``hnsw_add_placed``, ``hnsw_i2i_placed``: the same with the two-tower model's new items placed as
+  MFLI places them (:mod:`mfli.model.placement`): the baselines given MFLI's new-item trick;
 - ``dr``: Deep Retrieval; ``pop``: popularity;
 - ``ease``: EASE (closed-form item-item, lambda chosen on the validation split); ``itemknn``: cosine
   item-kNN (neighbourhood chosen on the validation split).
@@ -69,7 +71,8 @@ from mfli.eval.metrics import (
 PER_USER_KEYS = ("recall@100", "cold_recall@100")  # kept per user for the bootstrap intervals
 
 ALL_METHODS = ("mfli", "mfli_blend", "mfli_trigger", "mfli_trigger_lists", "mfli_scan", "mfli_neww", "mfli_new_sem0", "mfli_quota", "mfli_facets", "mfli_f1", "mfli_f3", "exact",
-               "mfli_kmeans", "hnsw", "hnsw_add", "hnsw_i2i", "ivf", "dr", "pop", "ease", "itemknn")
+               "mfli_kmeans", "hnsw", "hnsw_add", "hnsw_i2i", "hnsw_add_placed", "hnsw_i2i_placed", "ivf", "dr", "pop",
+               "ease", "itemknn")
 BASELINES = ("hnsw", "hnsw_add", "hnsw_i2i", "ivf", "dr", "pop", "ease", "itemknn")  # "best baseline" is the best of these
 K_MAX = 200  # the largest K any metric reads
 FACET_PREFIX = "facet:"  # per-facet keys (mfli_facets, mfli_f3): f"facet:{name}/{metric}", one facet served alone
@@ -197,7 +200,8 @@ class _SeedRun:
                                           "seed": self.seed})
             if self.cfg.epochs is not None:
                 tcfg.epochs = self.cfg.epochs
-            tcfg.model.codebook.mode = mode
+            # "none_placed": the two-tower model with MFLI's new-item placement (a baseline given our trick)
+            tcfg.model.codebook.mode = "none" if mode == "none_placed" else mode
             if facets != "default":
                 tcfg.model.facets = _facet_set(facets)
             if mode == "none":  # the plain two-tower baseline: new items embedded by its item tower alone
@@ -360,10 +364,10 @@ def _run_exact(run: _SeedRun) -> dict:
     return out
 
 
-def _run_ann(run: _SeedRun, kind: str, incremental: bool) -> dict:
+def _run_ann(run: _SeedRun, kind: str, incremental: bool, model_mode: str = "none") -> dict:
     from mfli.baselines.ann import AnnConfig, AnnIndex, concat_facets
 
-    model, train_s = run.model("none")
+    model, train_s = run.model(model_mode)
     known = model.item_embeddings(run.known_items).numpy()
     cfg = AnnConfig(kind=kind, mode="incremental" if incremental else "rebuild_at_snapshot",
                     ef_search=run.cfg.hnsw_ef_search, nprobe=run.cfg.ivf_nprobe)
@@ -380,13 +384,13 @@ def _run_ann(run: _SeedRun, kind: str, incremental: bool) -> dict:
     return out
 
 
-def _run_ann_i2i(run: _SeedRun) -> dict:
+def _run_ann_i2i(run: _SeedRun, model_mode: str = "none") -> dict:
     """Item-to-item ANN, the real alternative to trigger lists: one HNSW search (with incremental add of
     the new items) per recent item over the two-tower's item embeddings, merged by each item's best
     ``e_t . e_i`` over the user's ``triggers`` most recent training items; history excluded."""
     from mfli.baselines.ann import AnnConfig, AnnIndex, concat_facets
 
-    model, train_s = run.model("none")
+    model, train_s = run.model(model_mode)
     known = concat_facets(model.item_embeddings(run.known_items).numpy())
     known_ids = run.known_items["item_id"].to_numpy(np.int64)
     cfg = AnnConfig(kind="hnsw", mode="incremental", ef_search=run.cfg.hnsw_ef_search)
@@ -488,6 +492,8 @@ _RUNNERS = {
     "hnsw": lambda r: _run_ann(r, "hnsw", incremental=False),
     "hnsw_add": lambda r: _run_ann(r, "hnsw", incremental=True),
     "hnsw_i2i": _run_ann_i2i,
+    "hnsw_add_placed": lambda r: _run_ann(r, "hnsw", incremental=True, model_mode="none_placed"),
+    "hnsw_i2i_placed": lambda r: _run_ann_i2i(r, model_mode="none_placed"),
     "ivf": lambda r: _run_ann(r, "ivf", incremental=False),
     "dr": _run_dr,
     "pop": _run_pop,

@@ -214,3 +214,19 @@ def test_item_to_item_ann_searches_from_each_recent_item(small_catalogue):
     res = run_quality(small_catalogue, cfg, log=lambda s: None)
     assert len(res["hnsw_i2i"]["per_user"]["recall@100"][0]) == len(res["pop"]["per_user"]["recall@100"][0])
     assert res["hnsw_i2i"]["cold_recall@100"]["mean"] > 0  # every test item is new on this split
+
+
+def test_the_plain_two_tower_baseline_embeds_new_items_by_its_tower_alone(small_catalogue):
+    """MFLI places items without a trained id by content neighbours; the two-tower baselines do not,
+    except the ``*_placed`` ones, which get the same placement (the baselines given MFLI's trick)."""
+    from mfli.eval.harness import _SeedRun
+
+    cfg = QualityConfig(split="time", seeds=1, epochs=1, num_threads=1,
+                        train_overrides={"max_steps": 6, "batch_size": 256, "progress": False})
+    run = _SeedRun(small_catalogue, cfg, 0)
+    plain, placed, mfli = run.model("none")[0], run.model("none_placed")[0], run.model("joint")[0]
+    assert plain.config.new_item_neighbours == 0 and plain.placement.mix == 0.0
+    assert "placement" not in plain.history[-1]
+    for m in (placed, mfli):
+        assert m.config.new_item_neighbours == 20 and "placement" in m.history[-1]
+    assert placed.config.model.codebook.mode == "none" and placed.codebooks.shape[0] == 0
