@@ -9,7 +9,7 @@ except those named by ``--replace`` (the methods whose code changed between the 
 identical per-user recall@100 in each (training and retrieval are seeded, so a rerun of the same
 code on the same split gives the same lists): this is what makes rows from separate runs comparable,
 and the merge refuses files where it does not hold. Ratio intervals are recomputed over the merged set
-(against exact, hnsw, hnsw_add, hnsw_i2i and the best baseline).
+(against exact, hnsw, hnsw_add, hnsw_i2i, their ``_placed`` variants and the best baseline).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def merge(paths: list[str], replace: tuple[str, ...] = ()) -> dict:
                                      "not the same split, seeds or code")
             res.pop("ratios", None)
             out[method] = res
-    return add_ratio_intervals(out, also=("hnsw", "hnsw_add", "hnsw_i2i"))
+    return add_ratio_intervals(out, also=("hnsw", "hnsw_add", "hnsw_i2i", "hnsw_add_placed", "hnsw_i2i_placed"))
 
 
 if __name__ == "__main__":

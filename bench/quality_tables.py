@@ -47,8 +47,10 @@ def blend_table(results: dict) -> str:
     extra = [(f"weights chosen per seed: {w}; co-engagement from {kind} "
              f"({'/'.join(f'{x:g}' for x in b['coengagement_param']['values'])}), "
              f"{b['coengagement_mb']['mean']:.0f} MB")]
+    if "placement_mix" in b:
+        extra.append("new-item placement mix per seed: " + "/".join(f"{x:g}" for x in b["placement_mix"]["values"]))
     ratios = b.get("ratios", {})
-    for den in ("hnsw_add", "hnsw_i2i", "exact"):
+    for den in ("hnsw_add", "hnsw_i2i", "hnsw_add_placed", "hnsw_i2i_placed", "exact"):
         r = ratios.get(f"cold_recall@100 / {den}")
         if r is not None and r["ratio"] == r["ratio"]:  # an interval: paired bootstrap over users
             extra.append(f"blend cold recall@100 / {den}: {r['ratio']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]")

@@ -272,7 +272,8 @@ def _run_mfli(run: _SeedRun, mode: str, codebook_mode: str = "joint", engine: st
         out.update(facet_out)
     health = index_health(result.index)
     out.update({f"index_{k}": v for k, v in health.items() if isinstance(v, (int, float))})
-    out.update(train_s=train_s, build_s=build_s, query_s=query_s, n_facets=len(model.facets))
+    out.update(train_s=train_s, build_s=build_s, query_s=query_s, n_facets=len(model.facets),
+               placement_mix=model.placement.mix)
     return out
 
 
@@ -329,7 +330,7 @@ def _run_mfli_blend(run: _SeedRun) -> dict:
     out.update({f"blend_w:{k}": float(v) for k, v in weights.to_dict().items()})
     out.update({f"valid_recall:{k}": v for k, v in sel.valid_recall.items()})
     co_s = sel.seconds["table"]
-    out.update(train_s=train_s + co_s, coengagement_s=co_s, coengagement_is_ease=float(co.method == "ease"),
+    out.update(placement_mix=model.placement.mix, train_s=train_s + co_s, coengagement_s=co_s, coengagement_is_ease=float(co.method == "ease"),
                coengagement_param=co.param, coengagement_mb=co.nbytes / 2**20, build_s=build_s,
                choose_s=sel.seconds["choose"], query_s=query_s, n_facets=len(model.facets))
     return out
