@@ -174,8 +174,9 @@ class EngineRetriever:
         the paper's cluster histogram).
 
         With lists, results are ranked by ``max_t e_t . e_i`` (full vectors) over the triggers; a delta
-        (:meth:`_delta_triggers`) adds its new items found in the triggers' own clusters and their
-        nearest, and a trigger that is itself a new item reaches snapshot items through a routed scan.
+        (:meth:`_delta_triggers`) adds its new items (all of them scored when it holds at most
+        :data:`DELTA_EXACT_ITEMS`, else those in the triggers' own clusters and their nearest), and a
+        trigger that is itself a new item reaches snapshot items through a routed scan.
         """
         engine = self.engine
         # a list holds `neighbours` items: a larger k (up to ServingConfig.max_k) takes the reference path
@@ -223,7 +224,7 @@ class EngineRetriever:
                         excl: list[np.ndarray], k: int) -> EngineResult:
         """Add a delta to list answers ``res (B, k)``: per trigger ``t`` (vector ``e_t``), the delta items
         of its own clusters and their ``DELTA_PROBE - 1`` nearest (a new trigger: the clusters its vector
-        routes to) scored ``e_t . e_i``, and for a new trigger the snapshot items a routed scan finds;
+        routes to; a delta of at most :data:`DELTA_EXACT_ITEMS`: every delta item) scored ``e_t . e_i``, and for a new trigger the snapshot items a routed scan finds;
         each item once at its best score."""
         engine, space = self.engine, self._space
         N, B = engine.N, len(lists)
