@@ -342,7 +342,7 @@ class _Trainer:
     def _choose_placement(self, max_items: int = 2000):
         """New-item placement's mix (:func:`mfli.model.placement.choose_mix`): up to ``max_items`` trained
         items among the validation positives are played as new."""
-        from mfli.model.placement import ContentNeighbours, PlacementConfig, choose_mix, content_matrix
+        from mfli.model.placement import PlacementConfig, choose_mix
 
         v, k = self.valid, self.cfg.new_item_neighbours
         if v is None or len(v["users"]) == 0:
@@ -356,14 +356,12 @@ class _Trainer:
             pseudo = np.intersect1d(np.concatenate(v["pos"]), trained)
             if len(pseudo) > max_items:
                 pseudo = np.sort(np.random.default_rng(self.cfg.seed).choice(pseudo, max_items, replace=False))
-            fs = self.fs
-            content = content_matrix(self.catalogue, fs.n_categories, fs.n_tokens, fs.n_brands)
-            nb = ContentNeighbours(content[trained], cat[trained].numpy())
             feats = self.catalogue.rows(torch.as_tensor(pseudo, device=self.dev))
             tower = tm._embed_features(feats, use_ids=False)
             q = tm.user_embeddings(v["users"], v["hist"]).float().cpu()
-            return choose_mix(q, cat, tower, pseudo, nb, content[pseudo], np.searchsorted(trained, pseudo),
-                              v["seen"], v["pos"], k_neighbours=k, k=self.cfg.valid_k)
+            # the trained model's own neighbour index (its rows are `trained`, in order)
+            return choose_mix(q, cat, tower, pseudo, tm.content_neighbours(), tm._content(feats),
+                              np.searchsorted(trained, pseudo), v["seen"], v["pos"], k_neighbours=k, k=self.cfg.valid_k)
         finally:
             self.model.train(was)
 
