@@ -105,6 +105,8 @@ class EngineRetriever:
             raise ValueError("EngineRetriever: the engine was built over another index")
         names = list(facet_names) if facet_names is not None else list(base.facet_names)
         self._shared = _Shared(engine, cb, names)
+        # trigger mode scores a delta of at most this many items whole (views made by with_index keep it)
+        self.delta_exact_items = DELTA_EXACT_ITEMS
         self.engine_config = engine.config
         self.update(index)
 
@@ -257,7 +259,7 @@ class EngineRetriever:
                           np.where(scan.item_ids >= 0, t_ids[new][:, None], -1),
                           np.repeat(req[new], k).reshape(-1, k)))
         # delta items of those columns, scored exactly against the trigger: the k best per request
-        if 0 < space.item_ids.size <= DELTA_EXACT_ITEMS:  # small delta: every item against every trigger
+        if 0 < space.item_ids.size <= self.delta_exact_items:  # small delta: every item against every trigger
             o_req, drow, score, col, trig = self._delta_exact(vec, req, B, excl, k)
             parts.append((space.item_ids[drow], score, engine.col_facet[col], engine.col_cluster[col], t_ids[trig],
                           o_req))

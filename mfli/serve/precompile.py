@@ -119,13 +119,8 @@ def _answer(rng: np.random.Generator, base: EngineRetriever, delta: EngineRetrie
             space.retrieve_triggers(triggers, 10, exclude=triggers)
             space.retrieve_users(_unit(rng, (b, F, d)), 10, exclude=[t[:1] for t in triggers])
     # a delta over DELTA_EXACT_ITEMS takes the probed pass and its own kernel; this delta is small, so
-    # the limit is lowered for these calls (precompile runs before anything serves from this process)
-    from mfli.serve import engine_retriever as er
-
-    limit, er.DELTA_EXACT_ITEMS = er.DELTA_EXACT_ITEMS, 0
-    try:
-        for b in (1, 2):
-            triggers = [[int(ids[10 + i]), int(new_ids[1 + i])] for i in range(b)]
-            delta.retrieve_triggers(triggers, 10, exclude=triggers)
-    finally:
-        er.DELTA_EXACT_ITEMS = limit
+    # this view's limit is lowered for it
+    delta.delta_exact_items = 0
+    for b in (1, 2):
+        triggers = [[int(ids[10 + i]), int(new_ids[1 + i])] for i in range(b)]
+        delta.retrieve_triggers(triggers, 10, exclude=triggers)

@@ -200,17 +200,15 @@ def _trigger_reference(engine: EngineRetriever, view, trig: list, k: int, exclud
 
 
 @pytest.mark.parametrize("with_delta,exact_delta", [(False, True), (True, True), (True, False)])
-def test_trigger_mode_from_neighbour_lists(world, with_delta, exact_delta, monkeypatch):
+def test_trigger_mode_from_neighbour_lists(world, with_delta, exact_delta):
     """``exact_delta``: the view's 60 new items are under ``DELTA_EXACT_ITEMS`` and each is scored against
-    every trigger; else (the limit set to 0) only those of the triggers' own and nearest columns."""
-    import mfli.serve.engine_retriever as er
-
+    every trigger; else (the retriever's limit set to 0) only those of the triggers' own and nearest columns."""
     assert len(world[4].item_ids) <= DELTA_EXACT_ITEMS  # the default covers this delta
-    if not exact_delta:
-        monkeypatch.setattr(er, "DELTA_EXACT_ITEMS", 0)
     ids, _, cb, index, view, _ = world
     cfg = dataclasses.replace(EVERYTHING, prerank="fastscan", neighbours=200, neighbour_probe=6)
     base = EngineRetriever(index, cb, config=SUM, engine_config=cfg)
+    if not exact_delta:
+        base.delta_exact_items = 0  # with_index below keeps it
     served = base.with_index(view) if with_delta else base
     # snapshot triggers, a new item as trigger, a replaced item (ids[3]: its new version), an unknown id
     trig = [list(ids[[1, 50, 90]]), [int(view.item_ids[5])], [int(ids[3]), 77], list(ids[[200]])]
