@@ -182,9 +182,10 @@ def choose_mix(queries: torch.Tensor, catalogue_emb: torch.Tensor, tower_emb: to
     tower = tower_emb.cpu().numpy()
     q = queries[users].flatten(1)
     best = (-1.0, 0.0)
+    items = catalogue_emb.clone()  # one copy: each mix overwrites the played rows
+    rows = torch.as_tensor(pseudo)
     for mix in grid:
-        items = catalogue_emb.clone()
-        items[torch.as_tensor(pseudo)] = torch.as_tensor(mix_embeddings(tower, mean, has, mix), dtype=items.dtype)
+        items[rows] = torch.as_tensor(mix_embeddings(tower, mean, has, mix), dtype=items.dtype)
         flat = items.flatten(1)
         kk = min(k, flat.shape[0])
         recalls = []
