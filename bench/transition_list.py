@@ -90,7 +90,7 @@ def fused(co: np.ndarray, seq: np.ndarray, w: float) -> np.ndarray:
     if w == 0:
         return co
     none = np.zeros((co.shape[0], 0), np.int64)
-    ids, _ = fuse(np.ascontiguousarray(co), np.ascontiguousarray(seq), none, float(w), 0.0, False,
+    ids, _ = fuse(np.ascontiguousarray(co), np.ascontiguousarray(seq), none, none, float(w), 0.0, 0.0, False,
                   np.zeros(0, np.int64), co.shape[1], RRF_K)
     return ids
 
@@ -117,7 +117,7 @@ def main() -> None:
 
     def lists(train, co_table, users, histories):
         q = model.user_embeddings(users, histories).numpy()
-        user, co, trig = blend_lists(retriever, co_table, view, q, histories, K_MAX, run.cfg.triggers)
+        user, co, trig, _ = blend_lists(retriever, co_table, view, q, histories, K_MAX, run.cfg.triggers)
         W = transition_weights(train, co_table.item_ids, a.l2, a.window, a.decay)
         seq = transition_list(W, co_table.item_ids, histories, a.window, a.decay, K_MAX)
         return user.item_ids, co, trig.item_ids, seq

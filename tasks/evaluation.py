@@ -136,8 +136,10 @@ def _with_blend(run: dict, extracted: dict, snapshot, coengagement: dict, tmp: P
     snapshot.coengagement = table
     snapshot.check()
     return {"blend_w_coengagement": cfg.weights.coengagement, "blend_w_trigger": cfg.weights.trigger,
+            "blend_w_trending": cfg.weights.trending,
             "blend_valid_recall@100": max(valid_recall.values(), default=None),
-            "blend_valid_recall@100_user": valid_recall.get(grid_key(0.0, 0.0)),
+            "blend_valid_recall@100_user": valid_recall.get(grid_key(0.0, 0.0),
+                                                            valid_recall.get(grid_key(0.0, 0.0, 0.0))),
             "coengagement_items": len(table), "coengagement_mb": round(table.nbytes / 2**20, 1)}
 
 

@@ -67,7 +67,7 @@ def choose_blend(model: Any, retriever: Any, index: Any, validation: Any, fit_ta
     if len(validation.users) == 0:  # nothing to choose on: user mode alone (the other weights 0)
         return BlendConfig(BlendWeights(coengagement=0.0, trigger=0.0), depth, triggers), {}
     q = model.user_embeddings(validation.users, validation.histories).numpy()
-    user, co, trig = blend_lists(retriever, fit_table, index, q, validation.histories, depth, triggers)
+    user, co, trig, trend = blend_lists(retriever, fit_table, index, q, validation.histories, depth, triggers)
     # items without a training event cannot be held out, so on validation they are only ever misses; where
     # the test period engages with them they are hits. Left in, they would tilt the weights against
     # the lists that find new items, so the weights are chosen on lists without them
@@ -75,7 +75,7 @@ def choose_blend(model: Any, retriever: Any, index: Any, validation: Any, fit_ta
                                          validation.valid["item_id"].to_numpy(np.int64)]))
     weights, valid_recall = choose_blend_weights(
         keep_only(user.item_ids, eligible), co, None if trig is None else keep_only(trig.item_ids, eligible),
-        fit_table.item_ids, validation.positives)
+        fit_table.item_ids, validation.positives, trending=trend)
     return BlendConfig(weights, depth, triggers), valid_recall
 
 

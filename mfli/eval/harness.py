@@ -318,12 +318,14 @@ def _run_mfli_blend(run: _SeedRun) -> dict:
     co, weights = sel.table, sel.config.weights
     t0 = time.perf_counter()
     q = model.user_embeddings(run.users, run.histories).numpy()
-    user, c, trig = blend_lists(retriever, co, view, q, run.histories, K_MAX, run.cfg.triggers)
+    user, c, trig, trend = blend_lists(retriever, co, view, q, run.histories, K_MAX, run.cfg.triggers)
     u, t = user.item_ids, trig.item_ids
-    ids, _ = blend(u, c, t, weights, co.item_ids, K_MAX)
+    ids, _ = blend(u, c, t, weights, co.item_ids, K_MAX, trend)
     query_s = time.perf_counter() - t0
     out = run.evaluate(ids)
-    for name, part in (("user", u), ("coengagement", c), ("trigger", t)):
+    for name, part in (("user", u), ("coengagement", c), ("trigger", t), ("trending", trend)):
+        if part is None:
+            continue
         res = run.evaluate(part)
         out[f"part:{name}/recall@100"] = res["recall@100"]
         out[f"part:{name}/cold_recall@100"] = res["cold_recall@100"]

@@ -17,6 +17,7 @@ Usage::
 
     co = build_coengagement(train_events, valid=validation_set(train_events))
     ids, scores = co.retrieve(histories, k=200)          # (B, k) ids, -1 padding; history excluded
+    co.trending                                          # the latest events' most engaged items
     co.save("coengagement.npz"); CoEngagement.load("coengagement.npz")
 """
 
@@ -63,6 +64,8 @@ class CoEngagement:
             None; when set, the CSR arrays are empty and every weight, negative ones included, scores.
         dense_scale: what ``dense`` is multiplied by to give the weights (it brings the largest weight
             near float16's top, so small weights stay out of its subnormal range).
+        trending: ``(n,)`` int64 ids of the items most engaged with in the latest training events, best
+            first (:mod:`mfli.index.trending`; blend mode's fourth list), or None (tables saved before it).
     """
 
     item_ids: np.ndarray
@@ -73,10 +76,11 @@ class CoEngagement:
     param: float = 0.0
     dense: np.ndarray | None = None
     dense_scale: float = 1.0
+    trending: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.item_ids, self.indptr, self.cols, self.weights, self.dense)
+        arrays = (self.item_ids, self.indptr, self.cols, self.weights, self.dense, self.trending)
         return int(sum(a.nbytes for a in arrays if a is not None))
 
     def __len__(self) -> int:
@@ -141,6 +145,8 @@ class CoEngagement:
         """Write the table as an npz (no pickles); returns the path."""
         path = Path(path)
         extra = {} if self.dense is None else {"dense": self.dense}
+        if self.trending is not None:
+            extra["trending"] = np.asarray(self.trending, np.int64)
         np.savez(path, item_ids=self.item_ids, indptr=self.indptr, cols=self.cols, weights=self.weights,
                  meta=np.array([self.method, repr(float(self.param)), repr(float(self.dense_scale))]), **extra)
         return path
@@ -155,7 +161,9 @@ class CoEngagement:
             method, param = meta[:2]
             scale = float(meta[2]) if len(meta) > 2 else 1.0  # tables saved before float16: float32, unscaled
             dense = z["dense"] if "dense" in z.files else None
-            return cls(z["item_ids"], z["indptr"], z["cols"], z["weights"], method, float(param), dense, scale)
+            trending = z["trending"] if "trending" in z.files else None  # tables saved before it: none
+            return cls(z["item_ids"], z["indptr"], z["cols"], z["weights"], method, float(param), dense, scale,
+                       trending)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -257,7 +265,7 @@ def _top_rows(W, neighbours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def build_coengagement(train: pd.DataFrame, valid=None, cfg: CoEngagementConfig | None = None,
                        param: float | None = None) -> CoEngagement:
-    """Learn the table from ``train`` events (user_id, item_id).
+    """Learn the table from ``train`` events (user_id, item_id; event_ts for the trending list).
 
     Args:
         valid: a :class:`~mfli.eval.validation.ValidationSet` of ``train``: chooses EASE's lambda or
@@ -266,8 +274,10 @@ def build_coengagement(train: pd.DataFrame, valid=None, cfg: CoEngagementConfig 
     """
     from mfli.baselines.ease import Ease, EaseConfig
     from mfli.baselines.itemknn import ItemKNN, ItemKNNConfig
+    from mfli.index.trending import trending_items
 
     cfg = cfg or CoEngagementConfig()
+    trending = trending_items(train)
     if cfg.method not in ("auto", "ease", "itemknn"):
         raise ValueError(f"CoEngagementConfig.method must be auto, ease or itemknn, got {cfg.method!r}")
     n_items = int(train["item_id"].nunique())
@@ -285,10 +295,12 @@ def build_coengagement(train: pd.DataFrame, valid=None, cfg: CoEngagementConfig 
         if W.size * 2 <= cfg.keep_dense_gb * 2**30:
             empty = (np.zeros(len(item_ids) + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
             dense, scale = to_half(W)
-            return CoEngagement(np.asarray(item_ids, np.int64), *empty, "ease", float(chosen), dense, scale)
+            return CoEngagement(np.asarray(item_ids, np.int64), *empty, "ease", float(chosen), dense, scale,
+                                trending)
     else:
         knn = ItemKNN(ItemKNNConfig(neighbours=None if param is None else int(param)))
         knn.fit(train, valid=valid if param is None else None)
         item_ids, W, chosen = knn.item_ids, knn.S, knn.neighbours
     indptr, cols, weights = _top_rows(W, cfg.neighbours)
-    return CoEngagement(np.asarray(item_ids, np.int64), indptr, cols, weights, method, float(chosen))
+    return CoEngagement(np.asarray(item_ids, np.int64), indptr, cols, weights, method, float(chosen),
+                        trending=trending)

@@ -1,19 +1,23 @@
 """Blend mode: user mode, co-engagement lists and trigger lists fused into one ranked list.
 
-Three ranked candidate lists per request, each cheap to produce without ANN search:
+Four ranked candidate lists per request, each cheap to produce without ANN search:
 
 - ``user``: user mode (codebook / scan engine; ``q . e`` over the reached clusters);
 - ``coengagement``: the items the request's history points to in the co-engagement table
   (:mod:`mfli.index.coengagement`, learned from events: the item-item signal the towers miss);
 - ``trigger``: trigger mode from the engine's neighbour lists (embedding neighbours of the recent items,
-  new items included).
+  new items included);
+- ``trending``: the items most engaged with in the latest 10% of the training events, the same for
+  everyone minus the history (:mod:`mfli.index.trending`, carried by the co-engagement table): what
+  none of the per-user lists knows, and what a hold-out in time rewards.
 
 They are fused by weighted reciprocal-rank fusion (Cormack et al. 2009): item i scores
 ``sum_l w_l / (RRF_K + rank_l(i))`` over the lists it appears in (rank 0 = best; ``w_user`` = 1).
-Ranks, not scores, because the three scores live on unrelated scales. Items without training events
-have no co-engagement row, so the co-engagement weight would always pass them by; they take that share
-at their better rank in the user and trigger lists instead (:attr:`BlendWeights.new_items_best_rank`),
-as if the co-engagement list agreed with the list that ranks them best, which keeps new items reachable.
+Ranks, not scores, because the scores live on unrelated scales. Items without training events have no
+co-engagement row and are never trending, so those two weights would always pass them by; they take
+both shares at their better rank in the user and trigger lists instead
+(:attr:`BlendWeights.new_items_best_rank`), as if those lists agreed with the list that ranks them best,
+which keeps new items reachable.
 The weights are chosen on the validation split (:func:`choose_blend_weights`,
 :func:`mfli.eval.blend_select.select_blend`).
 
@@ -37,17 +41,20 @@ COENGAGEMENT_GRID = (0.0, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
 # the earlier (0, 0.2, 0.5) grid, on every seed; with 1 and 2 it picks 1.0 there (recall@100 0.3611 ->
 # 0.3687, seed 0) and the same weights as before on amazon-scientific / last and ml-latest-small / user_time
 TRIGGER_GRID = (0.0, 0.2, 0.5, 1.0, 2.0)
+# the trending list is one ranking for everyone: at most as strong as user mode
+TRENDING_GRID = (0.0, 0.2, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
 class BlendWeights:
-    """Weights of the co-engagement and trigger lists, relative to user mode's 1."""
+    """Weights of the co-engagement, trigger and trending lists, relative to user mode's 1."""
 
     coengagement: float = 0.5
     trigger: float = 0.2
-    # items without training events take the co-engagement weight at their better rank in the user and
-    # trigger lists (the co-engagement table cannot rank them)
+    # items without training events take the co-engagement and trending weights at their better rank in
+    # the user and trigger lists (neither of those two lists can hold them)
     new_items_best_rank: bool = True
+    trending: float = 0.0  # 0: blend configs written before the list existed leave it out
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,7 +72,7 @@ class BlendConfig:
         if isinstance(self.weights, Mapping):  # from JSON
             object.__setattr__(self, "weights", BlendWeights(**self.weights))
         w = self.weights
-        if not (w.coengagement >= 0 and w.trigger >= 0):
+        if not (w.coengagement >= 0 and w.trigger >= 0 and w.trending >= 0):
             raise ValueError(f"blend weights must be >= 0, got {w}")
         if self.depth < 1 or self.triggers < 0:
             raise ValueError(f"blend depth must be >= 1 and triggers >= 0, got {self.depth} / {self.triggers}")
@@ -75,7 +82,7 @@ class BlendConfig:
 
 
 #: the lists a blended item can come from, as bits of :attr:`BlendResult.sources`
-SOURCES = ("user", "coengagement", "trigger")
+SOURCES = ("user", "coengagement", "trigger", "trending")
 
 
 @dataclass
@@ -104,8 +111,8 @@ class BlendResult:
 
 
 def blend_lists(retriever: Any, table: Any, index: Any, queries: np.ndarray, histories: Sequence[np.ndarray],
-                depth: int, triggers: int) -> tuple[Any, np.ndarray, Any]:
-    """The three ranked lists of each request, each ``depth`` long, histories excluded.
+                depth: int, triggers: int, trending: bool = True) -> tuple[Any, np.ndarray, Any, np.ndarray | None]:
+    """The four ranked lists of each request, each ``depth`` long, histories excluded.
 
     Args:
         retriever: the snapshot's retriever (``retrieve_users`` / ``retrieve_triggers``) over ``index``.
@@ -114,26 +121,18 @@ def blend_lists(retriever: Any, table: Any, index: Any, queries: np.ndarray, his
         queries: ``(B, F, d)`` user-tower queries; histories: B arrays of item ids, oldest first.
 
     Returns:
-        the user-mode result, co-engagement ids ``(B, depth)`` (-1 padding) and the trigger-mode
-        result over each history's last ``triggers`` items (None when ``triggers`` is 0).
+        the user-mode result, co-engagement ids ``(B, depth)`` (-1 padding), the trigger-mode result
+        over each history's last ``triggers`` items (None when ``triggers`` is 0) and trending ids
+        ``(B, depth)`` (None when the table has no trending list or ``trending`` is False).
     """
+    from mfli.index.trending import trending_lists
+
     B = len(histories)
     user = retriever.retrieve_users(queries, depth, exclude=histories)
-    co = table.retrieve(histories, depth, exclude=histories)[0]
-    live = co >= 0
-    if live.any():
-        rows = np.full(co.shape, -1, np.int64)
-        rows[live] = index.rows_of(co[live])
-        removed = index.removed_mask() if hasattr(index, "removed_mask") else None
-        ok = rows >= 0
-        if removed is not None:
-            ok &= ~removed[rows]
-        if not ok[live].all():  # keep the order, drop the gaps
-            kept = np.full(co.shape, -1, np.int64)
-            for b in range(B):
-                r = co[b][ok[b]]
-                kept[b, : len(r)] = r
-            co = kept
+    co = _served(index, table.retrieve(histories, depth, exclude=histories)[0])
+    trend = None
+    if trending and getattr(table, "trending", None) is not None:
+        trend = _served(index, trending_lists(table.trending, histories, depth))
     trig = None
     if triggers > 0:
         lists = [np.asarray(h, np.int64)[-triggers:] for h in histories]
@@ -151,7 +150,27 @@ def blend_lists(retriever: Any, table: Any, index: Any, queries: np.ndarray, his
                 part = retriever.retrieve_triggers([lists[b] for b in sel], tk,
                                                    exclude=[histories[b] for b in sel])
                 trig = _expand(part, sel, B)
-    return user, co, trig
+    return user, co, trig, trend
+
+
+def _served(index: Any, ids: np.ndarray) -> np.ndarray:
+    """``ids (B, K)`` with the items ``index`` no longer serves (tombstoned, never indexed) dropped, order kept."""
+    live = ids >= 0
+    if not live.any():
+        return ids
+    rows = np.full(ids.shape, -1, np.int64)
+    rows[live] = index.rows_of(ids[live])
+    removed = index.removed_mask() if hasattr(index, "removed_mask") else None
+    ok = rows >= 0
+    if removed is not None:
+        ok &= ~removed[rows]
+    if ok[live].all():
+        return ids
+    kept = np.full(ids.shape, -1, np.int64)  # keep the order, drop the gaps
+    for b in range(ids.shape[0]):
+        r = ids[b][ok[b]]
+        kept[b, : len(r)] = r
+    return kept
 
 
 def _expand(res: Any, sel: np.ndarray, B: int) -> Any:
@@ -176,9 +195,11 @@ def retrieve_blend(retriever: Any, table: Any, index: Any, cfg: BlendConfig, que
     from mfli.serve.blend_kernels import first_positions
 
     depth = max(cfg.depth, k)
-    user, co, trig = blend_lists(retriever, table, index, queries, histories, depth, cfg.triggers)
+    # a zero weight leaves the list out of the answer: not read, and not reported as a source
+    user, co, trig, trend = blend_lists(retriever, table, index, queries, histories, depth, cfg.triggers,
+                                        trending=cfg.weights.trending > 0)
     ids, scores = blend(user.item_ids, co, None if trig is None else trig.item_ids, cfg.weights,
-                        table.item_ids, k)
+                        table.item_ids, k, trend)
     B = ids.shape[0]
     sources = np.zeros((B, k), np.uint8)
     facet = np.full((B, k), -1, np.int16)
@@ -194,8 +215,10 @@ def retrieve_blend(retriever: Any, table: Any, index: Any, cfg: BlendConfig, que
         facet[b, j] = res.facet[b, pos[b, j]]
         cluster[b, j] = res.cluster[b, pos[b, j]]
     sources |= ((first_positions(ids, np.ascontiguousarray(co, np.int64)) >= 0) << 1).astype(np.uint8)
+    if trend is not None:
+        sources |= ((first_positions(ids, np.ascontiguousarray(trend, np.int64)) >= 0) << 3).astype(np.uint8)
     missing = (ids >= 0) & (facet < 0)
-    if missing.any():  # co-engagement only: the item's cluster in the first facet
+    if missing.any():  # co-engagement or trending only: the item's cluster in the first facet
         facet[missing] = 0
         cluster[missing] = _first_facet_cluster(index, index.rows_of(ids[missing]))
     return BlendResult(ids, scores, sources, facet, cluster, user.item_ids)
@@ -214,11 +237,12 @@ def _first_facet_cluster(index: Any, rows: np.ndarray) -> np.ndarray:
 
 
 def blend(user: np.ndarray, coengagement: np.ndarray | None, trigger: np.ndarray | None,
-          weights: BlendWeights, known: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+          weights: BlendWeights, known: np.ndarray, k: int,
+          trending: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fuse ranked id lists into the top k (one compiled call, :func:`mfli.serve.blend_kernels.fuse`).
 
     Args:
-        user, coengagement, trigger: ``(B, K_l)`` int64 ranked ids, -1 padding (None: list absent).
+        user, coengagement, trigger, trending: ``(B, K_l)`` int64 ranked ids, -1 padding (None: list absent).
         known: sorted int64 ids of the items with a co-engagement row (the items with training events).
 
     Returns:
@@ -231,36 +255,42 @@ def blend(user: np.ndarray, coengagement: np.ndarray | None, trigger: np.ndarray
     none = np.zeros((B, 0), np.int64)
     co = none if coengagement is None else np.ascontiguousarray(coengagement, np.int64)
     trig = none if trigger is None else np.ascontiguousarray(trigger, np.int64)
-    credit_new = bool(weights.new_items_best_rank and weights.coengagement > 0)
-    return fuse(np.ascontiguousarray(user, np.int64), co, trig, float(weights.coengagement), float(weights.trigger),
-                credit_new, np.ascontiguousarray(known, np.int64), int(k), RRF_K)
+    trend = none if trending is None else np.ascontiguousarray(trending, np.int64)
+    w_trend = float(weights.trending) if trending is not None else 0.0
+    credit_new = bool(weights.new_items_best_rank and weights.coengagement + w_trend > 0)
+    return fuse(np.ascontiguousarray(user, np.int64), co, trig, trend, float(weights.coengagement),
+                float(weights.trigger), w_trend, credit_new, np.ascontiguousarray(known, np.int64), int(k), RRF_K)
 
 
-def grid_key(coengagement: float, trigger: float) -> str:
-    """The key of a weight pair in :func:`choose_blend_weights`' table (``"0/0"``: user mode alone)."""
-    return f"{coengagement:g}/{trigger:g}"
+def grid_key(coengagement: float, trigger: float, trending: float | None = None) -> str:
+    """The key of a grid point in :func:`choose_blend_weights`' table (``"0/0"``: user mode alone;
+    ``"co/trigger/trending"`` when a trending list takes part)."""
+    key = f"{coengagement:g}/{trigger:g}"
+    return key if trending is None else f"{key}/{trending:g}"
 
 
 def choose_blend_weights(user: np.ndarray, coengagement: np.ndarray, trigger: np.ndarray | None,
                          known: np.ndarray, positives: Sequence[np.ndarray], k: int = 100,
                          coengagement_grid: Sequence[float] = COENGAGEMENT_GRID,
-                         trigger_grid: Sequence[float] = TRIGGER_GRID) -> tuple[BlendWeights, dict]:
+                         trigger_grid: Sequence[float] = TRIGGER_GRID, trending: np.ndarray | None = None,
+                         trending_grid: Sequence[float] = TRENDING_GRID) -> tuple[BlendWeights, dict]:
     """The grid point with the best validation recall@k (ties: the smaller weights, user mode first).
 
     The lists are those of the validation users (queries = their fit histories); ``positives`` their
-    held-out items. Returns the weights and ``{"coengagement/trigger": recall}`` for every point.
+    held-out items. Returns the weights and ``{"coengagement/trigger[/trending]": recall}`` for every point.
     """
     from mfli.eval.metrics import recall_at_k
 
     table: dict[str, float] = {}
-    best: tuple[float, float, float] | None = None
+    best: tuple[float, float, float, float] | None = None
     for wc in coengagement_grid:
         for wt in (trigger_grid if trigger is not None else (0.0,)):
-            w = BlendWeights(coengagement=wc, trigger=wt)
-            ids, _ = blend(user, coengagement, trigger, w, known, k)
-            r = recall_at_k(ids, positives, k)
-            table[grid_key(wc, wt)] = r
-            if best is None or r > best[0] + 1e-12:
-                best = (r, wc, wt)
+            for wp in (trending_grid if trending is not None else (0.0,)):
+                w = BlendWeights(coengagement=wc, trigger=wt, trending=wp)
+                ids, _ = blend(user, coengagement, trigger, w, known, k, trending)
+                r = recall_at_k(ids, positives, k)
+                table[grid_key(wc, wt, None if trending is None else wp)] = r
+                if best is None or r > best[0] + 1e-12:
+                    best = (r, wc, wt, wp)
     assert best is not None
-    return BlendWeights(coengagement=best[1], trigger=best[2]), table
+    return BlendWeights(coengagement=best[1], trigger=best[2], trending=best[3]), table

@@ -52,36 +52,37 @@ def _top_by_score(score: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
 
 
 @nb.njit(**_OPTS)
-def fuse(user: np.ndarray, co: np.ndarray, trig: np.ndarray, w_co: float, w_trig: float, credit_new: bool,
-         known: np.ndarray, k: int, rrf_k: int) -> tuple[np.ndarray, np.ndarray]:
+def fuse(user: np.ndarray, co: np.ndarray, trig: np.ndarray, trend: np.ndarray, w_co: float, w_trig: float,
+         w_trend: float, credit_new: bool, known: np.ndarray, k: int, rrf_k: int) -> tuple[np.ndarray, np.ndarray]:
     """Weighted reciprocal-rank fusion of ranked id lists (:func:`mfli.serve.blend.blend`).
 
     Args:
-        user, co, trig: ``(B, K_l)`` int64 ranked ids, -1 padding (an absent list: ``(B, 0)``).
-        w_co, w_trig: the lists' weights (user mode's is 1); a zero weight leaves its list out.
-        credit_new: ids not in ``known`` (sorted int64) take ``w_co`` at their better rank in the user
-            and trigger lists.
+        user, co, trig, trend: ``(B, K_l)`` int64 ranked ids, -1 padding (an absent list: ``(B, 0)``).
+        w_co, w_trig, w_trend: the lists' weights (user mode's is 1); a zero weight leaves its list out.
+        credit_new: ids not in ``known`` (sorted int64) take ``w_co + w_trend`` (the weights of the two
+            lists that only hold items with events) at their better rank in the user and trigger lists.
 
     Returns:
         ``(B, k)`` ids (-1 padding) and float32 scores (-inf padding): each id's ``sum w / (rrf_k + rank)``
-        summed in float64 in list order (user, co-engagement, trigger, new-item credit), best first,
-        ties by lower id.
+        summed in float64 in list order (user, co-engagement, trigger, trending, new-item credit), best
+        first, ties by lower id.
     """
     B = user.shape[0]
     ids = np.full((B, k), -1, np.int64)
     sc = np.full((B, k), -np.inf, np.float32)
-    cap = user.shape[1] + co.shape[1] + trig.shape[1] + 1
+    cap = user.shape[1] + co.shape[1] + trig.shape[1] + trend.shape[1] + 1
     table, stamp, where, mask = _new_table(cap)
     uid = np.empty(cap, np.int64)
     score = np.empty(cap, np.float64)
     best = np.empty(cap, np.int64)  # an id's best rank in the user and trigger lists (the credit), else -1
-    weights = (1.0, w_co, w_trig)
+    weights = (1.0, w_co, w_trig, w_trend)
+    w_new = w_co + w_trend
     for b in range(B):
         u = 0
-        for li in range(3):  # list order is summation order: user, co-engagement, trigger
-            lst = user if li == 0 else (co if li == 1 else trig)
+        for li in range(4):  # list order is summation order: user, co-engagement, trigger, trending
+            lst = user if li == 0 else (co if li == 1 else (trig if li == 2 else trend))
             w = weights[li]
-            if li == 1 and w == 0.0:
+            if (li == 1 or li == 3) and w == 0.0:
                 continue
             r = 0
             for j in range(lst.shape[1]):
@@ -100,7 +101,7 @@ def fuse(user: np.ndarray, co: np.ndarray, trig: np.ndarray, w_co: float, w_trig
                 i = where[p]
                 # an unweighted trigger list only records ranks for the credit (adding 0.0 changes no sum)
                 score[i] += w / (rrf_k + r)
-                if li != 1 and (best[i] < 0 or r < best[i]):
+                if (li == 0 or li == 2) and (best[i] < 0 or r < best[i]):
                     best[i] = r
                 r += 1
         if credit_new:
@@ -109,7 +110,7 @@ def fuse(user: np.ndarray, co: np.ndarray, trig: np.ndarray, w_co: float, w_trig
                     continue
                 q = np.searchsorted(known, uid[i])
                 if q == known.size or known[q] != uid[i]:
-                    score[i] += w_co / (rrf_k + best[i])
+                    score[i] += w_new / (rrf_k + best[i])
         if w_trig == 0.0:  # an id only the (unweighted) trigger list held, and no credit: not a candidate
             m = 0
             for i in range(u):  # every other id has a positive sum (weights are >= 0, zero ones unused)

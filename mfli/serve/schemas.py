@@ -146,7 +146,7 @@ class Item(BaseModel):
     cluster: int
     trigger: int | None = Field(None, description="trigger mode: the recent item that led here")
     path_rank: int | None = Field(None, description="user mode: rank of the beam path that led here")
-    sources: list[Literal["user", "coengagement", "trigger"]] | None = Field(
+    sources: list[Literal["user", "coengagement", "trigger", "trending"]] | None = Field(
         None, description="blend mode: the lists that held the item")
 
 

@@ -184,9 +184,9 @@ def test_new_item_weight_methods_serve_mfli_model_and_index(small_catalogue, tra
 
 
 def test_blend_serves_mfli_model_and_reports_its_lists_and_chosen_weights(small_catalogue, training_runs):
-    """mfli_blend fuses user mode, co-engagement and trigger lists of mfli's own model (trained once),
-    with the weights at the best validation point of the grid."""
-    from mfli.serve.blend import COENGAGEMENT_GRID, TRIGGER_GRID
+    """mfli_blend fuses user mode, co-engagement, trigger and trending lists of mfli's own model (trained
+    once), with the weights at the best validation point of the grid."""
+    from mfli.serve.blend import COENGAGEMENT_GRID, TRENDING_GRID, TRIGGER_GRID
 
     trained = training_runs
     cfg = QualityConfig(methods=("mfli", "mfli_blend", "ease"), split="time", seeds=1, epochs=1, num_threads=1,
@@ -194,12 +194,12 @@ def test_blend_serves_mfli_model_and_reports_its_lists_and_chosen_weights(small_
     res = run_quality(small_catalogue, cfg, log=lambda s: None)
     assert len(trained) == 1
     b = res["mfli_blend"]
-    wc, wt = b["blend_w:coengagement"]["mean"], b["blend_w:trigger"]["mean"]
-    assert wc in COENGAGEMENT_GRID and wt in TRIGGER_GRID
+    wc, wt, wp = (b[f"blend_w:{name}"]["mean"] for name in ("coengagement", "trigger", "trending"))
+    assert wc in COENGAGEMENT_GRID and wt in TRIGGER_GRID and wp in TRENDING_GRID
     table = {k.split(":", 1)[1]: v["mean"] for k, v in b.items() if k.startswith("valid_recall:")}
-    assert len(table) == len(COENGAGEMENT_GRID) * len(TRIGGER_GRID)
-    assert table[f"{wc:g}/{wt:g}"] == max(table.values())
-    for part in ("user", "coengagement", "trigger"):
+    assert len(table) == len(COENGAGEMENT_GRID) * len(TRIGGER_GRID) * len(TRENDING_GRID)
+    assert table[f"{wc:g}/{wt:g}/{wp:g}"] == max(table.values())
+    for part in ("user", "coengagement", "trigger", "trending"):
         assert 0.0 <= b[f"part:{part}/recall@100"]["mean"] <= 1.0
     # the co-engagement list is EASE's ranking on this small catalogue (dense table, same lambda grid)
     assert b["coengagement_is_ease"]["mean"] == 1.0

@@ -149,3 +149,21 @@ def test_float16_widening_is_exact_for_every_bit_pattern():
     acc = np.zeros(bits.size, np.float32)
     _add_row(bits.reshape(1, -1), True, 0, acc, np.empty(bits.size, np.uint32))
     np.testing.assert_array_equal(acc[finite], bits.view(np.float16)[finite].astype(np.float32))
+
+
+def test_the_table_carries_the_trending_list_through_save_and_load(tmp_path):
+    days = [0, 0, 1, 1, 2, 9, 9, 9, 9, 9]
+    ev = pd.DataFrame({"user_id": [0, 1, 2, 3, 4, 0, 1, 2, 3, 4], "item_id": [1, 1, 1, 2, 2, 3, 3, 4, 2, 3],
+                       "event_ts": pd.to_datetime(days, unit="D", utc=True)})
+    co = build_coengagement(ev, param=10.0)
+    np.testing.assert_array_equal(co.trending, [3, 2, 4])  # the latest day's events (10% of 10: one, and its ties)
+    back = CoEngagement.load(co.save(tmp_path / "co.npz"))
+    np.testing.assert_array_equal(back.trending, co.trending)
+    assert co.nbytes == back.nbytes
+
+
+def test_a_table_saved_before_the_trending_list_loads_without_one(events, tmp_path):
+    co = build_coengagement(events, param=50.0)
+    np.savez(tmp_path / "old.npz", item_ids=co.item_ids, indptr=co.indptr, cols=co.cols, weights=co.weights,
+             meta=np.array([co.method, repr(co.param), repr(co.dense_scale)]), dense=co.dense)
+    assert CoEngagement.load(tmp_path / "old.npz").trending is None

@@ -77,13 +77,65 @@ def test_a_new_item_only_user_mode_found_takes_the_share_at_its_user_rank():
     assert got[3] == pytest.approx(1 / RRF_K)
 
 
+def test_new_items_take_the_trending_share_too():
+    """Neither the co-engagement nor the trending list can hold an item without events: a new item takes
+    both weights at its better rank in the user and trigger lists."""
+    user = _rows([3, 50])
+    trend = _rows([3, 4])
+    w = BlendWeights(coengagement=0.5, trigger=0.0, trending=1.0)
+    ids, sc = blend(user, _rows([3]), None, w, KNOWN, 4, trend)
+    got = dict(zip(ids[0].tolist(), sc[0].tolist()))
+    assert got[50] == pytest.approx(1 / (RRF_K + 1) + 1.5 / (RRF_K + 1))
+    assert got[3] == pytest.approx(1 / RRF_K + 0.5 / RRF_K + 1 / RRF_K)
+    assert got[4] == pytest.approx(1 / (RRF_K + 1))
+    only_trend = BlendWeights(coengagement=0.0, trigger=0.0, trending=1.0)
+    got = dict(zip(*[a[0].tolist() for a in blend(user, None, None, only_trend, KNOWN, 4, trend)]))
+    assert got[50] == pytest.approx(2 / (RRF_K + 1))
+
+
+def test_the_trending_weight_is_chosen_on_validation_recall():
+    user = _rows([1, 2], [2, 1], width=2)
+    trend = _rows([6, 5], [6, 5], width=2)  # the positive is the first trending item for both users
+    pos = [np.array([6]), np.array([6])]
+    w, table = choose_blend_weights(user, _rows([1], [2]), None, KNOWN, pos, k=2, coengagement_grid=(0.0,),
+                                    trending=trend, trending_grid=(0.0, 0.5, 1.0))
+    # at 0.5 the trending head scores below both user items; at 1 it ties user mode's head and enters
+    assert w.trending == 1.0 and w.coengagement == 0.0
+    assert table == {"0/0/0": 0.0, "0/0/0.5": 0.0, "0/0/1": 1.0}
+    w, table = choose_blend_weights(user, _rows([1], [2]), None, KNOWN, pos, k=2, coengagement_grid=(0.0,))
+    assert w.trending == 0.0 and list(table) == ["0/0"]  # no trending list: the earlier keys
+
+
+def test_blend_lists_serve_the_trending_list_without_history_or_removed_items():
+    from types import SimpleNamespace
+
+    from mfli.serve.blend import blend_lists
+
+    lists = SimpleNamespace(item_ids=np.array([[1, 2], [3, 4]]))
+    retriever = SimpleNamespace(retrieve_users=lambda q, k, exclude: lists)
+    removed = np.zeros(10, bool)
+    removed[4] = True  # item 14 is tombstoned
+    index = SimpleNamespace(rows_of=lambda ids: np.where(ids >= 10, ids - 10, -1), removed_mask=lambda: removed)
+    table = SimpleNamespace(retrieve=lambda h, k, exclude: (np.full((len(h), k), -1, np.int64), None),
+                            trending=np.array([14, 11, 12, 13, 15], np.int64))
+    _, _, _, trend = blend_lists(retriever, table, index, np.zeros((2, 1, 2)), [np.array([11]), np.array([13])],
+                                 depth=3, triggers=0)
+    np.testing.assert_array_equal(trend, [[12, 13, -1], [11, 12, -1]])
+    table.trending = None  # a table saved before the list
+    assert blend_lists(retriever, table, index, np.zeros((2, 1, 2)), [[11], [13]], 3, 0)[3] is None
+
+
 def test_blend_config_round_trips_through_the_serving_config():
     from mfli.serve.blend import BlendConfig
     from mfli.serve.config import ServingConfig
 
-    cfg = ServingConfig(blend=BlendConfig(BlendWeights(coengagement=0.7, trigger=0.2), depth=150, triggers=5))
+    cfg = ServingConfig(blend=BlendConfig(BlendWeights(coengagement=0.7, trigger=0.2, trending=0.5), depth=150,
+                                          triggers=5))
     back = ServingConfig.from_dict(cfg.to_dict())
-    assert back == cfg and back.blend.weights.coengagement == 0.7
+    assert back == cfg and back.blend.weights.coengagement == 0.7 and back.blend.weights.trending == 0.5
+    old = cfg.to_dict()
+    del old["blend"]["weights"]["trending"]  # written before the trending list: left out
+    assert ServingConfig.from_dict(old).blend.weights.trending == 0.0
     assert ServingConfig.from_dict(ServingConfig().to_dict()).blend is None  # off unless chosen
     bad = cfg.to_dict()
     bad["blend"]["weights"]["cooc"] = 1.0
@@ -93,6 +145,8 @@ def test_blend_config_round_trips_through_the_serving_config():
         BlendConfig(depth=0)
     with pytest.raises(ValueError, match=">= 0"):
         BlendConfig(BlendWeights(coengagement=-1.0))
+    with pytest.raises(ValueError, match=">= 0"):
+        BlendConfig(BlendWeights(trending=-0.5))
 
 
 def test_no_validation_users_means_user_mode_alone():

@@ -11,12 +11,13 @@ from mfli.serve.blend import RRF_K, BlendWeights, blend
 from mfli.serve.blend_kernels import best_distinct, first_positions
 
 
-def _reference_blend(user, coengagement, trigger, weights, known, k):
-    """The numpy fusion blend mode served before it was compiled."""
+def _reference_blend(user, coengagement, trigger, weights, known, k, trending=None):
+    """The numpy fusion blend mode served before it was compiled (the trending list added since)."""
     B = user.shape[0]
     ids = np.full((B, k), -1, np.int64)
     sc = np.full((B, k), -np.inf, np.float32)
-    credit_new = weights.new_items_best_rank and weights.coengagement > 0
+    w_trend = weights.trending if trending is not None else 0.0
+    credit_new = weights.new_items_best_rank and weights.coengagement + w_trend > 0
     for b in range(B):
         parts, gains = [], []
         urow = user[b][user[b] >= 0]
@@ -30,6 +31,10 @@ def _reference_blend(user, coengagement, trigger, weights, known, k):
         if weights.trigger and len(trow):
             parts.append(trow)
             gains.append(weights.trigger / (RRF_K + np.arange(len(trow))))
+        if w_trend:
+            prow = trending[b][trending[b] >= 0]
+            parts.append(prow)
+            gains.append(w_trend / (RRF_K + np.arange(len(prow))))
         if credit_new:
             cand = np.concatenate([urow, trow])
             rank = np.concatenate([np.arange(len(urow)), np.arange(len(trow))])
@@ -41,7 +46,7 @@ def _reference_blend(user, coengagement, trigger, weights, known, k):
                 first = np.ones(len(cand), bool)
                 first[1:] = cand[1:] != cand[:-1]
                 parts.append(cand[first])
-                gains.append(weights.coengagement / (RRF_K + rank[first]))
+                gains.append((weights.coengagement + w_trend) / (RRF_K + rank[first]))
         allid = np.concatenate(parts)
         if not len(allid):
             continue
@@ -80,6 +85,28 @@ def test_fusion_matches_the_numpy_reference(seed):
             want = _reference_blend(user, c, t, w, known, k)
             np.testing.assert_array_equal(got[0], want[0])
             np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fusion_with_a_trending_list_matches_the_numpy_reference(seed):
+    rng = np.random.default_rng(100 + seed)
+    pool = rng.choice(10**12, 300, replace=False).astype(np.int64)
+    known = np.sort(rng.choice(pool, 200, replace=False))
+    B, D, k = 40, 60, 25
+    user, co, trig = _ranked(rng, B, D, pool), _ranked(rng, B, D, known), _ranked(rng, B, 30, pool)
+    trend = _ranked(rng, B, 50, known)
+    for w in (BlendWeights(0.5, 0.2, trending=0.5), BlendWeights(0.0, 0.5, trending=1.0),
+              BlendWeights(0.0, 0.0, trending=0.2), BlendWeights(0.7, 0.5, trending=0.0),
+              BlendWeights(1.0, 1.0, new_items_best_rank=False, trending=0.5)):
+        for c, t in ((co, trig), (None, trig), (co, None)):
+            got = blend(user, c, t, w, known, k, trend)
+            want = _reference_blend(user, c, t, w, known, k, trend)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+    # a zero trending weight, or no trending list, gives exactly the three-list fusion
+    w0 = BlendWeights(0.5, 0.2, trending=0.0)
+    for a, b in zip(blend(user, co, trig, w0, known, k, trend), blend(user, co, trig, w0, known, k)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_fusion_ties_go_to_the_lower_id():

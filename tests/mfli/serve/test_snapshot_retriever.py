@@ -4,6 +4,7 @@ corrupt snapshots refused while the previous one keeps serving, user features, f
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -343,6 +344,16 @@ def test_blend_mode_needs_a_table_and_is_auto_where_served(artifacts, tiny_datas
     assert all(it["facet"] in obj.facets and it["cluster"] >= 0 for it in auto["items"])
     assert all(it["sources"] == ["user"] for it in user["items"])
     assert obj.metadata()["blend"]["depth"] == 20
+    from mfli.serve.blend import BlendWeights
+
+    # with a trending weight, a user without history still gets the latest events' most engaged items
+    trending = _blend_snapshot(artifacts, tiny_dataset)
+    trending.serving = dataclasses.replace(trending.serving, blend=dataclasses.replace(
+        trending.serving.blend, weights=BlendWeights(coengagement=3.0, trigger=0.5, trending=1.0)))
+    [fresh] = SnapshotRetriever(trending).retrieve_batch([RetrievalRequest(user_id=4, k=10)])
+    assert any("trending" in it["sources"] for it in fresh["items"])
+    assert {it["item_id"] for it in fresh["items"] if "trending" in it["sources"]} <= set(
+        trending.coengagement.trending.tolist())
     with pytest.raises(RequestError, match="give recent_items, a user_id or user_features"):
         obj.retrieve(RetrievalRequest(k=5))
 
