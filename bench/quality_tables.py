@@ -38,11 +38,13 @@ def blend_table(results: dict) -> str:
         return f"{v['mean']:.4f}" + (f" ± {v['std']:.4f}" if len(v["values"]) > 1 else "")
 
     rows = ["| list | recall@100 | cold_recall@100 |", "|---|---|---|"]
-    for part in ("user", "coengagement", "trigger"):
+    for part in ("user", "coengagement", "trigger", "trending"):
+        if f"part:{part}/recall@100" not in b:  # runs before the trending list
+            continue
         rows.append(f"| {part} | {m(f'part:{part}/recall@100')} | {m(f'part:{part}/cold_recall@100')} |")
     rows.append(f"| **blend** | {m('recall@100')} | {m('cold_recall@100')} |")
     w = ", ".join(f"{k.split(':')[1]} {v}" for k, v in
-                  ((k, "/".join(f"{x:g}" for x in b[k]["values"])) for k in ("blend_w:coengagement", "blend_w:trigger")))
+                  ((k, "/".join(f"{x:g}" for x in b[k]["values"])) for k in ("blend_w:coengagement", "blend_w:trigger", "blend_w:trending") if k in b))
     kind = "EASE" if b["coengagement_is_ease"]["mean"] == 1 else "item-kNN"
     extra = [(f"weights chosen per seed: {w}; co-engagement from {kind} "
              f"({'/'.join(f'{x:g}' for x in b['coengagement_param']['values'])}), "
