@@ -1,4 +1,4 @@
-"""Blend mode: user mode, co-engagement lists and trigger lists fused into one ranked list.
+"""Blend mode: user mode, co-engagement, trigger and trending lists fused into one ranked list.
 
 Four ranked candidate lists per request, each cheap to produce without ANN search:
 
