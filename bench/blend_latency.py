@@ -7,7 +7,8 @@ the cutoff are served from a delta, as between two daily snapshots), at each bat
 
 - ``user``: user mode alone (``retrieve_users``, k = 200, the blend's depth);
 - ``coengagement``: the co-engagement table's lists; ``trigger``: trigger mode from neighbour lists;
-- ``fuse``: :func:`mfli.serve.blend.blend` over the three lists;
+  ``trending``: the trending list minus each history (read only when its chosen weight is above 0);
+- ``fuse``: :func:`mfli.serve.blend.blend` over the four lists;
 - ``blend``: :func:`mfli.serve.blend.retrieve_blend`, all of it (lists, fusion, explanations), k = 100.
 
 Every step runs over the same requests, one after the other, each a few times (median reported)::
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     from mfli.data.loaders import load_dataset
+    from mfli.index.trending import trending_lists
     from mfli.serve.blend import blend, retrieve_blend
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,12 +80,14 @@ def main(argv: list[str] | None = None) -> dict:
         batches = [(q[a:a + bs], hists[a:a + bs]) for a in range(0, n, bs)]
         trig_in = [(h, [np.asarray(x, np.int64)[-cfg.triggers:] for x in h]) for _, h in batches]
         lists = [(retriever.retrieve_users(qb, depth, exclude=h).item_ids, table.retrieve(h, depth, exclude=h)[0],
-                  retriever.retrieve_triggers(t, depth, exclude=h).item_ids) for (qb, h), (_, t) in zip(batches, trig_in)]
+                  retriever.retrieve_triggers(t, depth, exclude=h).item_ids, trending_lists(table.trending, h, depth))
+                 for (qb, h), (_, t) in zip(batches, trig_in)]
         steps = {
             "user": (lambda b: retriever.retrieve_users(b[0], depth, exclude=b[1]), batches),
             "coengagement": (lambda b: table.retrieve(b[1], depth, exclude=b[1]), batches),
             "trigger": (lambda b: retriever.retrieve_triggers(b[1], depth, exclude=b[0]), trig_in),
-            "fuse": (lambda b: blend(*b, cfg.weights, table.item_ids, 100), lists),
+            "trending": (lambda b: trending_lists(table.trending, b[1], depth), batches),
+            "fuse": (lambda b: blend(*b[:3], cfg.weights, table.item_ids, 100, b[3]), lists),
             "blend": (lambda b: retrieve_blend(retriever, table, view, cfg, b[0], b[1], 100), batches),
         }
         for name, (fn, arg) in steps.items():
