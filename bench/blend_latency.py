@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
            "coengagement": {"method": table.method, "items": len(table), "mb": table.nbytes / 2**20},
            "blend": cfg.to_dict(), "rows": rows}
     print(f"{ds.name} / {args.split}: {len(ds.items):,} items ({len(run.new_items):,} in the delta), {n} requests; co-engagement {table.method} over {len(table):,} "
-          f"items ({table.nbytes / 2**20:.0f} MB); weights {cfg.weights.coengagement:g} / {cfg.weights.trigger:g}\n")
+          f"items ({table.nbytes / 2**20:.0f} MB); weights {cfg.weights.coengagement:g} / {cfg.weights.trigger:g} / {cfg.weights.trending:g}\n")
     print("| batch | step | ms / request | requests/s | / user mode |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['batch']} | {r['step']} | {r['ms_per_request']:.3f} | {r['requests_per_s']:,.0f} | "
