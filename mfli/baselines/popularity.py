@@ -94,14 +94,25 @@ class Popularity:
         excl = user_histories if exclude == "history" else exclude
         if excl is not None and len(excl) != Bq:
             raise ValueError(f"exclude has {len(excl)} entries for {Bq} queries")
-        ex_sets = [set(e) for e in excl] if excl is not None else [set()] * Bq
-        m = min(len(self.item_ids), k + max((len(e) for e in ex_sets), default=0))
-        head, head_sc = self.item_ids[:m], self.scores[:m].astype(np.float32)
+        pos = ranked_positions(self.item_ids, excl, Bq, k)
+        hit = pos >= 0
         ids = np.full((Bq, k), -1, dtype=np.int64)
         sc = np.full((Bq, k), -np.inf, dtype=np.float32)
-        for r, e in enumerate(ex_sets):
-            keep = ~np.isin(head, np.fromiter(e, dtype=np.int64, count=len(e))) if e else np.ones(m, bool)
-            got = head[keep][:k]
-            ids[r, : len(got)] = got
-            sc[r, : len(got)] = head_sc[keep][:k]
+        ids[hit] = self.item_ids[pos[hit]]
+        sc[hit] = self.scores[pos[hit]]
         return ids, sc
+
+
+def ranked_positions(ranked: np.ndarray, exclude: Sequence[Iterable[int]] | None, B: int, k: int) -> np.ndarray:
+    """``(B, k)`` int64 positions in ``ranked`` (``(n,)`` ids, best first) of each query's first ``k`` ids
+    not in its ``exclude`` entry (None: nothing excluded), -1 padding: one ranking served to every query
+    minus what each has seen (popularity, the trending list)."""
+    ex_sets = [set(e) for e in exclude] if exclude is not None else [set()] * B
+    m = min(len(ranked), k + max((len(e) for e in ex_sets), default=0))  # at most len(e) of the head drop
+    head = ranked[:m]
+    out = np.full((B, k), -1, dtype=np.int64)
+    for r, e in enumerate(ex_sets):
+        keep = np.flatnonzero(~np.isin(head, np.fromiter(e, dtype=np.int64, count=len(e))) if e
+                              else np.ones(m, bool))[:k]
+        out[r, : len(keep)] = keep
+    return out

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from mfli.baselines.popularity import Popularity, ranked_positions
+
 #: share of the training events (the latest, by time) counted: what "now" means to the list
 WINDOW = 0.1
 #: items kept: a list of 200 after excluding histories of up to a few thousand items
@@ -37,26 +39,19 @@ def trending_items(events: pd.DataFrame, window: float = WINDOW, keep: int = KEE
         raise ValueError(f"trending window must be in (0, 1], got {window}")
     if not len(events):
         return np.zeros(0, np.int64)
-    items = events["item_id"].to_numpy(np.int64)
     if "event_ts" in events.columns and window < 1:
         ts = pd.DatetimeIndex(pd.to_datetime(events["event_ts"], utc=True)).asi8  # one unit for the column
         n_win = max(1, int(np.ceil(window * len(ts))))
         cut = np.partition(ts, len(ts) - n_win)[len(ts) - n_win]
-        items = items[ts >= cut]
-    ids, counts = np.unique(items, return_counts=True)
-    order = np.lexsort((ids, -counts))  # most events first, ties by lower id
-    return ids[order[:keep]].astype(np.int64)
+        events = events[ts >= cut]
+    # plain counts over the window, ties by lower id
+    return Popularity().fit(events[["item_id"]]).item_ids[:keep]
 
 
 def trending_lists(ranked: np.ndarray, histories: Sequence[Iterable[int]], k: int,
                    exclude: Sequence[Iterable[int]] | None = None) -> np.ndarray:
     """``(B, k)`` int64: ``ranked`` minus each request's excluded items (default: its history), -1 padding."""
-    excl = histories if exclude is None else exclude
-    B = len(histories)
-    out = np.full((B, k), -1, np.int64)
-    for b in range(B):
-        x = np.asarray(list(excl[b]) if not isinstance(excl[b], np.ndarray) else excl[b], np.int64)
-        head = ranked[: k + x.size]  # at most x.size of them are excluded
-        keep = head[~np.isin(head, x)][:k]
-        out[b, : keep.size] = keep
+    pos = ranked_positions(ranked, histories if exclude is None else exclude, len(histories), k)
+    out = np.full(pos.shape, -1, np.int64)
+    out[pos >= 0] = ranked[pos[pos >= 0]]
     return out
