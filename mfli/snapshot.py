@@ -202,7 +202,8 @@ class Snapshot:
         stored = self.neighbour_lists
         scan = self.serving.scan
         if self.serving.engine == "scan" and stored is not None and engine is None and \
-                stored.key.get("neighbours") == scan.neighbours and stored.key.get("compact_lists") == scan.compact_lists:
+                stored.key.get("neighbours") == scan.neighbours and stored.key.get("compact_lists") == scan.compact_lists \
+                and bool(stored.key.get("list_scores")) == scan.list_scores:
             save_lists(path, stored.lists, stored.key)
             return True
         return False

@@ -99,7 +99,10 @@ class EngineBenchConfig:
     # neighbour-list trigger mode (EngineConfig.neighbours = k): columns probed per column at build
     # (None: the engine's default, mfli.serve.neighbours.auto_probe)
     mfli_trigger_lists: tuple[int | None, ...] = (4, None, 16)
-    trigger_lists_int32: bool = True  # also time the same lists stored as int32 rows (mfli_lists_int32)
+    # also time the same lists rescored exactly (mfli_lists_exact, EngineConfig.list_scores=False) and / or
+    # stored as int32 rows (mfli_lists_int32)
+    trigger_lists_exact: bool = True
+    trigger_lists_int32: bool = False
     ann_trigger_ivf: tuple[int, ...] = (1, 2, 4, 8, 16)
     ann_trigger_hnsw: tuple[int, ...] = (120, 240)
     ann_trigger_scann: tuple[tuple[int, int], ...] = ((5, 150), (10, 200), (20, 250), (40, 300), (80, 400))
@@ -308,16 +311,20 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
         if name == variants[-1][0] and cfg.mfli_trigger_lists:
             from mfli.serve.neighbours import encode_lists
 
-            lsweep, lsweep32 = [], []
+            lsweep, lsweepx, lsweep32 = [], [], []
             for probe in cfg.mfli_trigger_lists:
                 if deadline.passed():
                     break
                 t0 = time.perf_counter()
                 engine.build_lists(cfg.k, probe)
                 build = round(time.perf_counter() - t0, 1)
-                # the lists as built (compact codes by default), then the same lists as int32 rows
-                stores = [("mfli_lists", lsweep, engine._lists)]
-                if cfg.trigger_lists_int32 and engine._lists.compact:
+                # the lists as built (compact codes and stored scores by default), then the same lists
+                # rescored exactly, and as int32 rows
+                built = engine._lists
+                stores = [("mfli_lists", lsweep, built)]
+                if cfg.trigger_lists_exact and built.has_scores:
+                    stores.append(("mfli_lists_exact", lsweepx, built.without_scores()))
+                if cfg.trigger_lists_int32 and built.compact:
                     stores.append(("mfli_lists_int32", lsweep32, encode_lists(
                         engine.neighbour_rows(), engine._own, engine.col_neighbours, engine.entry_rows,
                         engine.offsets, compact=False)))
@@ -327,11 +334,14 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Log = print) -> dict:
                         index.item_ids[r], cfg.k, lists=True).item_ids))
                     out_sweep.append({"neighbours": cfg.k, "probe": engine.list_probe, "auto": probe is None,
                                       "build_seconds": build, "list_bytes": int(lists.nbytes),
-                                      "list_compact": bool(lists.compact), "by_T": pts})
+                                      "list_compact": bool(lists.compact), "list_scores": bool(lists.has_scores),
+                                      "by_T": pts})
                     log(f"  trigger {label} probe={engine.list_probe} (built in {build:.0f}s): " + ", ".join(
                         f"T={T} recall {v['recall']:.3f} {v[f'rps_b{cfg.trigger_batch}']:.0f} r/s"
                         for T, v in pts.items()))
             result["trigger"]["mfli_lists"] = lsweep
+            if lsweepx:
+                result["trigger"]["mfli_lists_exact"] = lsweepx
             if lsweep32:
                 result["trigger"]["mfli_lists_int32"] = lsweep32
         del engine

@@ -113,6 +113,9 @@ class EngineConfig:
     neighbours: int = 0
     neighbour_probe: int | None = None
     compact_lists: bool = True  # lists as uint16 neighbourhood codes where they fit (mfli.serve.neighbours)
+    # every list entry's build-time score in one byte (N * (neighbours + 8) bytes): a request reads them
+    # instead of rescoring T * neighbours scattered vectors; False rescores exactly (less memory)
+    list_scores: bool = True
     # pre-ranker of the short list: "codes" (learned code path + 8-bit residual PQ, numba scan) or
     # "fastscan" (4-bit residual-to-centroid PQ in faiss fast-scan blocks, mfli.serve.engine_fastscan)
     prerank: str = "codes"
@@ -350,7 +353,7 @@ class ScanEngine:
         if probe is None:
             probe = self.config.neighbour_probe if self.config.neighbour_probe is not None else \
                 auto_probe(self._col_len, neighbours)
-        return list_key(neighbours, probe, self.config.compact_lists, self._layout_digest())
+        return list_key(neighbours, probe, self.config.compact_lists, self._layout_digest(), self.config.list_scores)
 
     def _layout_digest(self) -> str:
         """:func:`mfli.serve.list_store.layout_digest` of this engine (computed once)."""
@@ -435,11 +438,13 @@ class ScanEngine:
         self._lists = self._list_args = None  # the old lists are dropped before the new ones are built (peak memory)
         # (C, probe) every column's nearest columns, itself first (also where a delta's new items are looked for)
         self.col_neighbours = column_neighbours(self._cent, probe)
-        rows = build_neighbour_lists(self._emb, self.entry_rows, self.offsets, self._cent, neighbours, probe,
-                                     self.col_neighbours)
+        rows, scores = build_neighbour_lists(self._emb, self.entry_rows, self.offsets, self._cent, neighbours, probe,
+                                             self.col_neighbours, with_scores=True)
         self.list_probe = probe
         self._serve(encode_lists(rows, self._own, self.col_neighbours, self.entry_rows, self.offsets,
-                                 compact=self.config.compact_lists), self.list_key(neighbours, probe), "built")
+                                 compact=self.config.compact_lists,
+                                 scores=scores if self.config.list_scores else None),
+                    self.list_key(neighbours, probe), "built")
 
     def set_lists(self, lists) -> None:
         """Serve trigger mode from ``lists`` (a :class:`~mfli.serve.neighbours.NeighbourLists` encoded over
@@ -452,6 +457,10 @@ class ScanEngine:
         """ValueError (prefixed by ``where``) unless ``lists`` cover this engine's items and columns (and
         probe ``probe`` columns each, when given)."""
         C = self.offsets.size - 1
+        if lists.has_scores and (lists.score_q.shape != lists.codes.shape or lists.score_lo.shape != (self.N,)
+                                 or lists.score_step.shape != (self.N,)):
+            raise ValueError(f"{where}stored list scores {lists.score_q.shape} / {lists.score_lo.shape} / "
+                             f"{lists.score_step.shape} do not match lists {lists.codes.shape}")
         if lists.codes.shape[0] != self.N or lists.col_nbr.shape[0] != C or \
                 (probe is not None and lists.col_nbr.shape[1] != probe):
             raise ValueError(f"{where}lists of {lists.codes.shape[0]} items over {lists.col_nbr.shape} columns do not "

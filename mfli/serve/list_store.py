@@ -2,7 +2,8 @@
 
 Building an engine's trigger-mode lists (:mod:`mfli.serve.neighbours`) is the costly part of a service
 start: 64-124 s at 1M items on one thread, against milliseconds to read them back. A snapshot therefore
-carries the lists its quality gate measured (``neighbours.npz``, :mod:`mfli.snapshot`), and an engine
+carries the lists its quality gate measured (``neighbours.npz``, :mod:`mfli.snapshot`), with their
+stored scores, and an engine
 built over the same index and list settings takes them instead of building its own.
 
 The file is one npz (no pickles): the :class:`~mfli.serve.neighbours.NeighbourLists` arrays and a JSON
@@ -24,6 +25,7 @@ from mfli.serve.neighbours import NeighbourLists
 
 FORMAT = "mfli-neighbour-lists/1"
 _ARRAYS = ("codes", "shift", "col_nbr", "esc_key", "esc_row")
+_SCORES = ("score_q", "score_lo", "score_step")  # present when the key says list_scores
 
 __all__ = ["FORMAT", "StoredLists", "layout_digest", "list_key", "load_lists", "save_lists"]
 
@@ -40,11 +42,15 @@ def layout_digest(offsets: np.ndarray, entry_rows: np.ndarray, own: np.ndarray, 
     return h.hexdigest()
 
 
-def list_key(neighbours: int, probe: int | None, compact: bool, layout: str) -> dict[str, Any]:
+def list_key(neighbours: int, probe: int | None, compact: bool, layout: str, scores: bool = False) -> dict[str, Any]:
     """What a set of lists depends on: ``EngineConfig.neighbours``, ``neighbour_probe`` (the setting,
-    None for automatic), ``compact_lists`` and :func:`layout_digest`."""
-    return {"format": FORMAT, "neighbours": int(neighbours), "neighbour_probe": None if probe is None else int(probe),
-            "compact_lists": bool(compact), "layout": str(layout)}
+    None for automatic), ``compact_lists``, :func:`layout_digest` and, when they carry stored scores,
+    ``list_scores`` (a key without it: lists rescored exactly, as files written before stored scores)."""
+    key = {"format": FORMAT, "neighbours": int(neighbours), "neighbour_probe": None if probe is None else int(probe),
+           "compact_lists": bool(compact), "layout": str(layout)}
+    if scores:
+        key["list_scores"] = True
+    return key
 
 
 class StoredLists:
@@ -59,8 +65,12 @@ class StoredLists:
 
 def save_lists(path: str | Path, lists: NeighbourLists, key: dict[str, Any]) -> Path:
     """Write ``lists`` and their ``key`` (:func:`list_key`) to ``path`` (:func:`~mfli.serve.keyed_npz.save_keyed`)."""
+    if bool(key.get("list_scores")) != lists.has_scores:
+        raise ValueError(f"key says list_scores={bool(key.get('list_scores'))} but the lists "
+                         f"{'carry' if lists.has_scores else 'have no'} stored scores")
+    scores = {a: getattr(lists, a) for a in _SCORES} if lists.has_scores else {}
     return save_keyed(path, key, codes=lists.codes, shift=np.int64(lists.shift), col_nbr=lists.col_nbr,
-                      esc_key=lists.esc_key, esc_row=lists.esc_row)
+                      esc_key=lists.esc_key, esc_row=lists.esc_row, **scores)
 
 
 def load_lists(path: str | Path) -> StoredLists:
@@ -80,4 +90,15 @@ def load_lists(path: str | Path) -> StoredLists:
     if esc_key.ndim != 1 or esc_key.dtype != np.int64 or esc_row.shape != esc_key.shape or esc_row.dtype != np.int32:
         raise bad(f"arrays 'esc_key' / 'esc_row' are {esc_key.dtype} {esc_key.shape} / {esc_row.dtype} "
                   f"{esc_row.shape}, expected int64 / int32 of one length")
-    return StoredLists(NeighbourLists(codes, shift, col_nbr, esc_key, esc_row), key, str(Path(path)))
+    scores: dict[str, np.ndarray] = {}
+    if key.get("list_scores"):
+        scores, _, _ = load_keyed(path, _SCORES, FORMAT, "neighbour lists written by mfli.serve.list_store")
+        sq, slo, sstep = (scores[a] for a in _SCORES)
+        if sq.dtype != np.uint8 or sq.shape != arrays["codes"].shape or slo.dtype != np.float32 or \
+                sstep.dtype != np.float32 or slo.shape != (sq.shape[0],) or sstep.shape != slo.shape:
+            raise bad(f"arrays 'score_q' / 'score_lo' / 'score_step' are {sq.dtype} {sq.shape} / {slo.dtype} "
+                      f"{slo.shape} / {sstep.dtype} {sstep.shape}, expected uint8 {arrays['codes'].shape} and "
+                      f"float32 ({arrays['codes'].shape[0]},)")
+        if not (np.isfinite(slo).all() and np.isfinite(sstep).all() and (sstep >= 0).all()):
+            raise bad("arrays 'score_lo' / 'score_step' hold non-finite or negative steps")
+    return StoredLists(NeighbourLists(codes, shift, col_nbr, esc_key, esc_row, **scores), key, str(Path(path)))

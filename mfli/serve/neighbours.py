@@ -9,8 +9,13 @@ is built, by exact scoring inside the clusters:
 - the members of ``c`` are scored exactly against the (distinct) members of those columns in one
   matrix product, and each member keeps its ``K`` best (one sorted list per item, merged over the
   ``F * m`` columns the item sits in);
-- lists are kept best first (:class:`NeighbourLists`). Scores are not stored: a request recomputes
-  ``T * K`` exact dot products, which is cheaper than reading ``T * K`` stored floats would save.
+- lists are kept best first (:class:`NeighbourLists`), each entry with its build-time score stored in
+  one byte (:func:`quantise_scores`: 8 bits over the list's own score range, a float32 floor and step
+  per item, so the dequantised scores keep the list's order and are within ``range / 510`` of the
+  exact ones). A request then reads its lists' bytes instead of ``T * K`` scattered full vectors: at
+  1M items a one-trigger request was ~100 scattered 512-byte reads for 100 dot products, which made
+  it memory-bound (docs/benchmarks_serving.md, "Stored list scores"). Lists without stored scores
+  (``EngineConfig.list_scores=False``, 1 byte per entry less) rescore every entry exactly.
   A neighbour always sits in one of the columns its item's columns probe, so it is stored *compactly*
   as that column's slot in the item's neighbourhood and its position inside the column,
   ``(a * probe + b) << shift | p`` in a uint16 (``a``: which of the item's ``F * m`` columns, ``b``:
@@ -21,18 +26,20 @@ is built, by exact scoring inside the clusters:
   escaped to a sorted side table; a catalogue where more than one entry in ``1 / ESCAPE_SHARE_MAX``
   would escape keeps plain ``(N, K)`` int32 rows (``EngineConfig.compact_lists=False`` always does).
 
-Serving (:func:`trigger_lists`) is then a look-up: a request's triggers' lists, rescored exactly,
-each item once at its best trigger, triggers / excluded / removed rows dropped, top ``k``. No routing
-and no scan per request.
+Serving (:func:`trigger_lists`) is then a look-up: a request's triggers' lists with their stored
+scores (or rescored exactly), each item once at its best trigger, triggers / excluded / removed rows
+dropped, top ``k``. No routing and no scan per request.
 
 Cost at build: ``sum_c |c| * |candidates(c)| * F * d`` multiply-adds (``probe`` times the members of a
-column's neighbourhood); memory ``2 * N * K`` bytes (compact) or ``4 * N * K`` (rows). A list holds the
+column's neighbourhood); memory ``2 * N * K`` bytes (compact) or ``4 * N * K`` (rows), plus
+``N * (K + 8)`` for stored scores. A list holds the
 best items of the scanned neighbourhood, so its recall against exact search is bounded by how much of
 an item's true neighbour set the ``probe`` nearest clusters hold (``docs/benchmarks_serving.md``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numba as nb
@@ -188,8 +195,10 @@ def _merge_block(S: np.ndarray, qrows: np.ndarray, crows: np.ndarray, best_sc: n
 
 
 def build_neighbour_lists(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.ndarray, cent: np.ndarray,
-                          K: int, probe: int, nbr_cols: np.ndarray | None = None) -> np.ndarray:
-    """``(N, K)`` int32: every item's ``K`` best other items (``emb`` inner product) in its clusters' neighbourhoods.
+                          K: int, probe: int, nbr_cols: np.ndarray | None = None,
+                          with_scores: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """``(N, K)`` int32: every item's ``K`` best other items (``emb`` inner product) in its clusters' neighbourhoods;
+    with ``with_scores`` also their ``(N, K)`` float32 scores (-inf padding).
 
     Args:
         emb: ``(N, D)`` float32 full item vectors (all facets concatenated).
@@ -211,7 +220,31 @@ def build_neighbour_lists(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.n
         cand = np.unique(np.concatenate([entry_rows[offsets[j] : offsets[j + 1]] for j in nbr_cols[c]]))
         S = emb[q] @ emb[cand].T  # (|c|, |cand|) exact scores
         _merge_block(S, q.astype(np.int32), cand.astype(np.int32), best_sc, best_id, mark)
-    return best_id
+    return (best_id, best_sc) if with_scores else best_id
+
+
+def quantise_scores(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One byte per list entry: ``(q (N, K) uint8, lo (N,) float32, step (N,) float32)`` with entry ``j`` of
+    item ``r`` read back as ``lo[r] + step[r] * q[r, j]``.
+
+    ``lo`` is the list's lowest score and ``step`` its range over 255, so a dequantised score is within
+    ``step / 2`` of the exact one and a list's order is kept (rounding is monotone; equal bytes can
+    hide an order the list itself still holds). Padding (``rows < 0``) stores 0.
+
+    Args:
+        scores: ``(N, K)`` float32 lists' scores, best first; rows: ``(N, K)`` int32 (-1 padding).
+    """
+    valid = rows >= 0
+    n = valid.sum(axis=1)
+    N = scores.shape[0]
+    hi = np.where(n > 0, scores[:, 0] if scores.shape[1] else 0.0, 0.0).astype(np.float64)
+    last = np.maximum(n - 1, 0)
+    lo = np.where(n > 0, scores[np.arange(N), last] if scores.shape[1] else 0.0, 0.0).astype(np.float64)
+    step = (hi - lo) / 255.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(step[:, None] > 0, np.rint((scores.astype(np.float64) - lo[:, None]) / step[:, None]), 0.0)
+    q = np.where(valid, np.clip(q, 0, 255), 0).astype(np.uint8)
+    return q, lo.astype(np.float32), step.astype(np.float32)
 
 
 @dataclass
@@ -224,6 +257,8 @@ class NeighbourLists:
         shift: bits of the position inside a column (the longest column's), -1 for plain rows.
         col_nbr: ``(C, probe)`` int32 the columns every column probes (:func:`column_neighbours`).
         esc_key, esc_row: ``(n_esc,)`` sorted int64 ``r * K + j`` and int32 rows of the escaped entries.
+        score_q, score_lo, score_step: stored scores (:func:`quantise_scores`): ``(N, K)`` uint8, ``(N,)``
+            float32 floor and step; ``(0, 0)`` / ``(0,)`` when the lists are rescored exactly.
     """
 
     codes: np.ndarray
@@ -231,6 +266,13 @@ class NeighbourLists:
     col_nbr: np.ndarray
     esc_key: np.ndarray
     esc_row: np.ndarray
+    score_q: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.uint8))
+    score_lo: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+    score_step: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+
+    @property
+    def has_scores(self) -> bool:
+        return self.score_q.shape[0] > 0
 
     @property
     def compact(self) -> bool:
@@ -242,11 +284,18 @@ class NeighbourLists:
 
     @property
     def nbytes(self) -> int:
-        return int(self.codes.nbytes + self.esc_key.nbytes + self.esc_row.nbytes + self.col_nbr.nbytes)
+        return int(self.codes.nbytes + self.esc_key.nbytes + self.esc_row.nbytes + self.col_nbr.nbytes
+                   + self.score_q.nbytes + self.score_lo.nbytes + self.score_step.nbytes)
+
+    def without_scores(self) -> NeighbourLists:
+        """The same lists, rescored exactly when served (the stored scores dropped)."""
+        return NeighbourLists(self.codes, self.shift, self.col_nbr, self.esc_key, self.esc_row)
 
     def kernel_args(self, entry_rows: np.ndarray, offsets: np.ndarray) -> tuple:
         """The tuple the serving kernels decode with (built once: unboxing it costs at batch 1)."""
-        return (self.codes, np.int64(self.shift), self.col_nbr, offsets, entry_rows, self.esc_key, self.esc_row)
+        return (self.codes, np.int64(self.shift), self.col_nbr, offsets, entry_rows, self.esc_key, self.esc_row,
+                np.ascontiguousarray(self.score_q, dtype=np.uint8), np.ascontiguousarray(self.score_lo, np.float32),
+                np.ascontiguousarray(self.score_step, np.float32))
 
 
 @nb.njit(**_OPTS)
@@ -303,17 +352,21 @@ def _encode(rows: np.ndarray, own: np.ndarray, col_nbr: np.ndarray, pos: np.ndar
 
 
 def encode_lists(rows: np.ndarray, own: np.ndarray, col_nbr: np.ndarray, entry_rows: np.ndarray,
-                 offsets: np.ndarray, compact: bool = True, escape_at: int = ESC16) -> NeighbourLists:
+                 offsets: np.ndarray, compact: bool = True, escape_at: int = ESC16,
+                 scores: np.ndarray | None = None) -> NeighbourLists:
     """Store ``rows (N, K)`` int32 lists (:func:`build_neighbour_lists`) compactly where that saves bytes.
 
     Args:
         own: ``(N, W)`` int32 every item's own columns; col_nbr: ``(C, P)`` the columns each probed.
         compact: False keeps int32 rows.  escape_at: codes from here on go to the side table (tests
             lower it to exercise the escapes).
+        scores: ``(N, K)`` float32 the entries' scores, stored in a byte each (:func:`quantise_scores`);
+            None: the lists are rescored exactly when served.
     """
     col_nbr = np.ascontiguousarray(col_nbr, dtype=np.int32)
+    sc = {} if scores is None else dict(zip(("score_q", "score_lo", "score_step"), quantise_scores(scores, rows)))
     plain = NeighbourLists(np.ascontiguousarray(rows, dtype=np.int32), -1, col_nbr, np.zeros(0, np.int64),
-                           np.zeros(0, np.int32))
+                           np.zeros(0, np.int32), **sc)
     col_len = np.diff(offsets)
     longest = int(col_len.max()) if col_len.size else 0
     shift = (longest - 1).bit_length() if longest else 0
@@ -327,13 +380,13 @@ def encode_lists(rows: np.ndarray, own: np.ndarray, col_nbr: np.ndarray, entry_r
     if n_esc > ESCAPE_SHARE_MAX * rows.size:
         return plain
     key = np.flatnonzero(out.reshape(-1) == ESC16).astype(np.int64)  # r * K + j, sorted
-    return NeighbourLists(out, shift, col_nbr, key, rows.reshape(-1)[key].astype(np.int32))
+    return NeighbourLists(out, shift, col_nbr, key, rows.reshape(-1)[key].astype(np.int32), **sc)
 
 
 @nb.njit(**_OPTS)
 def _list_row(lists: tuple, own: np.ndarray, tr: int, j: int) -> int:
     """Row of entry ``j`` of item ``tr``'s list (-1: padding), decoding compact codes."""
-    codes, shift, col_nbr, offsets, entry_rows, esc_key, esc_row = lists
+    codes, shift, col_nbr, offsets, entry_rows, esc_key, esc_row = lists[:7]
     c = np.int64(codes[tr, j])
     if shift < 0:
         return c
@@ -352,7 +405,7 @@ def _list_row(lists: tuple, own: np.ndarray, tr: int, j: int) -> int:
 def first_invalid(lists: tuple, own: np.ndarray, n_items: int) -> int:
     """Flat index ``r * K + j`` of the first entry that does not decode to a row in ``[0, n_items)`` inside
     the engine's arrays (lists read from a file are checked once before serving), or -1 when all do."""
-    codes, shift, col_nbr, offsets, _entry_rows, esc_key, esc_row = lists
+    codes, shift, col_nbr, offsets, _entry_rows, esc_key, esc_row = lists[:7]
     N, K = codes.shape
     W = own.shape[1]
     P = col_nbr.shape[1]
@@ -427,7 +480,8 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
     ``starts ((q1 - q0) * F * m * probe,)`` int64: the triggers' neighbourhood column starts, -1 until
     first needed (reset once per request, shared by both passes). ``single``: one trigger (no de-duplication).
     ``ids2``: ``(N, 1)`` view of the item ids (:func:`_prefetch_entry`)."""
-    codes, shift, col_nbr, offsets, entry_rows, esc_key, esc_row = lists
+    codes, shift, col_nbr, offsets, entry_rows, esc_key, esc_row, sq, slo, sstep = lists
+    stored = sq.shape[0] > 0
     mask = (np.int64(1) << max(shift, 0)) - 1
     K = codes.shape[1]
     W = own.shape[1]
@@ -436,17 +490,20 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
         tr = trig_rows[q]
         if tr < 0:
             continue
+        lo = slo[tr] if stored else np.float32(0.0)
+        st_ = sstep[tr] if stored else np.float32(0.0)
         if shift < 0:  # int32 rows
             for j in range(j0, min(j1, j0 + _DECODE_AHEAD)):
                 if codes[tr, j] >= 0:
-                    _prefetch_entry(emb, own, ids2, codes[tr, j], single)
+                    _prefetch_entry(emb, own, ids2, codes[tr, j], single, stored)
             for j in range(j0, j1):
                 r = np.int64(codes[tr, j])
                 if r < 0:
                     break
                 if j + _DECODE_AHEAD < j1 and codes[tr, j + _DECODE_AHEAD] >= 0:
-                    _prefetch_entry(emb, own, ids2, codes[tr, j + _DECODE_AHEAD], single)
-                size, below = _score_offer(emb, tr, r, q, tau, bt, removed, slot, hi, hq, hs, size, single)
+                    _prefetch_entry(emb, own, ids2, codes[tr, j + _DECODE_AHEAD], single, stored)
+                s = lo + st_ * np.float32(sq[tr, j]) if stored else _dot(emb, tr, r)
+                size, below = _offer_scored(r, q, s, tau, bt, removed, slot, hi, hq, hs, size, single)
                 if below:
                     break
             continue
@@ -470,12 +527,13 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
                     break
                 else:
                     rbuf[m] = esc_row[np.searchsorted(esc_key, np.int64(tr) * K + j + t)]
-                _prefetch_entry(emb, own, ids2, rbuf[m], single)  # loads while the run's earlier rows are scored
+                # loads while the run's earlier rows are scored
+                _prefetch_entry(emb, own, ids2, rbuf[m], single, stored)
                 m += 1
             done = m < n  # padding: the list ends here
             for t in range(m):
-                size, below = _score_offer(emb, tr, rbuf[t], q, tau, bt, removed, slot, hi, hq, hs, size,
-                                           single)
+                s = lo + st_ * np.float32(sq[tr, j + t]) if stored else _dot(emb, tr, rbuf[t])
+                size, below = _offer_scored(rbuf[t], q, s, tau, bt, removed, slot, hi, hq, hs, size, single)
                 if below:
                     done = True
                     break
@@ -484,28 +542,35 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
 
 
 @nb.njit(**_OPTS)
-def _prefetch_entry(emb: np.ndarray, own: np.ndarray, ids2: np.ndarray, r: int, single: bool) -> None:
-    """Start loading row ``r``'s vector; with one trigger also its own columns and id, which the answer
-    reads for every row of the list (scattered reads of 8 MB arrays at 1M items). One trigger: 1.03-1.12x
-    / 1.09-1.10x the requests/s at batch 1 / 64, cache-cold, two runs; with several triggers most rows
-    drop below the floor and the extra loads cost 2% at 16 (docs/benchmarks_serving.md, "Trigger mode")."""
-    prefetch_row(emb, r)
+def _prefetch_entry(emb: np.ndarray, own: np.ndarray, ids2: np.ndarray, r: int, single: bool, stored: bool) -> None:
+    """Start loading row ``r``'s vector (unless its score is stored); with one trigger also its own
+    columns and id, which the answer reads for every row of the list (scattered reads of 8 MB arrays at
+    1M items). One trigger: 1.03-1.12x / 1.09-1.10x the requests/s at batch 1 / 64, cache-cold, two
+    runs; with several triggers most rows drop below the floor and the extra loads cost 2% at 16
+    (docs/benchmarks_serving.md, "Trigger mode")."""
+    if not stored:
+        prefetch_row(emb, r)
     if single:
         prefetch_row(own, r)
         prefetch_row(ids2, r)
 
 
 @nb.njit(**_OPTS)
-def _score_offer(emb: np.ndarray, tr: int, r: int, q: int, tau: float, bt: np.ndarray, removed: np.ndarray,
-                 slot: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, size: int,
-                 single: bool) -> tuple[int, bool]:
-    """Score row ``r`` against trigger row ``tr`` and offer it unless excluded; ``below``: it scored under ``tau``.
-    ``single``: the request's only trigger, whose list holds each row once (no de-duplication)."""
-    if (bt[r >> 3] | removed[r >> 3]) & np.uint8(1 << (r & 7)):
-        return size, False
+def _dot(emb: np.ndarray, tr: int, r: int) -> float:
+    """``emb[tr] . emb[r]`` in float32."""
     acc = np.float32(0.0)
     for x in range(emb.shape[1]):
         acc += emb[tr, x] * emb[r, x]
+    return acc
+
+
+@nb.njit(**_OPTS)
+def _offer_scored(r: int, q: int, acc: float, tau: float, bt: np.ndarray, removed: np.ndarray, slot: np.ndarray,
+                  hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, size: int, single: bool) -> tuple[int, bool]:
+    """Offer row ``r`` with score ``acc`` (from trigger ``q``) unless excluded; ``below``: it scored under ``tau``.
+    ``single``: the request's only trigger, whose list holds each row once (no de-duplication)."""
+    if (bt[r >> 3] | removed[r >> 3]) & np.uint8(1 << (r & 7)):
+        return size, False
     if acc < tau:
         return size, True
     if single:
@@ -586,8 +651,14 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
             for j in range(size):
                 slot[hi[j]] = -1
         n_scored[b] = size
-        # one trigger: its list order is (nearly) the exact order, so an insertion sort is ~linear
-        sel = _sorted_run(hs, hi, size, k) if n_trig == 1 else _top_unique(hs, hi, size, k)
+        # one trigger: its list order is (nearly) the exact order, so an insertion sort is ~linear; with
+        # stored scores it is the build's exact order itself (equal bytes must not reorder it by row)
+        if n_trig == 1 and lists[7].shape[0] > 0:
+            sel = np.arange(min(k, size))
+        elif n_trig == 1:
+            sel = _sorted_run(hs, hi, size, k)
+        else:
+            sel = _top_unique(hs, hi, size, k)
         for j in range(sel.size):
             o = sel[j]
             r = hi[o]

@@ -31,7 +31,7 @@ def test_tiny_run_produces_every_table():
                             mfli_sweep=((4, 50), (16, 100)), mfli_fs_sweep=((4, 50), (16, 100)), ivf_nprobe=(2, 32), trigger_counts=(1, 3),
                             trigger_requests=16, trigger_batch=8, trigger_b1=4,
                             mfli_trigger_sweep=((0, 50), (4, 100)), ann_trigger_ivf=(2, 8), threads=(1, 2),
-                            targets=(0.5, 0.7), mfli_trigger_lists=(2, 64))
+                            targets=(0.5, 0.7), mfli_trigger_lists=(2, 64), trigger_lists_int32=True)
     res = run_engine_bench(cfg, log=lambda s: None)
     for name in ("mfli", "mfli_fs"):  # both pre-rankers over the same index
         mf = res["methods"][name]["sweep"]
@@ -50,15 +50,21 @@ def test_tiny_run_produces_every_table():
     assert all(v["cpu_per_wall"] > 0 for p in res["trigger"]["mfli"] for v in p["by_T"].values())
     # neighbour lists: probing every column makes them exact, so trigger mode matches exact search
     lists = res["trigger"]["mfli_lists"]
-    assert [p["probe"] for p in lists] == [2, 64] and lists[0]["list_compact"]
-    # the same lists as int32 rows: twice the bytes, the same answers
+    assert [p["probe"] for p in lists] == [2, 64] and lists[0]["list_compact"] and lists[0]["list_scores"]
+    # the same lists rescored exactly (no stored scores: 1 byte per entry and 8 per item less), and as int32
+    # rows (twice the code bytes, rescored exactly): the same answers but where stored bytes round
+    exact = res["trigger"]["mfli_lists_exact"]
+    assert [p["probe"] for p in exact] == [2, 64] and not exact[0]["list_scores"]
+    assert lists[0]["list_bytes"] - exact[0]["list_bytes"] == 4000 * (10 + 8)
     rows32 = res["trigger"]["mfli_lists_int32"]
     assert [p["probe"] for p in rows32] == [2, 64] and not rows32[0]["list_compact"]
-    assert rows32[0]["list_bytes"] >= 4000 * 10 * 4 > 1.8 * lists[0]["list_bytes"]
-    for a, b in zip(lists, rows32):
-        assert {T: v["recall"] for T, v in a["by_T"].items()} == {T: v["recall"] for T, v in b["by_T"].items()}
+    assert rows32[0]["list_bytes"] - 4000 * 10 * 4 == exact[0]["list_bytes"] - 4000 * 10 * 2
+    for a, b, c in zip(lists, exact, rows32):
+        assert {T: v["recall"] for T, v in b["by_T"].items()} == {T: v["recall"] for T, v in c["by_T"].items()}
+        for T, v in a["by_T"].items():
+            assert v["recall"] == pytest.approx(b["by_T"][T]["recall"], abs=0.02)
     assert lists[1]["by_T"]["1"]["recall"] == pytest.approx(1.0)
     assert lists[1]["by_T"]["3"]["recall"] >= lists[0]["by_T"]["3"]["recall"]
     text = format_tables(res)
     assert "Trigger mode" in text and "mfli/ivf" in text and "mfli_fs/ivf" in text and "mfli_lists/ivf" in text
-    assert "mfli_lists_int32/ivf" in text
+    assert "mfli_lists_int32/ivf" in text and "mfli_lists_exact/ivf" in text

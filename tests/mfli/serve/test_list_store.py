@@ -52,6 +52,9 @@ def test_stored_lists_are_served_instead_of_built(world, tmp_path, monkeypatch):
     assert served.lists_source == str(tmp_path / "l.npz") and served.list_probe == built.list_probe
     np.testing.assert_array_equal(served.neighbour_rows(), built.neighbour_rows())
     np.testing.assert_array_equal(served.col_neighbours, built.col_neighbours)
+    assert served._lists.has_scores and stored.key["list_scores"]  # the stored scores travel with the lists
+    for a in ("score_q", "score_lo", "score_step"):
+        np.testing.assert_array_equal(getattr(served._lists, a), getattr(built._lists, a))
     triggers = [index.item_ids[[5]], index.item_ids[[7, 300, 801]]]
     for a, b in zip(_answer(served, triggers), _answer(built, triggers)):
         np.testing.assert_array_equal(a, b)
@@ -66,7 +69,7 @@ def test_plain_row_lists_round_trip(world, tmp_path):
     np.testing.assert_array_equal(served.neighbour_rows(), built.neighbour_rows())
 
 
-@pytest.mark.parametrize("change", ["neighbours", "probe", "compact", "index"])
+@pytest.mark.parametrize("change", ["neighbours", "probe", "compact", "scores", "index"])
 def test_lists_for_other_settings_or_another_index_are_rebuilt(world, tmp_path, change):
     index, cb, codes, cfg, built = world
     stored = _saved(built, tmp_path / "l.npz")
@@ -74,12 +77,29 @@ def test_lists_for_other_settings_or_another_index_are_rebuilt(world, tmp_path, 
         index, cb, codes = _index(1)
     else:
         kw = {"neighbours": {"neighbours": K - 5}, "probe": {"neighbour_probe": built.list_probe + 1},
-              "compact": {"compact_lists": False}}[change]
+              "compact": {"compact_lists": False}, "scores": {"list_scores": False}}[change]
         cfg = EngineConfig(prerank="fastscan", **{"neighbours": K, **kw})
     other = ScanEngine(index, cb, cfg, codes=codes, lists=stored)
     assert other.lists_source == "built"
     fresh = ScanEngine(index, cb, cfg, codes=codes)
     np.testing.assert_array_equal(other.neighbour_rows(), fresh.neighbour_rows())
+    assert other._lists.has_scores == cfg.list_scores
+
+
+def test_lists_saved_before_stored_scores_are_served_rescored(world, tmp_path):
+    """A file without scores (written before them, key without ``list_scores``) serves an engine with
+    ``list_scores=False``; a default engine builds lists with scores instead of serving it."""
+    index, cb, codes, cfg, built = world
+    old_key = {k: v for k, v in built.list_key().items() if k != "list_scores"}
+    path = save_lists(tmp_path / "old.npz", built._lists.without_scores(), old_key)
+    with np.load(path) as z:
+        assert "score_q" not in z.files
+    exact_cfg = EngineConfig(prerank="fastscan", neighbours=K, list_scores=False)
+    served = ScanEngine(index, cb, exact_cfg, codes=codes, lists=load_lists(path))
+    assert served.lists_source == str(path) and not served._lists.has_scores
+    assert ScanEngine(index, cb, cfg, codes=codes, lists=load_lists(path)).lists_source == "built"
+    with pytest.raises(ValueError, match="list_scores=False but the lists carry"):
+        save_lists(tmp_path / "x.npz", built._lists, old_key)
 
 
 def test_lists_set_by_hand_are_not_saved(world, tmp_path):
@@ -95,7 +115,9 @@ def test_lists_set_by_hand_are_not_saved(world, tmp_path):
 
 def _rewrite(stored: StoredLists, path, **changes):
     lists = NeighbourLists(**{"codes": stored.lists.codes, "shift": stored.lists.shift, "col_nbr": stored.lists.col_nbr,
-                              "esc_key": stored.lists.esc_key, "esc_row": stored.lists.esc_row, **changes})
+                              "esc_key": stored.lists.esc_key, "esc_row": stored.lists.esc_row,
+                              "score_q": stored.lists.score_q, "score_lo": stored.lists.score_lo,
+                              "score_step": stored.lists.score_step, **changes})
     save_lists(path, lists, stored.key)
     return load_lists(path)
 
@@ -133,6 +155,9 @@ def test_malformed_files_are_refused_naming_the_array(world, tmp_path):
                    "format 'x/0'"),
         "key": ({**arrays, "key": np.frombuffer(b"{not json", np.uint8)}, "array 'key' is not JSON"),
         "esc": ({**arrays, "esc_row": np.zeros(3, np.int32)}, "'esc_key' / 'esc_row'"),
+        "no_scores": ({k: v for k, v in arrays.items() if k != "score_q"}, "no array 'score_q'"),
+        "score_shape": ({**arrays, "score_q": arrays["score_q"][:, :5]}, r"'score_q' / .*expected uint8 \(900, 20\)"),
+        "score_step": ({**arrays, "score_step": -arrays["score_step"]}, "negative steps"),
     }
     for name, (content, message) in cases.items():
         p = tmp_path / f"{name}.npz"

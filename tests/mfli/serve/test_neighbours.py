@@ -38,6 +38,34 @@ def world():
     return ids, emb.reshape(N, F * D), index, engine
 
 
+@pytest.fixture(scope="module", params=["stored", "exact"])
+def served(request, world):
+    """``world`` served with stored list scores (its engine) or rescored exactly (``list_scores=False``)."""
+    ids, x, index, engine = world
+    if request.param == "stored":
+        assert engine._lists.has_scores
+        return world
+    exact = ScanEngine(index, engine._cb, EngineConfig(prerank="fastscan", threads=2, neighbours=K, neighbour_probe=4,
+                                                       list_scores=False))
+    assert not exact._lists.has_scores
+    return ids, x, index, exact
+
+
+def _score_of(engine, x):
+    """``score(t, r)``: what the engine serves for item row ``r`` in trigger row ``t``'s list (its stored
+    score read back in float32, or the exact product)."""
+    lists = engine._lists
+    if not lists.has_scores:
+        return lambda t, r: float(x[t] @ x[r])
+    nbr = engine.neighbour_rows()
+
+    def score(t, r):
+        j = int(np.flatnonzero(nbr[t] == r)[0])
+        return float(lists.score_lo[t] + lists.score_step[t] * np.float32(lists.score_q[t, j]))
+
+    return score
+
+
 def _exact_lists(x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """``(n, K)`` every item's K best other items by exact inner product (ties: lower row)."""
     s = x @ x.T
@@ -87,20 +115,33 @@ def test_lists_hold_the_best_of_the_probed_columns_best_first(world):
         np.testing.assert_array_equal(got, want)
 
 
-def _reference(x, nbr, trig_rows, k, excluded=(), drop_triggers=True):
-    """Best ``max_t e_t . e_i`` over the union of the triggers' lists, triggers and ``excluded`` dropped."""
+def _reference(x, nbr, trig_rows, k, excluded=(), drop_triggers=True, score=None):
+    """Best ``max_t e_t . e_i`` (or ``score(t, i)``) over the union of the triggers' lists, triggers and
+    ``excluded`` dropped. One trigger whose scores are stored: its list's own order (the build's exact
+    order, which equal stored bytes do not change)."""
+    score = score or (lambda t, r: float(x[t] @ x[r]))
     best: dict[int, float] = {}
+    order: list[int] = []
     for t in trig_rows:
         for r in nbr[t]:
             if r < 0 or (drop_triggers and r in trig_rows) or r in excluded:
                 continue
-            best[int(r)] = max(best.get(int(r), -np.inf), float(x[t] @ x[r]))
+            order.append(int(r))
+            best[int(r)] = max(best.get(int(r), -np.inf), score(t, r))
+    if len(trig_rows) == 1 and getattr(score, "stored", False):
+        return order[:k]
     return sorted(best, key=lambda r: (-best[r], r))[:k]
 
 
+def _served_score(engine, x):
+    score = _score_of(engine, x)
+    score.stored = engine._lists.has_scores
+    return score
+
+
 @pytest.mark.parametrize("T", [1, 3, 8])
-def test_search_triggers_from_lists_equals_merged_lists(world, T):
-    ids, x, index, engine = world
+def test_search_triggers_from_lists_equals_merged_lists(served, T):
+    ids, x, index, engine = served
     rng = np.random.default_rng(T)
     trig = [rng.choice(N, T, replace=False) for _ in range(12)]
     k = 25
@@ -108,23 +149,25 @@ def test_search_triggers_from_lists_equals_merged_lists(world, T):
     assert res.mode == "trigger"
     assert (engine._slots == -1).all()  # the per-thread scratch is restored after every request
     nbr = engine.neighbour_rows()
+    score = _served_score(engine, x)
     for b, t in enumerate(trig):
-        want = _reference(x, nbr, set(t.tolist()), k)
+        want = _reference(x, nbr, t.tolist(), k, score=score)
         got = index.rows_of(res.item_ids[b][res.item_ids[b] >= 0])
         np.testing.assert_array_equal(got, want)
         # the best score among the triggers whose lists hold the item
-        best = np.array([max(x[u] @ x[g] for u in t if g in nbr[u]) for g in got])
+        best = np.array([max(score(u, g) for u in t if g in nbr[u]) for g in got])
         np.testing.assert_allclose(res.scores[b, : len(got)], best, rtol=1e-5, atol=1e-5)
         # explained by the trigger that scores it best, and a cluster the item sits in
         src_rows = index.rows_of(res.source[b, : len(got)])
-        np.testing.assert_allclose([x[s] @ x[g] for s, g in zip(src_rows, got)], best, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose([score(s, g) for s, g in zip(src_rows, got)], best, rtol=1e-5, atol=1e-5)
         for j, g in enumerate(got):
             assert (res.facet[b, j], res.cluster[b, j]) in {
                 (f, int(c)) for f in range(F) for c in index.assignments[g, f].reshape(-1)}
 
 
-def test_lists_honour_exclusions_and_removed_rows(world):
-    ids, x, index, engine = world
+def test_lists_honour_exclusions_and_removed_rows(served):
+    ids, x, index, engine = served
+    score = _served_score(engine, x)
     trig = [np.array([5, 900]), np.array([77])]
     first = engine.search_triggers([ids[t] for t in trig], 10)
     drop = index.rows_of(first.item_ids[:, :3].reshape(-1))
@@ -133,19 +176,20 @@ def test_lists_honour_exclusions_and_removed_rows(world):
     excl = [[], list(ids[drop[3:]])]  # request 1's three best, excluded for it alone
     res = engine.search_triggers([ids[t] for t in trig], 10, exclude=excl, removed=removed)
     for b, t in enumerate(trig):
-        want = _reference(x, engine.neighbour_rows(), set(t.tolist()), 10, set(drop[:3].tolist()) | (
-            set(drop[3:].tolist()) if b == 1 else set()))
+        want = _reference(x, engine.neighbour_rows(), t.tolist(), 10, set(drop[:3].tolist()) | (
+            set(drop[3:].tolist()) if b == 1 else set()), score=score)
         np.testing.assert_array_equal(index.rows_of(res.item_ids[b]), want)
     # kept triggers come only through another trigger's list: an item is never in its own
     trig = [np.array([5, engine.neighbour_rows()[5, 0]])]
     kept = engine.search_triggers([ids[t] for t in trig], 10, exclude_triggers=False)
     np.testing.assert_array_equal(index.rows_of(kept.item_ids[0]),
-                                  _reference(x, engine.neighbour_rows(), set(trig[0].tolist()), 10, drop_triggers=False))
+                                  _reference(x, engine.neighbour_rows(), trig[0].tolist(), 10, drop_triggers=False,
+                                             score=score))
     assert trig[0][1] in index.rows_of(kept.item_ids[0])
 
 
-def test_lists_same_answers_for_any_batch_split_and_thread_count(world):
-    ids, _, _, engine = world
+def test_lists_same_answers_for_any_batch_split_and_thread_count(served):
+    ids, _, _, engine = served
     rng = np.random.default_rng(3)
     trig = [ids[rng.choice(N, int(rng.integers(1, 6)), replace=False)] for _ in range(20)]
     whole = engine.search_triggers(trig, 15)
@@ -246,7 +290,8 @@ def test_compact_and_plain_lists_give_the_same_answers(world):
     ids, _, index, engine = world
     plain = ScanEngine(index, engine._cb, EngineConfig(prerank="fastscan", threads=2, neighbours=K,
                                                       neighbour_probe=4, compact_lists=False))
-    assert not plain._lists.compact and plain.list_nbytes > 1.8 * engine.list_nbytes
+    assert not plain._lists.compact and plain._lists.codes.nbytes == 2 * engine._lists.codes.nbytes
+    assert plain.list_nbytes - plain._lists.codes.nbytes == engine.list_nbytes - engine._lists.codes.nbytes
     np.testing.assert_array_equal(plain.neighbour_rows(), engine.neighbour_rows())
     rng = np.random.default_rng(11)
     trig = [ids[rng.choice(N, int(rng.integers(1, 8)), replace=False)] for _ in range(30)]
@@ -277,3 +322,38 @@ def test_lists_of_another_engine_are_refused(world):
     with pytest.raises(ValueError, match="do not match this engine"):
         engine.set_lists(small)
     assert engine.neighbour_rows([5]).shape == (1, K)  # the engine's own lists are kept
+
+
+def test_stored_scores_keep_the_order_within_half_a_step():
+    from mfli.serve.neighbours import quantise_scores
+
+    rng = np.random.default_rng(2)
+    scores = -np.sort(-rng.standard_normal((50, 30)).astype(np.float32) * 3, axis=1)
+    rows = np.tile(np.arange(30, dtype=np.int32), (50, 1))
+    rows[4, 20:] = -1  # a short list: its floor is its last real entry
+    scores[4, 20:] = -np.inf
+    rows[5] = -1  # an empty list
+    scores[5] = -np.inf
+    scores[6] = 1.5  # a list of equal scores: step 0
+    q, lo, step = quantise_scores(scores, rows)
+    assert q.dtype == np.uint8 and lo.dtype == step.dtype == np.float32
+    back = lo[:, None] + step[:, None] * q.astype(np.float32)
+    valid = rows >= 0
+    assert (np.abs(back - scores)[valid] <= step[:, None].repeat(30, 1)[valid] / 2 + 1e-6).all()
+    assert (np.diff(np.where(valid, q.astype(int), -1), axis=1)[:, :19] <= 0).all()  # best first, like the list
+    assert q[4, 0] == 255 and q[4, 19] == 0 and (q[4, 20:] == 0).all() and lo[4] == scores[4, 19]
+    assert (q[5] == 0).all() and lo[5] == 0 and step[5] == 0
+    assert step[6] == 0 and (back[6] == 1.5).all()
+
+
+def test_stored_scores_save_vector_reads_not_answers(world, served):
+    """A one-trigger request reads its list in order, with or without stored scores; the stored bytes
+    (K + 8 per item) are what the engine reports for them."""
+    ids, x, index, engine = world
+    _, _, _, other = served
+    res = engine.search_triggers([[ids[9]]], K)
+    np.testing.assert_array_equal(res.item_ids, other.search_triggers([[ids[9]]], K).item_ids)
+    assert engine._lists.nbytes - engine._lists.without_scores().nbytes == N * (K + 8)
+    got = index.rows_of(res.item_ids[0])
+    exact = x[got] @ x[9]
+    np.testing.assert_allclose(res.scores[0], exact, atol=float(engine._lists.score_step[9]) / 2 + 1e-5, rtol=0)
