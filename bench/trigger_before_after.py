@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--before", default="1d54285", help="the revision to compare with")
     p.add_argument("--triggers", default="1,4,16")
     p.add_argument("--rounds", type=int, default=31)
+    p.add_argument("--exact-lists", action="store_true",
+                   help="lists without stored scores (EngineConfig.list_scores=False): every entry rescored exactly")
     p.add_argument("--requests", type=int, default=256,
                    help="distinct requests per T (a round answers them all; many: their vectors are not cached)")
     a = p.parse_args(argv)
@@ -41,9 +43,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     before = module_at(a.before, "mfli/serve/neighbours.py", "neighbours_before")
     data, codes, index, out = engine_index(a, "bench/trigger_before_after.py", argv)
-    out.update({"before": a.before, "by_T": {}})
+    out.update({"before": a.before, "list_scores": not a.exact_lists, "by_T": {}})
     cfg = default_scan_config()
     cfg.threads = 1
+    cfg.list_scores = not a.exact_lists
     engine = ScanEngine(index, data.codebooks, cfg, codes=codes)
     kernels = {"before": before, "after": current}
 

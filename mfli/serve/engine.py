@@ -43,10 +43,11 @@ without scoring every column's centroid.
 
 - *neighbour lists* (``neighbours > 0``, :mod:`mfli.serve.neighbours`): at build, every item's
   ``neighbours`` best items are found by exact scoring in its own clusters and their
-  ``neighbour_probe - 1`` nearest; a request reads its triggers' lists and rescores them exactly
-  (no routing, no scan). At 1M items this is 4.5-20x the requests/s of the fastest per-trigger ANN
-  search at equal recall with 4 or more triggers, 2.3-5.7x with one (docs/benchmarks_serving.md)
-  for ``2 * N * neighbours`` bytes (uint16 codes; ``4 * N * neighbours`` when lists fall back to int32 rows);
+  ``neighbour_probe - 1`` nearest, and each entry keeps its score in one byte (``list_scores``); a
+  request merges its triggers' lists best first by those scores (no routing, no scan, no vector
+  read), or rescores them exactly without stored scores. Memory: ``2 * N * neighbours`` bytes of
+  uint16 codes (``4 * N * neighbours`` when lists fall back to int32 rows) plus ``N * (neighbours + 8)``
+  of scores; speed against per-trigger ANN search: docs/benchmarks_serving.md, "Trigger mode";
 - *cluster scan* (no lists): each trigger item's own clusters (its cluster in every facet, no
   routing) plus optionally its ``extra_clusters`` nearest clusters by centroid are scanned with the
   trigger's tables into a short list of ``shortlist`` per trigger; each short-listed copy is rescored

@@ -14,7 +14,7 @@ is built, by exact scoring inside the clusters:
   per item, so the dequantised scores keep the list's order and are within ``range / 510`` of the
   exact ones). A request then reads its lists' bytes instead of ``T * K`` scattered full vectors: at
   1M items a one-trigger request was ~100 scattered 512-byte reads for 100 dot products, which made
-  it memory-bound (docs/benchmarks_serving.md, "Stored list scores"). Lists without stored scores
+  it memory-bound (docs/benchmarks_serving.md, "Trigger mode: stored list scores"). Lists without stored scores
   (``EngineConfig.list_scores=False``, 1 byte per entry less) rescore every entry exactly.
   A neighbour always sits in one of the columns its item's columns probe, so it is stored *compactly*
   as that column's slot in the item's neighbourhood and its position inside the column,
@@ -26,9 +26,12 @@ is built, by exact scoring inside the clusters:
   escaped to a sorted side table; a catalogue where more than one entry in ``1 / ESCAPE_SHARE_MAX``
   would escape keeps plain ``(N, K)`` int32 rows (``EngineConfig.compact_lists=False`` always does).
 
-Serving (:func:`trigger_lists`) is then a look-up: a request's triggers' lists with their stored
-scores (or rescored exactly), each item once at its best trigger, triggers / excluded / removed rows
-dropped, top ``k``. No routing and no scan per request.
+Serving (:func:`trigger_lists`) is then a look-up. With stored scores, a request's triggers' lists are
+merged best first through a heap of their heads (:func:`_merge_stored`: every list is already in
+order), each item kept at its first (best) appearance, triggers / excluded / removed rows skipped,
+until ``k`` are kept: no vector read, no de-duplication table, no sort. Without them, every entry read
+is rescored exactly and offered to a per-thread slot table; a first pass over ``ceil(k / T)`` entries
+per list sets a floor that cuts the rest. No routing and no scan per request either way.
 
 Cost at build: ``sum_c |c| * |candidates(c)| * F * d`` multiply-adds (``probe`` times the members of a
 column's neighbourhood); memory ``2 * N * K`` bytes (compact) or ``4 * N * K`` (rows), plus
@@ -482,6 +485,7 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
     ``ids2``: ``(N, 1)`` view of the item ids (:func:`_prefetch_entry`)."""
     codes, shift, col_nbr, offsets, entry_rows, esc_key, esc_row, sq, slo, sstep = lists
     stored = sq.shape[0] > 0
+    slot2 = slot.reshape((slot.size, 1))  # a view, for _prefetch_entry
     mask = (np.int64(1) << max(shift, 0)) - 1
     K = codes.shape[1]
     W = own.shape[1]
@@ -495,13 +499,13 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
         if shift < 0:  # int32 rows
             for j in range(j0, min(j1, j0 + _DECODE_AHEAD)):
                 if codes[tr, j] >= 0:
-                    _prefetch_entry(emb, own, ids2, codes[tr, j], single, stored)
+                    _prefetch_entry(emb, own, ids2, slot2, codes[tr, j], single, stored)
             for j in range(j0, j1):
                 r = np.int64(codes[tr, j])
                 if r < 0:
                     break
                 if j + _DECODE_AHEAD < j1 and codes[tr, j + _DECODE_AHEAD] >= 0:
-                    _prefetch_entry(emb, own, ids2, codes[tr, j + _DECODE_AHEAD], single, stored)
+                    _prefetch_entry(emb, own, ids2, slot2, codes[tr, j + _DECODE_AHEAD], single, stored)
                 s = lo + st_ * np.float32(sq[tr, j]) if stored else _dot(emb, tr, r)
                 size, below = _offer_scored(r, q, s, tau, bt, removed, slot, hi, hq, hs, size, single)
                 if below:
@@ -528,7 +532,7 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
                 else:
                     rbuf[m] = esc_row[np.searchsorted(esc_key, np.int64(tr) * K + j + t)]
                 # loads while the run's earlier rows are scored
-                _prefetch_entry(emb, own, ids2, rbuf[m], single, stored)
+                _prefetch_entry(emb, own, ids2, slot2, rbuf[m], single, stored)
                 m += 1
             done = m < n  # padding: the list ends here
             for t in range(m):
@@ -542,17 +546,21 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
 
 
 @nb.njit(**_OPTS)
-def _prefetch_entry(emb: np.ndarray, own: np.ndarray, ids2: np.ndarray, r: int, single: bool, stored: bool) -> None:
+def _prefetch_entry(emb: np.ndarray, own: np.ndarray, ids2: np.ndarray, slot2: np.ndarray, r: int, single: bool,
+                    stored: bool) -> None:
     """Start loading row ``r``'s vector (unless its score is stored); with one trigger also its own
     columns and id, which the answer reads for every row of the list (scattered reads of 8 MB arrays at
-    1M items). One trigger: 1.03-1.12x / 1.09-1.10x the requests/s at batch 1 / 64, cache-cold, two
-    runs; with several triggers most rows drop below the floor and the extra loads cost 2% at 16
-    (docs/benchmarks_serving.md, "Trigger mode")."""
+    1M items; 1.03-1.12x / 1.09-1.10x the requests/s at batch 1 / 64, cache-cold, two runs); with
+    several, its de-duplication slot (``slot2``, ``(N, 1)``), which every offered row reads. The rows
+    several triggers keep are prefetched when the answer is written (:func:`_answer_chunk`): most of
+    their rows drop below the floor (docs/benchmarks_serving.md, "Trigger mode")."""
     if not stored:
         prefetch_row(emb, r)
     if single:
         prefetch_row(own, r)
         prefetch_row(ids2, r)
+    else:
+        prefetch_row(slot2, r)
 
 
 @nb.njit(**_OPTS)
@@ -580,6 +588,137 @@ def _offer_scored(r: int, q: int, acc: float, tau: float, bt: np.ndarray, remove
 
 
 @nb.njit(**_OPTS)
+def _decode_run(lists: tuple, own: np.ndarray, tr: int, j0: int, n: int, starts: np.ndarray, base: int,
+                out: np.ndarray) -> int:
+    """Rows of entries ``j0 .. j0 + n - 1`` of item ``tr``'s list into ``out``; returns how many there are
+    (fewer at the list's padding). ``starts[base:]``: the trigger's neighbourhood column starts (-1 until
+    first needed). The loads of a run are independent, so their misses overlap."""
+    codes, shift, col_nbr, offsets, entry_rows, esc_key, esc_row = lists[:7]
+    K = codes.shape[1]
+    m = 0
+    if shift < 0:
+        for t in range(n):
+            r = np.int64(codes[tr, j0 + t])
+            if r < 0:
+                break
+            out[m] = r
+            m += 1
+        return m
+    mask = (np.int64(1) << shift) - 1
+    P = col_nbr.shape[1]
+    for t in range(n):
+        c = np.int64(codes[tr, j0 + t])
+        if c < ESC16:
+            ab = c >> shift
+            st = starts[base + ab]
+            if st < 0:
+                a = ab // P
+                st = offsets[col_nbr[own[tr, a], ab - a * P]]
+                starts[base + ab] = st
+            out[m] = entry_rows[st + (c & mask)]
+        elif c == PAD16:
+            break
+        else:
+            out[m] = esc_row[np.searchsorted(esc_key, np.int64(tr) * K + j0 + t)]
+        m += 1
+    return m
+
+
+@nb.njit(**_OPTS)
+def _ahead(s1: float, r1: int, q1: int, s2: float, r2: int, q2: int) -> bool:
+    """(s1, r1, q1) comes before (s2, r2, q2): higher score, then lower row, then lower trigger."""
+    return s1 > s2 or (s1 == s2 and (r1 < r2 or (r1 == r2 and q1 < q2)))
+
+
+@nb.njit(**_OPTS)
+def _heap_down(hs: np.ndarray, hr: np.ndarray, hq: np.ndarray, n: int, i: int) -> None:
+    """Max-heap (first in :func:`_ahead` order at 0) of ``n`` list heads: move slot ``i`` down."""
+    s0, r0, q0 = hs[i], hr[i], hq[i]
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and _ahead(hs[c + 1], hr[c + 1], hq[c + 1], hs[c], hr[c], hq[c]):
+            c += 1
+        if not _ahead(hs[c], hr[c], hq[c], s0, r0, q0):
+            break
+        hs[i], hr[i], hq[i] = hs[c], hr[c], hq[c]
+        i = c
+    hs[i], hr[i], hq[i] = s0, r0, q0
+
+
+@nb.njit(**_OPTS)
+def _merge_stored(q0: int, q1: int, trig_rows: np.ndarray, lists: tuple, own: np.ndarray, ids2: np.ndarray,
+                  bt: np.ndarray, removed: np.ndarray, touched: np.ndarray, n_t: int, k: int, hi: np.ndarray,
+                  hq: np.ndarray, hs: np.ndarray, starts: np.ndarray) -> tuple[int, int, np.ndarray, int]:
+    """Several triggers' lists with stored scores, merged best first: the answer in order, no rescoring,
+    no de-duplication table and no sort.
+
+    Every list is already in order (stored scores never rise along a list), so a heap of the ``T``
+    lists' heads yields the entries of all of them best first; an item's first appearance is its best
+    trigger, later ones are skipped (its bit is set in ``bt``, recorded in ``touched`` for the reset),
+    and the merge stops at the ``k``-th kept item. Each list is decoded ``_DECODE_AHEAD`` entries at a
+    time; a kept row's id and columns are prefetched for the answer.
+
+    Returns:
+        ``(size, entries_read, touched, n_t)``: ``hi, hq, hs[:size]`` hold the answer (row, trigger
+        index, score) in order.
+    """
+    codes, sq, slo, sstep = lists[0], lists[7], lists[8], lists[9]
+    K = codes.shape[1]
+    WP = own.shape[1] * lists[2].shape[1]
+    nq = q1 - q0
+    R = _DECODE_AHEAD
+    buf = np.empty((nq, R), np.int64)
+    fill = np.zeros(nq, np.int64)  # decoded rows in buf[i]
+    head = np.zeros(nq, np.int64)  # next of them to offer
+    at = np.zeros(nq, np.int64)  # list position of buf[i, 0]
+    hps = np.empty(nq, np.float32)
+    hpr = np.empty(nq, np.int64)
+    hpq = np.empty(nq, np.int64)
+    n = 0
+    for i in range(nq):
+        tr = trig_rows[q0 + i]
+        if tr < 0:
+            continue
+        fill[i] = _decode_run(lists, own, tr, 0, min(R, K), starts, i * WP, buf[i])
+        if fill[i] == 0:
+            continue
+        hps[n] = slo[tr] + sstep[tr] * np.float32(sq[tr, 0])
+        hpr[n] = buf[i, 0]
+        hpq[n] = i
+        n += 1
+    for i in range(n // 2 - 1, -1, -1):
+        _heap_down(hps, hpr, hpq, n, i)
+    size = 0
+    read = 0
+    while n > 0 and size < k:
+        r, i = hpr[0], hpq[0]
+        read += 1
+        if not (bt[r >> 3] | removed[r >> 3]) & np.uint8(1 << (r & 7)):
+            hi[size], hq[size], hs[size] = r, q0 + i, hps[0]
+            size += 1
+            touched, n_t = _mark(bt, touched, n_t, r)
+            prefetch_row(ids2, r)
+            prefetch_row(own, r)
+        # the list's next entry takes its place in the heap, or the list leaves it
+        tr = trig_rows[q0 + i]
+        head[i] += 1
+        if head[i] == fill[i] and fill[i] == R and at[i] + R < K:  # a full run used up: decode the next
+            at[i] += R
+            head[i] = 0
+            fill[i] = _decode_run(lists, own, tr, at[i], min(R, K - at[i]), starts, i * WP, buf[i])
+        if head[i] < fill[i]:  # (a short run ended at the list's padding)
+            hps[0] = slo[tr] + sstep[tr] * np.float32(sq[tr, at[i] + head[i]])
+            hpr[0] = buf[i, head[i]]
+        else:
+            n -= 1
+            hps[0], hpr[0], hpq[0] = hps[n], hpr[n], hpq[n]
+        _heap_down(hps, hpr, hpq, n, 0)
+    return size, read, touched, n_t
+
+
+@nb.njit(**_OPTS)
 def _sorted_run(score: np.ndarray, rows: np.ndarray, size: int, k: int) -> np.ndarray:
     """Positions of the best ``k`` of ``score[:size]`` (ties: lower row), as :func:`_top_unique` orders them,
     by insertion sort: linear when the input is already almost in order (one trigger's list)."""
@@ -593,6 +732,35 @@ def _sorted_run(score: np.ndarray, rows: np.ndarray, size: int, k: int) -> np.nd
             j -= 1
         o[j + 1] = x
     return o[: min(k, size)]
+
+
+@nb.njit(**_OPTS)
+def _write_answer(b: int, sel: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: np.ndarray, trig_rows: np.ndarray,
+                  own: np.ndarray, item_ids: np.ndarray, col_facet: np.ndarray, col_cluster: np.ndarray,
+                  out_ids: np.ndarray, out_score: np.ndarray, out_facet: np.ndarray, out_cluster: np.ndarray,
+                  out_source: np.ndarray) -> None:
+    """Row ``b`` of the answer from positions ``sel`` of ``hi / hq / hs`` (row, trigger index, score), each
+    item explained by a column it shares with its trigger (else its own first one)."""
+    W = own.shape[1]
+    for j in range(sel.size):
+        o = sel[j]
+        r = hi[o]
+        tr = trig_rows[hq[o]]
+        c = own[r, 0]
+        found = False
+        for u in range(W):
+            for v in range(W):
+                if own[r, u] == own[tr, v]:
+                    c = own[r, u]
+                    found = True
+                    break
+            if found:
+                break
+        out_ids[b, j] = item_ids[r]
+        out_score[b, j] = hs[o]
+        out_facet[b, j] = col_facet[c]
+        out_cluster[b, j] = col_cluster[c]
+        out_source[b, j] = item_ids[tr]
 
 
 @nb.njit(**_OPTS)
@@ -614,6 +782,7 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
     starts = np.empty(WP, np.int64)
     rbuf = np.empty(_DECODE_AHEAD, np.int64)
     ids2 = item_ids.reshape((item_ids.size, 1))  # a view, for _prefetch_entry
+    stored = lists[7].shape[0] > 0
     for b in range(b0, b1):
         n_t = 0
         for j in range(ex_ptr[b], ex_ptr[b + 1]):
@@ -635,6 +804,15 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
             starts = np.empty((q1 - q0) * WP, np.int64)
         starts[: (q1 - q0) * WP] = -1
         single = n_trig == 1  # a list holds each row once: no de-duplication (the slots stay untouched)
+        if stored:  # lists with stored scores: one merge gives the answer in order
+            size, read, touched, n_t = _merge_stored(q0, q1, trig_rows, lists, own, ids2, bt, removed, touched,
+                                                     n_t, k, hi, hq, hs, starts)
+            for j in range(n_t):
+                bt[touched[j] >> 3] = 0
+            n_scored[b] = read
+            _write_answer(b, np.arange(size), hi, hq, hs, trig_rows, own, item_ids, col_facet, col_cluster, out_ids,
+                          out_score, out_facet, out_cluster, out_source)
+            continue
         size = _read_lists(q0, q1, 0, h, -np.inf, trig_rows, lists, own, emb, bt, removed, slot, hi, hq, hs, 0,
                            starts, rbuf, single, ids2)
         if h < K:
@@ -651,33 +829,17 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
             for j in range(size):
                 slot[hi[j]] = -1
         n_scored[b] = size
-        # one trigger: its list order is (nearly) the exact order, so an insertion sort is ~linear; with
-        # stored scores it is the build's exact order itself (equal bytes must not reorder it by row)
-        if n_trig == 1 and lists[7].shape[0] > 0:
-            sel = np.arange(min(k, size))
-        elif n_trig == 1:
+        # one trigger: its list order is (nearly) the exact order, so an insertion sort is ~linear
+        if n_trig == 1:
             sel = _sorted_run(hs, hi, size, k)
         else:
             sel = _top_unique(hs, hi, size, k)
-        for j in range(sel.size):
-            o = sel[j]
-            r = hi[o]
-            tr = trig_rows[hq[o]]
-            c = own[r, 0]
-            found = False
-            for u in range(W):
-                for v in range(W):
-                    if own[r, u] == own[tr, v]:
-                        c = own[r, u]
-                        found = True
-                        break
-                if found:
-                    break
-            out_ids[b, j] = item_ids[r]
-            out_score[b, j] = hs[o]
-            out_facet[b, j] = col_facet[c]
-            out_cluster[b, j] = col_cluster[c]
-            out_source[b, j] = item_ids[tr]
+        if not single:  # the kept rows' ids and columns, loaded ahead of the loop that reads them
+            for j in range(sel.size):
+                prefetch_row(ids2, hi[sel[j]])
+                prefetch_row(own, hi[sel[j]])
+        _write_answer(b, sel, hi, hq, hs, trig_rows, own, item_ids, col_facet, col_cluster, out_ids, out_score,
+                      out_facet, out_cluster, out_source)
 
 
 @nb.njit(**_OPTS)
@@ -706,12 +868,14 @@ def trigger_lists(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.nd
                   bits: np.ndarray, slots: np.ndarray, k: int, item_ids: np.ndarray, col_facet: np.ndarray,
                   col_cluster: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Trigger-mode answers from the neighbour lists: each request's triggers' lists, rescored exactly.
+    """Trigger-mode answers from the neighbour lists: each request's triggers' lists, merged best first
+    by their stored scores (:func:`_merge_stored`), or rescored exactly when the lists store none.
 
-    Two passes per request: the first ``ceil(k / T)`` entries of each of its ``T`` triggers' lists give
-    a floor ``tau`` (the k-th best distinct score so far, which the final k-th best can only exceed);
-    the rest of each list is read until an entry scores below ``tau`` (lists are sorted best first, so
-    nothing after it can enter). At ``T = 16`` this scores about a fifth of the ``T * K`` entries.
+    Exact rescoring takes two passes per request: the first ``ceil(k / T)`` entries of each of its
+    ``T`` triggers' lists give a floor ``tau`` (the k-th best distinct score so far, which the final
+    k-th best can only exceed); the rest of each list is read until an entry scores below ``tau``
+    (lists are sorted best first, so nothing after it can enter). At ``T = 16`` this scores about a
+    fifth of the ``T * K`` entries; the merge reads about ``k`` entries whatever ``T``.
 
     Args:
         req_q_ptr: ``(B + 1,)`` request b's triggers are ``trig_ids[req_q_ptr[b]:req_q_ptr[b + 1]]``
@@ -730,7 +894,7 @@ def trigger_lists(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.nd
         ``(B, k)`` item ids (-1 padding), scores (float32 best ``e_t . e_i`` over the request's triggers;
         ties: lower row), facet (int16) and cluster of the column explaining the item (a cluster it
         shares with its best trigger, else its own first one), source (that trigger's id), and
-        ``scored (B,)`` distinct candidates scored.
+        ``scored (B,)`` distinct candidates scored exactly (list entries merged, with stored scores).
     """
     B = req_q_ptr.size - 1
     T = bits.shape[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 import pytest
 from topic_vectors import topic_vectors
@@ -117,19 +119,19 @@ def test_lists_hold_the_best_of_the_probed_columns_best_first(world):
 
 def _reference(x, nbr, trig_rows, k, excluded=(), drop_triggers=True, score=None):
     """Best ``max_t e_t . e_i`` (or ``score(t, i)``) over the union of the triggers' lists, triggers and
-    ``excluded`` dropped. One trigger whose scores are stored: its list's own order (the build's exact
-    order, which equal stored bytes do not change)."""
+    ``excluded`` dropped. Stored scores: the lists merged as they stand (each list in its own order, the
+    build's exact order, which equal stored bytes do not change; heads compared by score, row, trigger),
+    every item at its first appearance."""
     score = score or (lambda t, r: float(x[t] @ x[r]))
+    keep = [[int(r) for r in nbr[t] if r >= 0 and not (drop_triggers and r in trig_rows) and r not in excluded]
+            for t in trig_rows]
+    if getattr(score, "stored", False):
+        merged = heapq.merge(*[[(-score(t, r), r, q) for r in rows] for q, (t, rows) in enumerate(zip(trig_rows, keep))])
+        return list(dict.fromkeys(r for _, r, _ in merged))[:k]
     best: dict[int, float] = {}
-    order: list[int] = []
-    for t in trig_rows:
-        for r in nbr[t]:
-            if r < 0 or (drop_triggers and r in trig_rows) or r in excluded:
-                continue
-            order.append(int(r))
-            best[int(r)] = max(best.get(int(r), -np.inf), score(t, r))
-    if len(trig_rows) == 1 and getattr(score, "stored", False):
-        return order[:k]
+    for t, rows in zip(trig_rows, keep):
+        for r in rows:
+            best[r] = max(best.get(r, -np.inf), score(t, r))
     return sorted(best, key=lambda r: (-best[r], r))[:k]
 
 
