@@ -46,11 +46,12 @@ def default_scan_config() -> EngineConfig:
     100 take the reference path): with the user's 10 most recent items as triggers they raised
     trigger-mode recall@100 over the paper's cluster histogram from 0.269 to 0.327 on ml-latest-small /
     last, 0.208 to 0.269 on amazon-scientific / last and 0.265 to 0.295 on its cold split
-    (docs/benchmarks.md), and at 1M items they answer 4.5-20x the requests/s of the fastest
-    per-trigger IVF / ScaNN / HNSW search at equal recall with 4 or more triggers (one trigger: 2.3-5.5x
-    in the latest run, below the 5x target), for 200 bytes per item as uint16
-    codes (``compact_lists``; about 0.9x the requests/s of int32 rows, "Compact neighbour lists") and a
-    build of 54-92 s on one thread (docs/benchmarks_serving.md, "Trigger mode at 1,000,000 items").
+    (docs/benchmarks.md). Each entry keeps its build-time score in a byte (``list_scores``) and a
+    request merges its triggers' lists by them instead of rescoring scattered vectors: at 1M items
+    that answers 12.6-63x the requests/s of the fastest per-trigger IVF / ScaNN / HNSW search at
+    equal recall with 4 or 16 triggers, 6.3-11.9x with one in batches of 64 and 4.3-7.3x one request at
+    a time (two runs; under the 5x target there), for 308 bytes per item (200 of uint16 codes, ``compact_lists``; 108 of scores) and a
+    build of 60-120 s on one thread (docs/benchmarks_serving.md, "Trigger mode: stored list scores").
     """
     return EngineConfig(n_clusters=48, shortlist=300, prerank="fastscan", neighbours=100)
 
@@ -93,7 +94,9 @@ class ServingConfig:
 
         A dict without ``engine`` (a snapshot saved before the field existed, or no serving.json at all)
         gets :data:`LEGACY_ENGINE`, the scorer its gates measured; a retriever dict without
-        ``new_item_facet_weights`` scores new items like every other (the behaviour before the field)."""
+        ``new_item_facet_weights`` scores new items like every other (the behaviour before the field); a scan
+        dict without ``list_scores`` rescores its trigger lists exactly, as the gates of a snapshot saved
+        before stored list scores measured (and its stored lists, which carry none, are served as they are)."""
         data = dict(data or {})
         data.setdefault("engine", LEGACY_ENGINE)
         _check_fields(cls, data, "serving config")
@@ -104,6 +107,8 @@ class ServingConfig:
                 rdata[name] = list(rdata[name])
         sdata = dict(data.pop("scan", None) or {})
         _check_fields(EngineConfig, sdata, "scan engine config")
+        if sdata:
+            sdata.setdefault("list_scores", False)
         # fields left out take the serving defaults (default_scan_config), not EngineConfig's
         scan = EngineConfig(**{**dataclasses.asdict(default_scan_config()), **sdata})
         blend = data.pop("blend", None)

@@ -61,6 +61,10 @@ def test_default_serving_config_is_what_the_gates_measured():
     assert (cfg.retriever.merge, cfg.retriever.beam) == ("sum", 32)
     assert (cfg.engine, cfg.scan.n_clusters, cfg.scan.shortlist) == ("scan", 48, 300)  # new snapshots
     assert ServingConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.scan.list_scores  # trigger lists keep their scores in new snapshots
+    old = cfg.to_dict()
+    del old["scan"]["list_scores"]  # a snapshot saved before stored list scores: served as its gates measured
+    assert not ServingConfig.from_dict(old).scan.list_scores
     with pytest.raises(ValueError, match="unknown retriever config fields"):
         ServingConfig.from_dict({"retriever": {"mrege": "sum"}})
     with pytest.raises(ValueError, match="unknown scan engine config fields"):
