@@ -476,15 +476,15 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
                 hq: np.ndarray, hs: np.ndarray, size: int, starts: np.ndarray, rbuf: np.ndarray, single: bool,
                 ids2: np.ndarray) -> int:
     """Entries ``j0 .. j1 - 1`` of the lists of triggers ``q0 .. q1 - 1``, each scored exactly and offered
-    (:func:`_offer`) until one scores below ``tau`` (lists run best first); returns the new size.
+    (:func:`_offer`) until one scores below ``tau`` (lists run best first); returns the new size. (Lists
+    with stored scores are merged instead, :func:`_merge_stored`.)
 
     Compact lists are decoded ``_DECODE_AHEAD`` entries at a time into ``rbuf`` before they are scored,
     so the entry-table reads of a run overlap instead of each delaying its own vector's read.
     ``starts ((q1 - q0) * F * m * probe,)`` int64: the triggers' neighbourhood column starts, -1 until
     first needed (reset once per request, shared by both passes). ``single``: one trigger (no de-duplication).
     ``ids2``: ``(N, 1)`` view of the item ids (:func:`_prefetch_entry`)."""
-    codes, shift, col_nbr, offsets, entry_rows, esc_key, esc_row, sq, slo, sstep = lists
-    stored = sq.shape[0] > 0
+    codes, shift, col_nbr, offsets, entry_rows, esc_key, esc_row = lists[:7]
     slot2 = slot.reshape((slot.size, 1))  # a view, for _prefetch_entry
     mask = (np.int64(1) << max(shift, 0)) - 1
     K = codes.shape[1]
@@ -494,20 +494,17 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
         tr = trig_rows[q]
         if tr < 0:
             continue
-        lo = slo[tr] if stored else np.float32(0.0)
-        st_ = sstep[tr] if stored else np.float32(0.0)
         if shift < 0:  # int32 rows
             for j in range(j0, min(j1, j0 + _DECODE_AHEAD)):
                 if codes[tr, j] >= 0:
-                    _prefetch_entry(emb, own, ids2, slot2, codes[tr, j], single, stored)
+                    _prefetch_entry(emb, own, ids2, slot2, codes[tr, j], single)
             for j in range(j0, j1):
                 r = np.int64(codes[tr, j])
                 if r < 0:
                     break
                 if j + _DECODE_AHEAD < j1 and codes[tr, j + _DECODE_AHEAD] >= 0:
-                    _prefetch_entry(emb, own, ids2, slot2, codes[tr, j + _DECODE_AHEAD], single, stored)
-                s = lo + st_ * np.float32(sq[tr, j]) if stored else _dot(emb, tr, r)
-                size, below = _offer_scored(r, q, s, tau, bt, removed, slot, hi, hq, hs, size, single)
+                    _prefetch_entry(emb, own, ids2, slot2, codes[tr, j + _DECODE_AHEAD], single)
+                size, below = _offer_scored(r, q, _dot(emb, tr, r), tau, bt, removed, slot, hi, hq, hs, size, single)
                 if below:
                     break
             continue
@@ -531,13 +528,14 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
                     break
                 else:
                     rbuf[m] = esc_row[np.searchsorted(esc_key, np.int64(tr) * K + j + t)]
-                # loads while the run's earlier rows are scored
-                _prefetch_entry(emb, own, ids2, slot2, rbuf[m], single, stored)
+                # loads while the run's earlier rows are scored (issued as each row is decoded: decoding a
+                # whole run first, as _decode_run does for the merge, was 0.8-0.9x here)
+                _prefetch_entry(emb, own, ids2, slot2, rbuf[m], single)
                 m += 1
             done = m < n  # padding: the list ends here
             for t in range(m):
-                s = lo + st_ * np.float32(sq[tr, j + t]) if stored else _dot(emb, tr, rbuf[t])
-                size, below = _offer_scored(rbuf[t], q, s, tau, bt, removed, slot, hi, hq, hs, size, single)
+                size, below = _offer_scored(rbuf[t], q, _dot(emb, tr, rbuf[t]), tau, bt, removed, slot, hi, hq, hs,
+                                            size, single)
                 if below:
                     done = True
                     break
@@ -546,16 +544,14 @@ def _read_lists(q0: int, q1: int, j0: int, j1: int, tau: float, trig_rows: np.nd
 
 
 @nb.njit(**_OPTS)
-def _prefetch_entry(emb: np.ndarray, own: np.ndarray, ids2: np.ndarray, slot2: np.ndarray, r: int, single: bool,
-                    stored: bool) -> None:
-    """Start loading row ``r``'s vector (unless its score is stored); with one trigger also its own
+def _prefetch_entry(emb: np.ndarray, own: np.ndarray, ids2: np.ndarray, slot2: np.ndarray, r: int, single: bool) -> None:
+    """Start loading row ``r``'s vector (for exact rescoring); with one trigger also its own
     columns and id, which the answer reads for every row of the list (scattered reads of 8 MB arrays at
     1M items; 1.03-1.12x / 1.09-1.10x the requests/s at batch 1 / 64, cache-cold, two runs); with
     several, its de-duplication slot (``slot2``, ``(N, 1)``), which every offered row reads. The rows
     several triggers keep are prefetched when the answer is written (:func:`_answer_chunk`): most of
     their rows drop below the floor (docs/benchmarks_serving.md, "Trigger mode")."""
-    if not stored:
-        prefetch_row(emb, r)
+    prefetch_row(emb, r)
     if single:
         prefetch_row(own, r)
         prefetch_row(ids2, r)
