@@ -27,9 +27,10 @@ def save_keyed(path: str | Path, key: dict[str, Any], **arrays: np.ndarray) -> P
     return path
 
 
-def load_keyed(path: str | Path, names: Sequence[str], fmt: str,
-               writer: str) -> tuple[dict[str, np.ndarray], dict[str, Any], Callable[[str], ValueError]]:
-    """Read the arrays ``names`` and the key of a file :func:`save_keyed` wrote with ``format == fmt``.
+def load_keyed(path: str | Path, names: Sequence[str], fmt: str, writer: str, optional: Sequence[str] = ()
+               ) -> tuple[dict[str, np.ndarray], dict[str, Any], Callable[[str], ValueError]]:
+    """Read the arrays ``names`` (and ``optional`` ones, where present) and the key of a file
+    :func:`save_keyed` wrote with ``format == fmt``.
 
     Returns:
         ``(arrays, key, bad)``: ``bad(what)`` builds the ValueError naming the file and ``writer`` for
@@ -45,7 +46,7 @@ def load_keyed(path: str | Path, names: Sequence[str], fmt: str,
 
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {a: z[a] for a in (*names, "key") if a in z.files}
+            arrays = {a: z[a] for a in (*names, *optional, "key") if a in z.files}
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:  # numpy: "pickled data" for non-npz bytes
         raise ValueError(f"{path}: cannot be read as npz ({exc})") from exc
     missing = [a for a in (*names, "key") if a not in arrays]

@@ -79,7 +79,8 @@ def load_lists(path: str | Path) -> StoredLists:
     Raises:
         ValueError: naming the file and the array that is missing or malformed.
     """
-    arrays, key, bad = load_keyed(path, _ARRAYS, FORMAT, "neighbour lists written by mfli.serve.list_store")
+    arrays, key, bad = load_keyed(path, _ARRAYS, FORMAT, "neighbour lists written by mfli.serve.list_store",
+                                  optional=_SCORES)
     shift = int(arrays["shift"])
     codes, col_nbr, esc_key, esc_row = (arrays[a] for a in ("codes", "col_nbr", "esc_key", "esc_row"))
     want = np.uint16 if shift >= 0 else np.int32
@@ -92,7 +93,10 @@ def load_lists(path: str | Path) -> StoredLists:
                   f"{esc_row.shape}, expected int64 / int32 of one length")
     scores: dict[str, np.ndarray] = {}
     if key.get("list_scores"):
-        scores, _, _ = load_keyed(path, _SCORES, FORMAT, "neighbour lists written by mfli.serve.list_store")
+        missing = [a for a in _SCORES if a not in arrays]
+        if missing:
+            raise bad(f"no array {missing[0]!r}")
+        scores = {a: arrays[a] for a in _SCORES}
         sq, slo, sstep = (scores[a] for a in _SCORES)
         if sq.dtype != np.uint8 or sq.shape != arrays["codes"].shape or slo.dtype != np.float32 or \
                 sstep.dtype != np.float32 or slo.shape != (sq.shape[0],) or sstep.shape != slo.shape:

@@ -647,8 +647,8 @@ def _heap_down(hs: np.ndarray, hr: np.ndarray, hq: np.ndarray, n: int, i: int) -
 def _merge_stored(q0: int, q1: int, trig_rows: np.ndarray, lists: tuple, own: np.ndarray, ids2: np.ndarray,
                   bt: np.ndarray, removed: np.ndarray, touched: np.ndarray, n_t: int, k: int, hi: np.ndarray,
                   hq: np.ndarray, hs: np.ndarray, starts: np.ndarray) -> tuple[int, int, np.ndarray, int]:
-    """Several triggers' lists with stored scores, merged best first: the answer in order, no rescoring,
-    no de-duplication table and no sort.
+    """A request's triggers' lists (one or several) with stored scores, merged best first: the answer in
+    order, no rescoring, no de-duplication table and no sort.
 
     Every list is already in order (stored scores never rise along a list), so a heap of the ``T``
     lists' heads yields the entries of all of them best first; an item's first appearance is its best
