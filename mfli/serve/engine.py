@@ -164,6 +164,24 @@ class EngineResult(RetrievalResult):
     rescored: np.ndarray
 
 
+def _entry(kernel, args: tuple):
+    """``kernel``'s compiled entry point for exactly the types of ``args`` (or ``kernel`` itself when numba
+    has none to give). Through its dispatcher a numba kernel types every argument on every call: ~1 us
+    for the list kernel's 24 (a tuple of 10 arrays among them), ~7% of a one-trigger request at batch 1
+    (docs/benchmarks_serving.md, "Trigger mode: one request at a time"). The entry point does not check
+    types, so its caller must pass arguments of these types every time."""
+    try:
+        return kernel.overloads[tuple(kernel.typeof_pyval(a) for a in args)].entry_point
+    except (AttributeError, KeyError, TypeError):
+        return kernel
+
+
+def _trigger_outputs(B: int, k: int) -> tuple[np.ndarray, ...]:
+    """Uninitialised outputs of the list kernels (``neighbours.trigger_lists``), which write them whole."""
+    return (np.empty((B, k), np.int64), np.empty((B, k), np.float32), np.empty((B, k), np.int16),
+            np.empty((B, k), np.int64), np.empty((B, k), np.int64), np.empty(B, np.int64), np.empty(B, np.int64))
+
+
 class ScanEngine:
     """Compiled scan over an index's clusters with learned-code pre-ranking (see the module docstring).
 
@@ -311,14 +329,17 @@ class ScanEngine:
                                      self.config.fastscan_subquantizers, self.config.pq_train_size,
                                      self.config.seed, quantiser=None if stored is None else stored.centroids)
             self.quantiser_source = "fitted" if stored is None else stored.source
+        self._bits = np.zeros((self.config.threads, N // 8 + 1), np.uint8)
+        self._none_removed = np.zeros(N // 8 + 1, np.uint8)
+        self._no_exclusions = (np.zeros(2, np.int64), np.zeros(0, np.int64))  # batch 1, nothing excluded
+        self._ptr_one = np.array((0, 1), np.int64)  # batch 1, one trigger (read only by the kernels)
+        self._list_bound = None  # the serial list kernel and its constant arguments (_bind_lists)
+        self._list_entry = None  # its compiled entry point for one request (_one_request)
         self._lists = None  # mfli.serve.neighbours.NeighbourLists
         self._list_key: dict | None = None  # mfli.serve.list_store.list_key of the lists served
         self.lists_source = None  # "built", or the file the lists were read from
         if self.config.neighbours and (lists is None or not self._take_stored(lists)):
             self.build_lists(self.config.neighbours, self.config.neighbour_probe)
-        self._bits = np.zeros((self.config.threads, N // 8 + 1), np.uint8)
-        self._none_removed = np.zeros(N // 8 + 1, np.uint8)
-        self._no_exclusions = (np.zeros(2, np.int64), np.zeros(0, np.int64))  # batch 1, nothing excluded
         self._first_entry: np.ndarray | None = None
 
     @property
@@ -436,7 +457,8 @@ class ScanEngine:
             probe = auto_probe(self._col_len, neighbours)
         if neighbours < 1 or probe < 1:
             raise ValueError("neighbours and probe must be >= 1")
-        self._lists = self._list_args = None  # the old lists are dropped before the new ones are built (peak memory)
+        self._lists = self._list_args = self._list_bound = None  # the old lists are dropped before the new ones
+        # are built (peak memory)
         # (C, probe) every column's nearest columns, itself first (also where a delta's new items are looked for)
         self.col_neighbours = column_neighbours(self._cent, probe)
         rows, scores = build_neighbour_lists(self._emb, self.entry_rows, self.offsets, self._cent, neighbours, probe,
@@ -474,6 +496,7 @@ class ScanEngine:
         self.lists_source = source
         self._list_args = lists.kernel_args(self.entry_rows, self.offsets)
         self._slots = np.full((self.config.threads, self.N), -1, np.int32)  # trigger_lists' scratch
+        self._bind_lists()
 
     # ------------------------------------------------------------------ helpers
     def _residual(self, rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -719,36 +742,62 @@ class ScanEngine:
 
     def _search_lists(self, triggers: Sequence[Sequence[int]], k: int, exclude, exclude_triggers: bool,
                       removed_bits: np.ndarray) -> EngineResult:
-        """:meth:`search_triggers` from the neighbour lists: a look-up and exact dot products, explained in
-        the kernel. At batch 1 every numpy call counts (~0.5-1 us each against a ~10 us kernel), so that
-        case builds its arguments with as few as it can."""
+        """:meth:`search_triggers` from the neighbour lists: a look-up and a merge of stored scores (or exact
+        dot products), explained in the kernel."""
         B = len(triggers)
-        K = self._lists.length
-        if B == 1:
-            ids = np.asarray(triggers[0], np.int64).reshape(-1)
-            ptr = np.array((0, ids.size), np.int64)
-            entries = np.array((ids.size * K,), np.int64)
-        else:
-            ptr = np.zeros(B + 1, np.int64)
-            np.cumsum(np.fromiter((len(t) for t in triggers), np.int64, count=B), out=ptr[1:])
-            ids = (np.concatenate([np.asarray(t, np.int64).reshape(-1) for t in triggers]) if ptr[-1]
-                   else np.zeros(0, np.int64))
-            entries = (ptr[1:] - ptr[:-1]) * K
-        ex_ptr, ex_rows = self._no_exclusions if exclude is None and B == 1 else self._exclusions(B, exclude)
+        if B == 1 and exclude is None:
+            return self._one_request(triggers[0], k, exclude_triggers, removed_bits)
+        ptr = np.zeros(B + 1, np.int64)
+        np.cumsum(np.fromiter((len(t) for t in triggers), np.int64, count=B), out=ptr[1:])
+        ids = (np.concatenate([np.asarray(t, np.int64).reshape(-1) for t in triggers]) if ptr[-1]
+               else np.zeros(0, np.int64))
+        ex_ptr, ex_rows = self._exclusions(B, exclude)
         T = self._chunks(B)
         if T > 1:
             _numba_threads(T)
             if self._slots.shape[0] < T:  # threads raised after the lists were built
                 self._slots = np.full((T, self.N), -1, np.int32)
+                self._bind_lists()
             kernel, bits, slots = self._NB.trigger_lists, self._bits[:T], self._slots[:T]
         else:
             kernel, bits, slots = self._NB.trigger_lists_serial, self._bits, self._slots
-        index = self.index
-        ids_o, scores, facet, cluster, source, scored = kernel(
-            ptr, ids, index._sorted_ids, index._sorted_rows, self._list_args, self._emb, self._own, ex_ptr, ex_rows,
-            exclude_triggers, removed_bits, bits, slots, k, index.item_ids, self.col_facet, self.col_cluster)
-        return EngineResult(item_ids=ids_o, scores=scores, facet=facet, cluster=cluster, source=source,
+        out = _trigger_outputs(B, k)
+        kernel(*self._list_bound[1:-2], bits, slots, ptr, ids, ex_ptr, ex_rows, exclude_triggers, removed_bits, k,
+               *out)
+        return self._trigger_result(out)
+
+    def _one_request(self, trig, k: int, exclude_triggers: bool, removed_bits: np.ndarray) -> EngineResult:
+        """One request from the lists with nothing excluded beyond ``removed_bits``: a caller answering
+        requests one at a time. At batch 1 every numpy call, attribute and argument costs (~0.3 us each
+        against a ~15 us request), so the kernel's constant arguments are bound once (:meth:`_bind_lists`),
+        the one-trigger pointer is shared (the kernel only reads it), and the kernel is called through its
+        compiled entry point (:func:`_entry`) whenever the argument types are the ones it was bound to."""
+        ids = np.array(trig, np.int64).reshape(-1)  # a new C-contiguous array: always the same type
+        out = _trigger_outputs(1, k)
+        bound = self._list_bound
+        ptr = self._ptr_one if ids.size == 1 else np.array((0, ids.size), np.int64)
+        if removed_bits is self._none_removed and self._list_entry is not None:
+            self._list_entry(*bound[1:], ptr, ids, *self._no_exclusions, bool(exclude_triggers), removed_bits, int(k),
+                             *out)
+        else:
+            args = (*bound[1:], ptr, ids, *self._no_exclusions, bool(exclude_triggers), removed_bits, int(k), *out)
+            bound[0](*args)
+            if removed_bits is self._none_removed:
+                self._list_entry = _entry(bound[0], args)
+        return self._trigger_result(out)
+
+    def _trigger_result(self, out: tuple) -> EngineResult:
+        ids, scores, facet, cluster, source, scored, entries = out
+        return EngineResult(item_ids=ids, scores=scores, facet=facet, cluster=cluster, source=source,
                             entries=entries, rescored=scored, mode="trigger", facet_names=self.facet_names)
+
+    def _bind_lists(self) -> None:
+        """The serial list kernel and its leading arguments, which stay the same between requests."""
+        index = self.index
+        self._list_entry = None  # bound again on the next one-request call (the lists' types may differ)
+        self._list_bound = (self._NB.trigger_lists_serial, index._sorted_ids, index._sorted_rows, self._list_args,
+                            self._emb, self._own, index.item_ids, self.col_facet, self.col_cluster, self._bits,
+                            self._slots)
 
     # ------------------------------------------------------------------ diagnostics
     def code_scores(self, query, rows) -> np.ndarray:

@@ -736,7 +736,8 @@ def _write_answer(b: int, sel: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: n
                   out_ids: np.ndarray, out_score: np.ndarray, out_facet: np.ndarray, out_cluster: np.ndarray,
                   out_source: np.ndarray) -> None:
     """Row ``b`` of the answer from positions ``sel`` of ``hi / hq / hs`` (row, trigger index, score), each
-    item explained by a column it shares with its trigger (else its own first one)."""
+    item explained by a column it shares with its trigger (else its own first one); the rest of the row is
+    padding."""
     W = own.shape[1]
     for j in range(sel.size):
         o = sel[j]
@@ -757,6 +758,12 @@ def _write_answer(b: int, sel: np.ndarray, hi: np.ndarray, hq: np.ndarray, hs: n
         out_facet[b, j] = col_facet[c]
         out_cluster[b, j] = col_cluster[c]
         out_source[b, j] = item_ids[tr]
+    for j in range(sel.size, out_ids.shape[1]):  # padding (the outputs come uninitialised)
+        out_ids[b, j] = -1
+        out_score[b, j] = -np.inf
+        out_facet[b, j] = -1
+        out_cluster[b, j] = -1
+        out_source[b, j] = -1
 
 
 @nb.njit(**_OPTS)
@@ -765,7 +772,7 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
                   exclude_triggers: bool, removed: np.ndarray, k: int, item_ids: np.ndarray,
                   col_facet: np.ndarray, col_cluster: np.ndarray, out_ids: np.ndarray, out_score: np.ndarray,
                   out_facet: np.ndarray, out_cluster: np.ndarray, out_source: np.ndarray,
-                  n_scored: np.ndarray) -> None:
+                  n_scored: np.ndarray, entries: np.ndarray) -> None:
     """Requests ``b0 .. b1 - 1`` of :func:`trigger_lists` on one thread (scratch ``bt``, ``slot``)."""
     K = lists[0].shape[1]
     W = own.shape[1]
@@ -780,6 +787,7 @@ def _answer_chunk(b0: int, b1: int, bt: np.ndarray, slot: np.ndarray, req_q_ptr:
     ids2 = item_ids.reshape((item_ids.size, 1))  # a view, for _prefetch_entry
     stored = lists[7].shape[0] > 0
     for b in range(b0, b1):
+        entries[b] = (req_q_ptr[b + 1] - req_q_ptr[b]) * K
         n_t = 0
         for j in range(ex_ptr[b], ex_ptr[b + 1]):
             touched, n_t = _mark(bt, touched, n_t, ex_rows[j])
@@ -851,19 +859,13 @@ def lookup_rows(sorted_ids: np.ndarray, sorted_rows: np.ndarray, ids: np.ndarray
     return out
 
 
-@nb.njit(**_OPTS)
-def _outputs(B: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    return (np.full((B, k), -1, np.int64), np.full((B, k), -np.inf, np.float32), np.full((B, k), -1, np.int16),
-            np.full((B, k), -1, np.int64), np.full((B, k), -1, np.int64), np.zeros(B, np.int64))
-
-
 @nb.njit(parallel=True, **_OPTS)
-def trigger_lists(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.ndarray, sorted_rows: np.ndarray,
-                  lists: tuple, emb: np.ndarray, own: np.ndarray,
-                  ex_ptr: np.ndarray, ex_rows: np.ndarray, exclude_triggers: bool, removed: np.ndarray,
-                  bits: np.ndarray, slots: np.ndarray, k: int, item_ids: np.ndarray, col_facet: np.ndarray,
-                  col_cluster: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def trigger_lists(sorted_ids: np.ndarray, sorted_rows: np.ndarray, lists: tuple, emb: np.ndarray, own: np.ndarray,
+                  item_ids: np.ndarray, col_facet: np.ndarray, col_cluster: np.ndarray, bits: np.ndarray,
+                  slots: np.ndarray, req_q_ptr: np.ndarray, trig_ids: np.ndarray, ex_ptr: np.ndarray,
+                  ex_rows: np.ndarray, exclude_triggers: bool, removed: np.ndarray, k: int, o_ids: np.ndarray,
+                  o_score: np.ndarray, o_facet: np.ndarray, o_cluster: np.ndarray, o_source: np.ndarray,
+                  n_scored: np.ndarray, entries: np.ndarray) -> None:
     """Trigger-mode answers from the neighbour lists: each request's triggers' lists, merged best first
     by their stored scores (:func:`_merge_stored`), or rescored exactly when the lists store none.
 
@@ -873,49 +875,51 @@ def trigger_lists(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.nd
     (lists are sorted best first, so nothing after it can enter). At ``T = 16`` this scores about a
     fifth of the ``T * K`` entries; the merge reads about ``k`` entries whatever ``T``.
 
+    The arguments that stay the same from request to request come first (the engine binds them once);
+    the outputs come last, allocated by the caller: at batch 1 that costs less than returning six new
+    arrays (docs/benchmarks_serving.md, "Trigger mode: one request at a time").
+
     Args:
-        req_q_ptr: ``(B + 1,)`` request b's triggers are ``trig_ids[req_q_ptr[b]:req_q_ptr[b + 1]]``
-            (ids unknown to the index are skipped); sorted_ids, sorted_rows: the index's id -> row table
-            (:func:`lookup_rows`, inside the call: one compiled call per batch).
+        sorted_ids, sorted_rows: the index's id -> row table (:func:`lookup_rows`, inside the call: one
+            compiled call per batch).
         lists: :meth:`NeighbourLists.kernel_args` (lists best first).  emb: ``(N, D)`` float32 full vectors.
         own: ``(N, F * m)`` int32 every item's own cluster columns (for explanations).
+        item_ids: ``(N,)`` row -> id; col_facet, col_cluster: ``(C,)`` column -> facet, cluster id.
+        bits: ``(T, N // 8 + 1)`` uint8 and ``slots`` ``(T, N)`` int32 (-1) per-thread scratch, restored
+            after each request (one chunk of requests per thread).
+        req_q_ptr: ``(B + 1,)`` request b's triggers are ``trig_ids[req_q_ptr[b]:req_q_ptr[b + 1]]``
+            (ids unknown to the index are skipped).
         ex_ptr, ex_rows: rows request b never returns (``ex_rows[ex_ptr[b]:ex_ptr[b + 1]]``);
             ``exclude_triggers``: nor its triggers.
         removed: ``(N // 8 + 1,)`` uint8 bitset of rows no request returns.
-        bits: ``(T, N // 8 + 1)`` uint8 and ``slots`` ``(T, N)`` int32 (-1) per-thread scratch, restored
-            after each request (one chunk of requests per thread).
-        item_ids: ``(N,)`` row -> id; col_facet, col_cluster: ``(C,)`` column -> facet, cluster id.
 
-    Returns:
+    Outputs, written whole (padding included):
         ``(B, k)`` item ids (-1 padding), scores (float32 best ``e_t . e_i`` over the request's triggers;
         ties: lower row), facet (int16) and cluster of the column explaining the item (a cluster it
-        shares with its best trigger, else its own first one), source (that trigger's id), and
-        ``scored (B,)`` distinct candidates scored exactly (list entries merged, with stored scores).
+        shares with its best trigger, else its own first one), source (that trigger's id);
+        ``n_scored (B,)`` distinct candidates scored exactly (list entries merged, with stored scores) and
+        ``entries (B,)`` list entries the request may read (its triggers times the list length).
     """
     B = req_q_ptr.size - 1
     T = bits.shape[0]
     trig_rows = lookup_rows(sorted_ids, sorted_rows, trig_ids)
-    o_ids, o_score, o_facet, o_cluster, o_source, n_scored = _outputs(B, k)
     step = (B + T - 1) // T
     for t in nb.prange(T):
         _answer_chunk(t * step, min(B, (t + 1) * step), bits[t], slots[t], req_q_ptr, trig_rows, lists, emb, own,
                       ex_ptr, ex_rows, exclude_triggers, removed, k, item_ids, col_facet, col_cluster,
-                      o_ids, o_score, o_facet, o_cluster, o_source, n_scored)
-    return o_ids, o_score, o_facet, o_cluster, o_source, n_scored
+                      o_ids, o_score, o_facet, o_cluster, o_source, n_scored, entries)
 
 
 @nb.njit(**_OPTS)
-def trigger_lists_serial(req_q_ptr: np.ndarray, trig_ids: np.ndarray, sorted_ids: np.ndarray,
-                         sorted_rows: np.ndarray, lists: tuple, emb: np.ndarray, own: np.ndarray,
-                         ex_ptr: np.ndarray, ex_rows: np.ndarray, exclude_triggers: bool, removed: np.ndarray, bits: np.ndarray, slots: np.ndarray, k: int, item_ids: np.ndarray,
-                         col_facet: np.ndarray, col_cluster: np.ndarray
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def trigger_lists_serial(sorted_ids: np.ndarray, sorted_rows: np.ndarray, lists: tuple, emb: np.ndarray,
+                         own: np.ndarray, item_ids: np.ndarray, col_facet: np.ndarray, col_cluster: np.ndarray,
+                         bits: np.ndarray, slots: np.ndarray, req_q_ptr: np.ndarray, trig_ids: np.ndarray,
+                         ex_ptr: np.ndarray, ex_rows: np.ndarray, exclude_triggers: bool, removed: np.ndarray, k: int,
+                         o_ids: np.ndarray, o_score: np.ndarray, o_facet: np.ndarray, o_cluster: np.ndarray,
+                         o_source: np.ndarray, n_scored: np.ndarray, entries: np.ndarray) -> None:
     """:func:`trigger_lists` on the calling thread (scratch row 0): a batch-1 request skips ~15 us of
     thread-pool launch."""
-    B = req_q_ptr.size - 1
     trig_rows = lookup_rows(sorted_ids, sorted_rows, trig_ids)
-    o_ids, o_score, o_facet, o_cluster, o_source, n_scored = _outputs(B, k)
-    _answer_chunk(0, B, bits[0], slots[0], req_q_ptr, trig_rows, lists, emb, own, ex_ptr, ex_rows, exclude_triggers,
-                  removed, k, item_ids, col_facet, col_cluster, o_ids, o_score, o_facet, o_cluster, o_source,
-                  n_scored)
-    return o_ids, o_score, o_facet, o_cluster, o_source, n_scored
+    _answer_chunk(0, req_q_ptr.size - 1, bits[0], slots[0], req_q_ptr, trig_rows, lists, emb, own, ex_ptr, ex_rows,
+                  exclude_triggers, removed, k, item_ids, col_facet, col_cluster, o_ids, o_score, o_facet, o_cluster,
+                  o_source, n_scored, entries)

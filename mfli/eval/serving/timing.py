@@ -20,10 +20,12 @@ def recall_at_k(got: np.ndarray, ref: np.ndarray) -> float:
 
 def timed_runs(search: Callable[[slice], np.ndarray], n_queries: int, b1: int,
                batch: int) -> tuple[list[float], float, np.ndarray]:
-    """Run ``search(slice) -> ids (b, k)`` after a warm-up on a few queries: one at a time over the first
-    ``b1`` queries, then in batches of ``batch`` over all. Returns ``(batch-1 latencies in s, total batched
-    seconds, batched ids (n_queries, k))``."""
+    """Run ``search(slice) -> ids (b, k)`` after a warm-up on a few queries (and on one alone: a method may
+    take another code path at batch 1): one at a time over the first ``b1`` queries, then in batches of
+    ``batch`` over all. Returns ``(batch-1 latencies in s, total batched seconds, batched ids (n_queries, k))``."""
     search(slice(0, min(8, n_queries)))
+    if b1 and n_queries:
+        search(slice(0, 1))
     lat = []
     for i in range(min(b1, n_queries)):
         t0 = time.perf_counter()
