@@ -333,7 +333,7 @@ class ScanEngine:
         self._none_removed = np.zeros(N // 8 + 1, np.uint8)
         self._no_exclusions = (np.zeros(2, np.int64), np.zeros(0, np.int64))  # batch 1, nothing excluded
         self._ptr_one = np.array((0, 1), np.int64)  # batch 1, one trigger (read only by the kernels)
-        self._list_bound = None  # the serial list kernel and its constant arguments (_bind_lists)
+        self._list_consts = None  # the list kernels' constant leading arguments (_bind_lists)
         self._list_entry = None  # its compiled entry point for one request (_one_request)
         self._lists = None  # mfli.serve.neighbours.NeighbourLists
         self._list_key: dict | None = None  # mfli.serve.list_store.list_key of the lists served
@@ -457,7 +457,7 @@ class ScanEngine:
             probe = auto_probe(self._col_len, neighbours)
         if neighbours < 1 or probe < 1:
             raise ValueError("neighbours and probe must be >= 1")
-        self._lists = self._list_args = self._list_bound = None  # the old lists are dropped before the new ones
+        self._lists = self._list_args = self._list_consts = None  # the old lists are dropped before the new ones
         # are built (peak memory)
         # (C, probe) every column's nearest columns, itself first (also where a delta's new items are looked for)
         self.col_neighbours = column_neighbours(self._cent, probe)
@@ -745,8 +745,8 @@ class ScanEngine:
         """:meth:`search_triggers` from the neighbour lists: a look-up and a merge of stored scores (or exact
         dot products), explained in the kernel."""
         B = len(triggers)
-        if B == 1 and exclude is None:
-            return self._one_request(triggers[0], k, exclude_triggers, removed_bits)
+        if B == 1:
+            return self._one_request(triggers[0], k, exclude, exclude_triggers, removed_bits)
         ptr = np.zeros(B + 1, np.int64)
         np.cumsum(np.fromiter((len(t) for t in triggers), np.int64, count=B), out=ptr[1:])
         ids = (np.concatenate([np.asarray(t, np.int64).reshape(-1) for t in triggers]) if ptr[-1]
@@ -757,33 +757,34 @@ class ScanEngine:
             _numba_threads(T)
             if self._slots.shape[0] < T:  # threads raised after the lists were built
                 self._slots = np.full((T, self.N), -1, np.int32)
-                self._bind_lists()
             kernel, bits, slots = self._NB.trigger_lists, self._bits[:T], self._slots[:T]
         else:
             kernel, bits, slots = self._NB.trigger_lists_serial, self._bits, self._slots
         out = _trigger_outputs(B, k)
-        kernel(*self._list_bound[1:-2], bits, slots, ptr, ids, ex_ptr, ex_rows, exclude_triggers, removed_bits, k,
-               *out)
+        kernel(*self._list_consts, bits, slots, ptr, ids, ex_ptr, ex_rows, exclude_triggers, removed_bits, k, *out)
         return self._trigger_result(out)
 
-    def _one_request(self, trig, k: int, exclude_triggers: bool, removed_bits: np.ndarray) -> EngineResult:
-        """One request from the lists with nothing excluded beyond ``removed_bits``: a caller answering
-        requests one at a time. At batch 1 every numpy call, attribute and argument costs (~0.3 us each
-        against a ~15 us request), so the kernel's constant arguments are bound once (:meth:`_bind_lists`),
-        the one-trigger pointer is shared (the kernel only reads it), and the kernel is called through its
-        compiled entry point (:func:`_entry`) whenever the argument types are the ones it was bound to."""
+    def _one_request(self, trig, k: int, exclude, exclude_triggers: bool, removed_bits: np.ndarray) -> EngineResult:
+        """One request from the lists, on this thread: what a caller answering requests one at a time asks
+        for. At batch 1 every numpy call, attribute and argument costs (~0.3 us each against a ~15 us
+        request), so the kernel's constant arguments are bound once (:meth:`_bind_lists`), the one-trigger
+        pointer is shared (the kernel only reads it), and a request with nothing excluded beyond the
+        engine's own empty ``removed_bits`` calls the kernel through its compiled entry point
+        (:func:`_entry`), whose argument types are then always the ones it was bound to."""
         ids = np.array(trig, np.int64).reshape(-1)  # a new C-contiguous array: always the same type
         out = _trigger_outputs(1, k)
-        bound = self._list_bound
         ptr = self._ptr_one if ids.size == 1 else np.array((0, ids.size), np.int64)
-        if removed_bits is self._none_removed and self._list_entry is not None:
-            self._list_entry(*bound[1:], ptr, ids, *self._no_exclusions, bool(exclude_triggers), removed_bits, int(k),
-                             *out)
+        plain = exclude is None and removed_bits is self._none_removed
+        ex_ptr, ex_rows = self._no_exclusions if exclude is None else self._exclusions(1, exclude)
+        args = (*self._list_consts, self._bits, self._slots, ptr, ids, ex_ptr, ex_rows, bool(exclude_triggers),
+                removed_bits, int(k), *out)
+        if plain and self._list_entry is not None:
+            self._list_entry(*args)
         else:
-            args = (*bound[1:], ptr, ids, *self._no_exclusions, bool(exclude_triggers), removed_bits, int(k), *out)
-            bound[0](*args)
-            if removed_bits is self._none_removed:
-                self._list_entry = _entry(bound[0], args)
+            kernel = self._NB.trigger_lists_serial
+            kernel(*args)
+            if plain:
+                self._list_entry = _entry(kernel, args)
         return self._trigger_result(out)
 
     def _trigger_result(self, out: tuple) -> EngineResult:
@@ -792,12 +793,11 @@ class ScanEngine:
                             entries=entries, rescored=scored, mode="trigger", facet_names=self.facet_names)
 
     def _bind_lists(self) -> None:
-        """The serial list kernel and its leading arguments, which stay the same between requests."""
+        """The list kernels' leading arguments, which stay the same between requests."""
         index = self.index
         self._list_entry = None  # bound again on the next one-request call (the lists' types may differ)
-        self._list_bound = (self._NB.trigger_lists_serial, index._sorted_ids, index._sorted_rows, self._list_args,
-                            self._emb, self._own, index.item_ids, self.col_facet, self.col_cluster, self._bits,
-                            self._slots)
+        self._list_consts = (index._sorted_ids, index._sorted_rows, self._list_args, self._emb, self._own,
+                             index.item_ids, self.col_facet, self.col_cluster)
 
     # ------------------------------------------------------------------ diagnostics
     def code_scores(self, query, rows) -> np.ndarray:

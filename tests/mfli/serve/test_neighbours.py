@@ -219,34 +219,38 @@ def test_unknown_triggers_and_empty_requests(world):
 
 
 def test_one_request_path_answers_like_the_batch_path(served):
-    """A lone request with nothing excluded takes the bound-argument path; it must answer exactly as the
-    general path (forced here by an empty exclusion list), padding and counters included."""
+    """A lone request takes the bound-argument path (through the kernel's entry point when nothing is
+    excluded); it must answer exactly as the batch path (the same request twice in one batch), with and
+    without exclusions, padding and counters included."""
     ids, _, _, engine = served
     rng = np.random.default_rng(5)
     reqs = [ids[rng.choice(N, int(n), replace=False)] for n in (1, 1, 3, 6)] + [np.array([-7]), ids[:0]]
     for t in reqs:
         for k in (10, K + 7):  # beyond the list length: padding after the merged entries
-            one = engine.search_triggers([t], k)
-            ref = engine.search_triggers([t], k, exclude=[[]])
-            for field in ("item_ids", "scores", "facet", "cluster", "source", "entries", "rescored"):
-                np.testing.assert_array_equal(getattr(one, field), getattr(ref, field), err_msg=field)
-            pad = one.item_ids[0] < 0
-            assert pad[-7:].all() if k > K and t.size <= 1 else True  # one list holds at most K items
-            assert np.isneginf(one.scores[0, pad]).all() and (one.facet[0, pad] == -1).all()
-            assert (one.cluster[0, pad] == -1).all() and (one.source[0, pad] == -1).all()
-            assert one.entries.tolist() == [t.size * K]
+            for ex in (None, ids[rng.choice(N, 40, replace=False)]):
+                one = engine.search_triggers([t], k, exclude=None if ex is None else [ex])
+                ref = engine.search_triggers([t, t], k, exclude=None if ex is None else [ex, ex])
+                for field in ("item_ids", "scores", "facet", "cluster", "source", "entries", "rescored"):
+                    np.testing.assert_array_equal(getattr(one, field)[0], getattr(ref, field)[0], err_msg=field)
+                pad = one.item_ids[0] < 0
+                assert pad[-7:].all() if k > K and t.size <= 1 else True  # one list holds at most K items
+                assert np.isneginf(one.scores[0, pad]).all() and (one.facet[0, pad] == -1).all()
+                assert (one.cluster[0, pad] == -1).all() and (one.source[0, pad] == -1).all()
+                assert one.entries.tolist() == [t.size * K]
+                if ex is not None:
+                    assert not np.isin(one.item_ids[0], ex).any()
     # the shared one-trigger pointer is only read
     assert engine._ptr_one.tolist() == [0, 1]
     # later lone requests call the kernel's compiled entry point, whatever the triggers come as
-    assert engine._list_entry is not None and engine._list_entry is not engine._list_bound[0]
-    want = engine.search_triggers([ids[[8, 40, 99]]], 12, exclude=[[]])
+    assert engine._list_entry is not None and engine._list_entry is not engine._NB.trigger_lists_serial
+    want = engine.search_triggers([ids[[8, 40, 99]]] * 2, 12)
     frozen = ids[[8, 40, 99]].copy()
     frozen.flags.writeable = False
     for t in (ids[[8, 40, 99]].tolist(), np.repeat(ids[[8, 40, 99]], 2)[::2], frozen,  # a strided view
               ids[[8, 40, 99]].astype(np.int32)):
         got = engine.search_triggers([t], 12, exclude_triggers=np.True_)
-        np.testing.assert_array_equal(got.item_ids, want.item_ids)
-        np.testing.assert_array_equal(got.scores, want.scores)
+        np.testing.assert_array_equal(got.item_ids[0], want.item_ids[0])
+        np.testing.assert_array_equal(got.scores[0], want.scores[0])
 
 
 def test_scan_path_still_answers_and_lists_need_building(world):
