@@ -71,5 +71,5 @@ def blend_world(ds, split: str, epochs: int) -> tuple:
     scan = dataclasses.replace(default_scan_config(), neighbours=200)
     retriever = EngineRetriever(view, model.codebooks, model.facets, RetrieverConfig(merge="sum"), scan)
     sel = select_blend(model, retriever, view, run.split.train, validation=run.validation,
-                       coengagement=CoEngagementConfig(num_threads=1))
+                       coengagement=CoEngagementConfig(num_threads=1), items=ds.items)
     return run, model, view, retriever, sel

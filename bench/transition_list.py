@@ -90,7 +90,7 @@ def fused(co: np.ndarray, seq: np.ndarray, w: float) -> np.ndarray:
     if w == 0:
         return co
     none = np.zeros((co.shape[0], 0), np.int64)
-    ids, _ = fuse(np.ascontiguousarray(co), np.ascontiguousarray(seq), none, none, float(w), 0.0, 0.0, False,
+    ids, _ = fuse(np.ascontiguousarray(co), np.ascontiguousarray(seq), none, none, float(w), 0.0, 0.0, 0.0,
                   np.zeros(0, np.int64), co.shape[1], RRF_K)
     return ids
 

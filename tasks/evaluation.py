@@ -114,12 +114,12 @@ def run_snapshot(run: dict, trained: dict, index: dict, tmp: Path, metrics: dict
                     fastscan_quantiser=quantiser)
 
 
-def _with_blend(run: dict, extracted: dict, snapshot, coengagement: dict, tmp: Path) -> dict:
+def _with_blend(run: dict, extracted: dict, snapshot, coengagement: dict, tmp: Path, items=None) -> dict:
     """Turn on blend mode in ``snapshot``: weights chosen on the validation split. Returns the metrics
     that record the choice."""
     import dataclasses
 
-    from mfli.eval.blend_select import choose_blend
+    from mfli.eval.blend_select import choose_blend, existing_items
     from mfli.serve.blend import BlendConfig, grid_key
 
     table, fit_table = _load_tables(run, coengagement["coengagement_uri"], tmp)
@@ -131,15 +131,16 @@ def _with_blend(run: dict, extracted: dict, snapshot, coengagement: dict, tmp: P
     snapshot.serving = serving
     train = _train_events(run, extracted)
     cfg, valid_recall = choose_blend(snapshot.model, snapshot.retriever(), snapshot.index, _validation(run, train),
-                                     fit_table, depth=depth)
+                                     fit_table, depth=depth, existing=existing_items(train, items))
+    grid = {key: r for key, r in valid_recall.items() if not key.startswith("new_items:")}
     snapshot.serving = dataclasses.replace(serving, blend=cfg)
     snapshot.coengagement = table
     snapshot.check()
     return {"blend_w_coengagement": cfg.weights.coengagement, "blend_w_trigger": cfg.weights.trigger,
-            "blend_w_trending": cfg.weights.trending,
-            "blend_valid_recall@100": max(valid_recall.values(), default=None),
-            "blend_valid_recall@100_user": valid_recall.get(grid_key(0.0, 0.0),
-                                                            valid_recall.get(grid_key(0.0, 0.0, 0.0))),
+            "blend_w_trending": cfg.weights.trending, "blend_w_new_items": cfg.weights.new_items,
+            "blend_valid_recall@100": max(grid.values(), default=None),
+            "blend_valid_recall@100_new_items": valid_recall.get(f"new_items:{cfg.weights.new_items:g}"),
+            "blend_valid_recall@100_user": grid.get(grid_key(0.0, 0.0), grid.get(grid_key(0.0, 0.0, 0.0))),
             "coengagement_items": len(table), "coengagement_mb": round(table.nbytes / 2**20, 1)}
 
 
@@ -156,7 +157,7 @@ def evaluate_run(run: dict, extracted: dict, trained: dict, index: dict, coengag
     with scratch_dir() as tmp:
         snapshot = run_snapshot(run, trained, index, tmp)
         if coengagement and coengagement.get("enabled"):
-            blend_metrics = _with_blend(run, extracted, snapshot, coengagement, tmp)
+            blend_metrics = _with_blend(run, extracted, snapshot, coengagement, tmp, ds.items)
     result = evaluate_holdout(snapshot, ds, pd.Timestamp(run["cutoff"]))
     result.metrics.update(blend_metrics)
     engine_uri = None  # what the gated engine fitted: served as measured, not refitted at publish

@@ -21,7 +21,13 @@ import numpy as np
 import pandas as pd
 
 from mfli.index.coengagement import CoEngagement, CoEngagementConfig, build_coengagement
-from mfli.serve.blend import BlendConfig, BlendWeights, blend_lists, choose_blend_weights
+from mfli.serve.blend import (
+    BlendConfig,
+    BlendWeights,
+    blend_lists,
+    choose_blend_weights,
+    choose_new_item_credit,
+)
 
 
 @dataclass
@@ -58,12 +64,32 @@ def keep_only(ids: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     return out
 
 
+def existing_items(train: pd.DataFrame, items: pd.DataFrame | None = None) -> np.ndarray:
+    """Sorted ids of the items that existed while ``train``'s events happened: those with an event, and
+    the catalogue's items created no later than its last event (``items.created_at``, when present).
+
+    The validation split's lists keep these when the new-item credit is chosen: an item in the catalogue
+    that nobody engaged with is a miss a credit can cost, while an item created after training (the test
+    period's new items) did not exist then and would be a miss no credit could have avoided.
+    """
+    seen = np.unique(train["item_id"].to_numpy(np.int64))
+    if items is None or "created_at" not in items.columns or len(train) == 0:
+        return seen
+    created = pd.to_datetime(items["created_at"], utc=True, errors="coerce")
+    last = pd.to_datetime(train["event_ts"], utc=True).max()
+    early = items["item_id"].to_numpy(np.int64)[(created <= last).to_numpy()]
+    return np.union1d(seen, early)
+
+
 def choose_blend(model: Any, retriever: Any, index: Any, validation: Any, fit_table: CoEngagement,
-                 depth: int = 200, triggers: int = 10) -> tuple[BlendConfig, dict[str, float]]:
+                 depth: int = 200, triggers: int = 10, existing: np.ndarray | None = None
+                 ) -> tuple[BlendConfig, dict[str, float]]:
     """The blend settings with the best validation recall@100, and every grid point's recall.
 
     The validation users' fit histories are the queries; ``fit_table`` must not have seen their
-    held-out events (:func:`fit_tables`). Without validation users the weights are 0 (user mode alone)."""
+    held-out events (:func:`fit_tables`). Without validation users the weights are 0 (user mode alone).
+    ``existing``: sorted ids of the items that existed during training (:func:`existing_items`; default:
+    the items with fit or held-out events), the candidates the new-item credit is chosen over."""
     if len(validation.users) == 0:  # nothing to choose on: user mode alone (the other weights 0)
         return BlendConfig(BlendWeights(coengagement=0.0, trigger=0.0), depth, triggers), {}
     q = model.user_embeddings(validation.users, validation.histories).numpy()
@@ -73,15 +99,24 @@ def choose_blend(model: Any, retriever: Any, index: Any, validation: Any, fit_ta
     # the lists that find new items, so the weights are chosen on lists without them
     eligible = np.unique(np.concatenate([validation.fit["item_id"].to_numpy(np.int64),
                                          validation.valid["item_id"].to_numpy(np.int64)]))
+    tids = None if trig is None else trig.item_ids
     weights, valid_recall = choose_blend_weights(
-        keep_only(user.item_ids, eligible), co, None if trig is None else keep_only(trig.item_ids, eligible),
-        fit_table.item_ids, validation.positives, trending=trend)
+        keep_only(user.item_ids, eligible), co, None if tids is None else keep_only(tids, eligible),
+        fit_table.item_ids, validation.positives, trending=trend, new_items_grid=(0.0,))
+    # the credit for new items: the held-out events' items the fitted model never saw stand for the items
+    # that arrive after the snapshot; items that existed but drew no event stay in as the misses a credit costs
+    if existing is not None:
+        eligible = np.union1d(eligible, existing)
+    weights, tried = choose_new_item_credit(
+        keep_only(user.item_ids, eligible), co, None if tids is None else keep_only(tids, eligible),
+        fit_table.item_ids, validation.positives, weights, trending=trend)
+    valid_recall.update(tried)
     return BlendConfig(weights, depth, triggers), valid_recall
 
 
 def select_blend(model: Any, retriever: Any, index: Any, train: pd.DataFrame, *, validation: Any = None,
                  coengagement: CoEngagementConfig | None = None, depth: int = 200, triggers: int = 10,
-                 seed: int = 0) -> BlendSelection:
+                 seed: int = 0, items: pd.DataFrame | None = None) -> BlendSelection:
     """:func:`fit_tables` then :func:`choose_blend`.
 
     Args:
@@ -91,6 +126,8 @@ def select_blend(model: Any, retriever: Any, index: Any, train: pd.DataFrame, *,
         train: the training events (``user_id``, ``item_id``, ``event_ts``).
         validation: a :class:`~mfli.eval.validation.ValidationSet` of ``train`` (default: built with ``seed``).
         depth, triggers: :class:`~mfli.serve.blend.BlendConfig`'s list length and trigger count.
+        items: the catalogue (``item_id``, ``created_at``), for :func:`existing_items` (None: the items
+            with training events).
     """
     from mfli.eval.validation import validation_set
 
@@ -99,5 +136,6 @@ def select_blend(model: Any, retriever: Any, index: Any, train: pd.DataFrame, *,
     table, fit_table = fit_tables(train, vs, coengagement)
     table_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    config, valid_recall = choose_blend(model, retriever, index, vs, fit_table, depth, triggers)
+    config, valid_recall = choose_blend(model, retriever, index, vs, fit_table, depth, triggers,
+                                        existing=existing_items(train, items))
     return BlendSelection(table, config, valid_recall, {"table": table_s, "choose": time.perf_counter() - t0})

@@ -300,7 +300,7 @@ def _run_mfli_blend(run: _SeedRun) -> dict:
     """
     from mfli.eval.blend_select import select_blend
     from mfli.index.coengagement import CoEngagementConfig
-    from mfli.serve.blend import blend, blend_lists
+    from mfli.serve.blend import NEW_ITEMS_GRID, blend, blend_lists
     from mfli.serve.config import default_scan_config
     from mfli.serve.engine_retriever import EngineRetriever
     from mfli.serve.retriever import RetrieverConfig
@@ -314,7 +314,7 @@ def _run_mfli_blend(run: _SeedRun) -> dict:
     build_s += time.perf_counter() - t0
     sel = select_blend(model, retriever, view, run.split.train, validation=run.validation,
                        coengagement=CoEngagementConfig(num_threads=run.cfg.num_threads), depth=K_MAX,
-                       triggers=run.cfg.triggers, seed=run.seed)
+                       triggers=run.cfg.triggers, seed=run.seed, items=run.ds.items)
     co, weights = sel.table, sel.config.weights
     t0 = time.perf_counter()
     q = model.user_embeddings(run.users, run.histories).numpy()
@@ -329,6 +329,13 @@ def _run_mfli_blend(run: _SeedRun) -> dict:
         res = run.evaluate(part)
         out[f"part:{name}/recall@100"] = res["recall@100"]
         out[f"part:{name}/cold_recall@100"] = res["cold_recall@100"]
+    # what each new-item credit would have given on the test split, the chosen weights otherwise fixed
+    # (reported, never used to choose)
+    for w in NEW_ITEMS_GRID:
+        res = run.evaluate(blend(u, c, t, dataclasses.replace(weights, new_items=float(w)), co.item_ids, K_MAX,
+                                 trend)[0])
+        out[f"new_items_test:{w:g}/recall@100"] = res["recall@100"]
+        out[f"new_items_test:{w:g}/cold_recall@100"] = res["cold_recall@100"]
     out.update({f"blend_w:{k}": float(v) for k, v in weights.to_dict().items()})
     out.update({f"valid_recall:{k}": v for k, v in sel.valid_recall.items()})
     co_s = sel.seconds["table"]

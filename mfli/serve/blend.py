@@ -17,7 +17,8 @@ Ranks, not scores, because the scores live on unrelated scales. Items without tr
 co-engagement row and are never trending, so those two weights would always pass them by; they take
 both shares at their better rank in the user and trigger lists instead
 (:attr:`BlendWeights.new_items_best_rank`), as if those lists agreed with the list that ranks them best,
-which keeps new items reachable.
+which keeps new items reachable; :attr:`BlendWeights.new_items` adds more credit where validation
+shows that the users' next events reach new items often enough to pay for the warm items they displace.
 The weights are chosen on the validation split (:func:`choose_blend_weights`,
 :func:`mfli.eval.blend_select.select_blend`).
 
@@ -30,7 +31,7 @@ all call it, so the gated lists are the served ones.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,11 @@ COENGAGEMENT_GRID = (0.0, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
 TRIGGER_GRID = (0.0, 0.2, 0.5, 1.0, 2.0)
 # the trending list is one ranking for everyone: at most as strong as user mode
 TRENDING_GRID = (0.0, 0.2, 0.5, 1.0)
+# extra credit for items without training events, tried after the grid above with its weights fixed
+NEW_ITEMS_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
+# a new-item credit is kept only when it raises validation recall by more than this (relative): few
+# validation positives are new items, so a smaller gain is as likely noise as a better rule
+NEW_ITEMS_MIN_GAIN = 0.005
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,9 @@ class BlendWeights:
     # the user and trigger lists (neither of those two lists can hold them)
     new_items_best_rank: bool = True
     trending: float = 0.0  # 0: blend configs written before the list existed leave it out
+    # more credit for items without training events at their better rank in the user and trigger lists,
+    # chosen on validation items new to the fitted model (0: configs written before it existed)
+    new_items: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,7 +81,7 @@ class BlendConfig:
         if isinstance(self.weights, Mapping):  # from JSON
             object.__setattr__(self, "weights", BlendWeights(**self.weights))
         w = self.weights
-        if not (w.coengagement >= 0 and w.trigger >= 0 and w.trending >= 0):
+        if not (w.coengagement >= 0 and w.trigger >= 0 and w.trending >= 0 and w.new_items >= 0):
             raise ValueError(f"blend weights must be >= 0, got {w}")
         if self.depth < 1 or self.triggers < 0:
             raise ValueError(f"blend depth must be >= 1 and triggers >= 0, got {self.depth} / {self.triggers}")
@@ -257,9 +266,11 @@ def blend(user: np.ndarray, coengagement: np.ndarray | None, trigger: np.ndarray
     trig = none if trigger is None else np.ascontiguousarray(trigger, np.int64)
     trend = none if trending is None else np.ascontiguousarray(trending, np.int64)
     w_trend = float(weights.trending) if trending is not None else 0.0
-    credit_new = bool(weights.new_items_best_rank and weights.coengagement + w_trend > 0)
+    w_new = float(weights.new_items)
+    if weights.new_items_best_rank:
+        w_new = float(weights.coengagement) + w_trend + w_new
     return fuse(np.ascontiguousarray(user, np.int64), co, trig, trend, float(weights.coengagement),
-                float(weights.trigger), w_trend, credit_new, np.ascontiguousarray(known, np.int64), int(k), RRF_K)
+                float(weights.trigger), w_trend, w_new, np.ascontiguousarray(known, np.int64), int(k), RRF_K)
 
 
 def grid_key(coengagement: float, trigger: float, trending: float | None = None) -> str:
@@ -273,11 +284,14 @@ def choose_blend_weights(user: np.ndarray, coengagement: np.ndarray, trigger: np
                          known: np.ndarray, positives: Sequence[np.ndarray], k: int = 100,
                          coengagement_grid: Sequence[float] = COENGAGEMENT_GRID,
                          trigger_grid: Sequence[float] = TRIGGER_GRID, trending: np.ndarray | None = None,
-                         trending_grid: Sequence[float] = TRENDING_GRID) -> tuple[BlendWeights, dict]:
-    """The grid point with the best validation recall@k (ties: the smaller weights, user mode first).
+                         trending_grid: Sequence[float] = TRENDING_GRID,
+                         new_items_grid: Sequence[float] = NEW_ITEMS_GRID) -> tuple[BlendWeights, dict]:
+    """The grid point with the best validation recall@k (ties: the smaller weights, user mode first),
+    then the new-item credit (:func:`choose_new_item_credit`) on the same lists with those weights.
 
     The lists are those of the validation users (queries = their fit histories); ``positives`` their
-    held-out items. Returns the weights and ``{"coengagement/trigger[/trending]": recall}`` for every point.
+    held-out items. Returns the weights and ``{"coengagement/trigger[/trending]": recall}`` for every
+    point, plus ``"new_items:w"`` for every credit tried.
     """
     from mfli.eval.metrics import recall_at_k
 
@@ -293,4 +307,40 @@ def choose_blend_weights(user: np.ndarray, coengagement: np.ndarray, trigger: np
                 if best is None or r > best[0] + 1e-12:
                     best = (r, wc, wt, wp)
     assert best is not None
-    return BlendWeights(coengagement=best[1], trigger=best[2], trending=best[3]), table
+    weights = BlendWeights(coengagement=best[1], trigger=best[2], trending=best[3])
+    weights, tried = choose_new_item_credit(user, coengagement, trigger, known, positives, weights, k,
+                                            trending, new_items_grid)
+    table.update(tried)
+    return weights, table
+
+
+def choose_new_item_credit(user: np.ndarray, coengagement: np.ndarray | None, trigger: np.ndarray | None,
+                           known: np.ndarray, positives: Sequence[np.ndarray], weights: BlendWeights,
+                           k: int = 100, trending: np.ndarray | None = None,
+                           grid: Sequence[float] = NEW_ITEMS_GRID,
+                           min_gain: float = NEW_ITEMS_MIN_GAIN) -> tuple[BlendWeights, dict[str, float]]:
+    """``weights`` with :attr:`BlendWeights.new_items` chosen on validation, and ``{"new_items:w": recall}``.
+
+    The new items of a validation split are the items its held-out events reach that the fitted model
+    and table never saw (not in ``known``): a model trained without the held-out events embeds them from
+    content, as it will the items that arrive after the snapshot. The best credit is kept only when it
+    beats no extra credit by more than ``min_gain`` (relative); on a split whose held-out events reach no
+    new item every credit ties and it stays 0.
+    """
+    from mfli.eval.metrics import recall_at_k
+
+    tried: dict[str, float] = {}
+    for w in grid:
+        ids, _ = blend(user, coengagement, trigger, replace(weights, new_items=float(w)), known, k, trending)
+        tried[f"new_items:{w:g}"] = recall_at_k(ids, positives, k)
+    if "new_items:0" in tried:
+        base = tried["new_items:0"]
+    else:
+        base = recall_at_k(blend(user, coengagement, trigger, replace(weights, new_items=0.0), known, k, trending)[0],
+                           positives, k)
+    chosen, best = 0.0, base
+    for w in grid:
+        r = tried[f"new_items:{w:g}"]
+        if w > 0 and r > base * (1.0 + min_gain) and r > best + 1e-12:
+            chosen, best = float(w), r
+    return replace(weights, new_items=chosen), tried

@@ -53,14 +53,14 @@ def _top_by_score(score: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
 
 @nb.njit(**_OPTS)
 def fuse(user: np.ndarray, co: np.ndarray, trig: np.ndarray, trend: np.ndarray, w_co: float, w_trig: float,
-         w_trend: float, credit_new: bool, known: np.ndarray, k: int, rrf_k: int) -> tuple[np.ndarray, np.ndarray]:
+         w_trend: float, w_new: float, known: np.ndarray, k: int, rrf_k: int) -> tuple[np.ndarray, np.ndarray]:
     """Weighted reciprocal-rank fusion of ranked id lists (:func:`mfli.serve.blend.blend`).
 
     Args:
         user, co, trig, trend: ``(B, K_l)`` int64 ranked ids, -1 padding (an absent list: ``(B, 0)``).
         w_co, w_trig, w_trend: the lists' weights (user mode's is 1); a zero weight leaves its list out.
-        credit_new: ids not in ``known`` (sorted int64) take ``w_co + w_trend`` (the weights of the two
-            lists that only hold items with events) at their better rank in the user and trigger lists.
+        w_new: the new-item credit: ids not in ``known`` (sorted int64) take ``w_new`` at their better rank
+            in the user and trigger lists (0: no credit; :func:`mfli.serve.blend.blend` computes it).
 
     Returns:
         ``(B, k)`` ids (-1 padding) and float32 scores (-inf padding): each id's ``sum w / (rrf_k + rank)``
@@ -76,7 +76,7 @@ def fuse(user: np.ndarray, co: np.ndarray, trig: np.ndarray, trend: np.ndarray, 
     score = np.empty(cap, np.float64)
     best = np.empty(cap, np.int64)  # an id's best rank in the user and trigger lists (the credit), else -1
     weights = (1.0, w_co, w_trig, w_trend)
-    w_new = w_co + w_trend
+    credit_new = w_new > 0.0
     for b in range(B):
         u = 0
         for li in range(4):  # list order is summation order: user, co-engagement, trigger, trending

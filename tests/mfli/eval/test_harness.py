@@ -186,7 +186,7 @@ def test_new_item_weight_methods_serve_mfli_model_and_index(small_catalogue, tra
 def test_blend_serves_mfli_model_and_reports_its_lists_and_chosen_weights(small_catalogue, training_runs):
     """mfli_blend fuses user mode, co-engagement, trigger and trending lists of mfli's own model (trained
     once), with the weights at the best validation point of the grid."""
-    from mfli.serve.blend import COENGAGEMENT_GRID, TRENDING_GRID, TRIGGER_GRID
+    from mfli.serve.blend import COENGAGEMENT_GRID, NEW_ITEMS_GRID, TRENDING_GRID, TRIGGER_GRID
 
     trained = training_runs
     cfg = QualityConfig(methods=("mfli", "mfli_blend", "ease"), split="time", seeds=1, epochs=1, num_threads=1,
@@ -197,8 +197,16 @@ def test_blend_serves_mfli_model_and_reports_its_lists_and_chosen_weights(small_
     wc, wt, wp = (b[f"blend_w:{name}"]["mean"] for name in ("coengagement", "trigger", "trending"))
     assert wc in COENGAGEMENT_GRID and wt in TRIGGER_GRID and wp in TRENDING_GRID
     table = {k.split(":", 1)[1]: v["mean"] for k, v in b.items() if k.startswith("valid_recall:")}
+    credit = {k: table.pop(k) for k in list(table) if k.startswith("new_items:")}
     assert len(table) == len(COENGAGEMENT_GRID) * len(TRIGGER_GRID) * len(TRENDING_GRID)
     assert table[f"{wc:g}/{wt:g}/{wp:g}"] == max(table.values())
+    # the new-item credit is tried after the grid, with the chosen weights: kept only above the margin
+    wn = b["blend_w:new_items"]["mean"]
+    assert set(credit) == {f"new_items:{w:g}" for w in NEW_ITEMS_GRID} and wn in NEW_ITEMS_GRID
+    assert wn == 0.0 or credit[f"new_items:{wn:g}"] > credit["new_items:0"]
+    for w in NEW_ITEMS_GRID:  # what each credit would have given on the test split, reported
+        assert 0.0 <= b[f"new_items_test:{w:g}/recall@100"]["mean"] <= 1.0
+    assert b["new_items_test:0/recall@100"]["mean"] == b["recall@100"]["mean"] or wn > 0
     for part in ("user", "coengagement", "trigger", "trending"):
         assert 0.0 <= b[f"part:{part}/recall@100"]["mean"] <= 1.0
     # the co-engagement list is EASE's ranking on this small catalogue (dense table, same lambda grid)

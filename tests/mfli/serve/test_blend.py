@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from mfli.serve.blend import RRF_K, BlendWeights, blend, choose_blend_weights
+from mfli.serve.blend import (
+    RRF_K,
+    BlendConfig,
+    BlendWeights,
+    blend,
+    choose_blend_weights,
+    choose_new_item_credit,
+)
 
 KNOWN = np.array([1, 2, 3, 4, 5, 6], np.int64)  # items with training events; 50 and 51 are new
 
@@ -101,9 +110,11 @@ def test_the_trending_weight_is_chosen_on_validation_recall():
                                     trending=trend, trending_grid=(0.0, 0.5, 1.0))
     # at 0.5 the trending head scores below both user items; at 1 it ties user mode's head and enters
     assert w.trending == 1.0 and w.coengagement == 0.0
-    assert table == {"0/0/0": 0.0, "0/0/0.5": 0.0, "0/0/1": 1.0}
+    grid = {key: r for key, r in table.items() if not key.startswith("new_items:")}
+    assert grid == {"0/0/0": 0.0, "0/0/0.5": 0.0, "0/0/1": 1.0}
     w, table = choose_blend_weights(user, _rows([1], [2]), None, KNOWN, pos, k=2, coengagement_grid=(0.0,))
-    assert w.trending == 0.0 and list(table) == ["0/0"]  # no trending list: the earlier keys
+    grid = [key for key in table if not key.startswith("new_items:")]
+    assert w.trending == 0.0 and grid == ["0/0"]  # no trending list: the earlier keys
 
 
 def test_blend_lists_serve_the_trending_list_without_history_or_removed_items():
@@ -217,3 +228,67 @@ def test_weights_are_chosen_without_items_that_have_no_training_event(monkeypatc
     bs.choose_blend(model, retriever, index, vs, table, depth=3, triggers=1)
     for name in ("user", "trig"):
         np.testing.assert_array_equal(seen[name], [[5, 6, -1], [7, 5, -1]])
+
+
+def test_new_item_credit_adds_to_the_best_rank_share():
+    """``new_items`` is more credit for items without training events, at their better rank in the user
+    and trigger lists, on top of the co-engagement and trending shares; known items are untouched."""
+    user = _rows([3, 50, 1])
+    trig = _rows([50])
+    base = BlendWeights(coengagement=0.5, trigger=0.0)
+    ids0, sc0 = blend(user, _rows([1]), trig, base, KNOWN, 3)
+    ids, sc = blend(user, _rows([1]), trig, BlendWeights(coengagement=0.5, trigger=0.0, new_items=2.0), KNOWN, 3)
+    got0, got = dict(zip(ids0[0].tolist(), sc0[0].tolist())), dict(zip(ids[0].tolist(), sc[0].tolist()))
+    assert got[50] == pytest.approx(got0[50] + 2.0 / RRF_K)  # its better rank is the trigger list's 0
+    assert got[3] == got0[3] and got[1] == got0[1]
+    assert ids[0, 0] == 50
+    # without the best-rank rule the credit is the new-item weight alone
+    off = BlendWeights(coengagement=0.5, trigger=0.0, new_items_best_rank=False, new_items=2.0)
+    got_off = dict(zip(*(a[0].tolist() for a in blend(user, _rows([1]), trig, off, KNOWN, 3))))
+    assert got_off[50] == pytest.approx(1 / (RRF_K + 1) + 2.0 / RRF_K)
+    with pytest.raises(ValueError, match="blend weights"):
+        BlendConfig(BlendWeights(new_items=-1.0))
+
+
+def test_a_zero_new_item_credit_fuses_exactly_as_before():
+    rng = np.random.default_rng(3)
+    pool = np.arange(100, 400, dtype=np.int64)
+    known = np.sort(rng.choice(pool, 200, replace=False))
+    user = np.stack([rng.choice(pool, 50, replace=False) for _ in range(20)])
+    trig = np.stack([rng.choice(pool, 30, replace=False) for _ in range(20)])
+    co = np.stack([rng.choice(known, 40, replace=False) for _ in range(20)])
+    for w in (BlendWeights(0.5, 0.2), BlendWeights(0.0, 0.5), BlendWeights(1.0, 1.0, trending=0.0)):
+        for a, b in zip(blend(user, co, trig, w, known, 25), blend(user, co, trig, replace(w, new_items=0.0), known, 25)):
+            np.testing.assert_array_equal(a, b)
+
+
+def _new_item_case(n_users: int, new_share: float, seed: int = 0):
+    """Validation lists where user mode ranks one new item (id >= 1000) at rank 3 and the positives are
+    that new item for ``new_share`` of the users, else user mode's top item."""
+    rng = np.random.default_rng(seed)
+    known = np.arange(1, 500, dtype=np.int64)
+    user = np.full((n_users, 4), -1, np.int64)
+    pos = []
+    for b in range(n_users):
+        warm = rng.choice(known, 3, replace=False)
+        user[b, :3] = warm
+        user[b, 3] = 1000 + b
+        pos.append(np.array([1000 + b]) if rng.random() < new_share else np.array([warm[0]]))
+    return user, known, pos
+
+
+def test_the_new_item_credit_is_chosen_where_validation_users_reach_new_items():
+    user, known, pos = _new_item_case(200, 0.7)
+    w, table = choose_blend_weights(user, None, None, known, pos, k=1, coengagement_grid=(0.0,),
+                                    trigger_grid=(0.0,))
+    assert w.new_items > 0
+    assert table[f"new_items:{w.new_items:g}"] > table["new_items:0"]
+    # no validation user reaches a new item: every credit ties with none, and none is kept
+    user, known, pos = _new_item_case(200, 0.0)
+    w, table = choose_blend_weights(user, None, None, known, pos, k=1, coengagement_grid=(0.0,),
+                                    trigger_grid=(0.0,))
+    assert w.new_items == 0.0 and table["new_items:0"] == 1.0
+    # a gain below the noise margin is not taken
+    user, known, pos = _new_item_case(200, 0.7)
+    w, table = choose_new_item_credit(user, None, None, known, pos, BlendWeights(0.0, 0.0), k=1, min_gain=10.0)
+    assert w.new_items == 0.0 and max(table.values()) > table["new_items:0"]
