@@ -55,7 +55,8 @@ print(f"run report:    {sys.argv[1]}/snapshots/{live.snapshot_id}/report/report.
 print(f"deltas:        {[d.get('window') for d in list_deltas(store, live.snapshot_id)]}")
 keys = ["recall@50", "recall@100", "recall@200", "cold_recall@100", "topic_match@100", "long_tail@100",
         "coverage@100", "exact_recall@100", "pop_recall@100", "mfli_user_recall@100", "recall@100_vs_exact",
-        "recall@100_vs_user", "blend_w_coengagement", "blend_w_trigger", "blend_w_trending", "codebook_utilisation",
+        "recall@100_vs_user", "blend_w_coengagement", "blend_w_trigger", "blend_w_trending", "blend_w_new_items",
+        "codebook_utilisation",
         "max_cluster_share", "test_users", "items"]
 print(f"serving mode:  {'blend' if m.get('serving', {}).get('blend') else 'user / trigger'}")
 print("| metric | value |\n|---|---|")

@@ -93,6 +93,7 @@ class QualityConfig:
 
     methods: tuple[str, ...] = ("mfli", "mfli_trigger", "exact", "hnsw", "ivf", "dr", "pop")
     split: str = "time"  # "time" | "last" | "cold" (mfli.data.split.make_split)
+    split_args: dict = field(default_factory=dict)  # passed to the split function, e.g. {"cutoff": "2024-06-24"}
     seeds: int = 3  # seeds 0..seeds-1: split (cold), training and retrieval sampling
     epochs: int | None = None  # override TrainConfig.epochs (None: the library default)
     beam: int = 32  # user-mode beam per facet
@@ -146,7 +147,7 @@ class _SeedRun:
         from mfli.data.split import make_split
 
         self.ds, self.cfg, self.seed = ds, cfg, seed
-        self.split = make_split(ds, cfg.split, seed=seed)
+        self.split = make_split(ds, cfg.split, seed=seed, **cfg.split_args)
         test_users = np.sort(self.split.test["user_id"].unique())
         hist = histories_by_user(self.split.train)
         test_users = test_users[np.isin(test_users, hist.index.to_numpy())]

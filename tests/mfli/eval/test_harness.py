@@ -238,3 +238,18 @@ def test_the_plain_two_tower_baseline_embeds_new_items_by_its_tower_alone(small_
     for m in (placed, mfli):
         assert m.config.new_item_neighbours == 20 and "placement" in m.history[-1]
     assert placed.config.model.codebook.mode == "none" and placed.codebooks.shape[0] == 0
+
+
+def test_split_arguments_reach_the_split(small_catalogue):
+    """``split_args`` go to the split function: a time split at a given cutoff (the daily DAG's holdout
+    is its last days, not the benchmark's 80% quantile)."""
+    import pandas as pd
+
+    from mfli.eval.harness import _SeedRun
+
+    ts = pd.to_datetime(small_catalogue.interactions["event_ts"], utc=True)
+    cutoff = ts.quantile(0.5)
+    run = _SeedRun(small_catalogue, QualityConfig(split="time", split_args={"cutoff": cutoff}), 0)
+    assert run.split.cutoff == cutoff
+    assert pd.to_datetime(run.split.train["event_ts"], utc=True).max() < cutoff
+    assert _SeedRun(small_catalogue, QualityConfig(split="time"), 0).split.cutoff > cutoff
