@@ -12,12 +12,14 @@ from mfli.serve.blend_kernels import best_distinct, first_positions
 
 
 def _reference_blend(user, coengagement, trigger, weights, known, k, trending=None):
-    """The numpy fusion blend mode served before it was compiled (the trending list added since)."""
+    """The numpy fusion blend mode served before it was compiled (the trending list and the new-item
+    credit added since)."""
     B = user.shape[0]
     ids = np.full((B, k), -1, np.int64)
     sc = np.full((B, k), -np.inf, np.float32)
     w_trend = weights.trending if trending is not None else 0.0
-    credit_new = weights.new_items_best_rank and weights.coengagement + w_trend > 0
+    credit = (weights.coengagement + w_trend if weights.new_items_best_rank else 0.0) + weights.new_items
+    credit_new = credit > 0
     for b in range(B):
         parts, gains = [], []
         urow = user[b][user[b] >= 0]
@@ -46,7 +48,7 @@ def _reference_blend(user, coengagement, trigger, weights, known, k, trending=No
                 first = np.ones(len(cand), bool)
                 first[1:] = cand[1:] != cand[:-1]
                 parts.append(cand[first])
-                gains.append((weights.coengagement + w_trend) / (RRF_K + rank[first]))
+                gains.append(credit / (RRF_K + rank[first]))
         allid = np.concatenate(parts)
         if not len(allid):
             continue
@@ -79,7 +81,9 @@ def test_fusion_matches_the_numpy_reference(seed):
     B, D, k = 40, 60, 25
     user, co, trig = _ranked(rng, B, D, pool), _ranked(rng, B, D, known), _ranked(rng, B, 30, pool)
     for w in (BlendWeights(0.5, 0.2), BlendWeights(0.0, 0.5), BlendWeights(1.5, 0.0), BlendWeights(1.0, 1.0),
-              BlendWeights(0.7, 0.5, new_items_best_rank=False), BlendWeights(1.0, 1.0 / 60)):
+              BlendWeights(0.7, 0.5, new_items_best_rank=False), BlendWeights(1.0, 1.0 / 60),
+              BlendWeights(0.5, 0.2, new_items=1.0), BlendWeights(0.0, 0.0, new_items=0.5),
+              BlendWeights(0.7, 0.5, new_items_best_rank=False, new_items=2.0)):
         for c, t in ((co, trig), (None, trig), (co, None), (None, None)):
             got = blend(user, c, t, w, known, k)
             want = _reference_blend(user, c, t, w, known, k)
@@ -97,7 +101,8 @@ def test_fusion_with_a_trending_list_matches_the_numpy_reference(seed):
     trend = _ranked(rng, B, 50, known)
     for w in (BlendWeights(0.5, 0.2, trending=0.5), BlendWeights(0.0, 0.5, trending=1.0),
               BlendWeights(0.0, 0.0, trending=0.2), BlendWeights(0.7, 0.5, trending=0.0),
-              BlendWeights(1.0, 1.0, new_items_best_rank=False, trending=0.5)):
+              BlendWeights(1.0, 1.0, new_items_best_rank=False, trending=0.5),
+              BlendWeights(0.5, 0.2, trending=0.5, new_items=4.0)):
         for c, t in ((co, trig), (None, trig), (co, None)):
             got = blend(user, c, t, w, known, k, trend)
             want = _reference_blend(user, c, t, w, known, k, trend)
