@@ -138,13 +138,16 @@ def test_blend_config_round_trips_through_the_serving_config():
     from mfli.serve.blend import BlendConfig
     from mfli.serve.config import ServingConfig
 
-    cfg = ServingConfig(blend=BlendConfig(BlendWeights(coengagement=0.7, trigger=0.2, trending=0.5), depth=150,
-                                          triggers=5))
+    cfg = ServingConfig(blend=BlendConfig(BlendWeights(coengagement=0.7, trigger=0.2, trending=0.5, new_items=2.0),
+                                          depth=150, triggers=5))
     back = ServingConfig.from_dict(cfg.to_dict())
     assert back == cfg and back.blend.weights.coengagement == 0.7 and back.blend.weights.trending == 0.5
+    assert back.blend.weights.new_items == 2.0
     old = cfg.to_dict()
     del old["blend"]["weights"]["trending"]  # written before the trending list: left out
+    del old["blend"]["weights"]["new_items"]  # written before the new-item credit: none
     assert ServingConfig.from_dict(old).blend.weights.trending == 0.0
+    assert ServingConfig.from_dict(old).blend.weights.new_items == 0.0
     assert ServingConfig.from_dict(ServingConfig().to_dict()).blend is None  # off unless chosen
     bad = cfg.to_dict()
     bad["blend"]["weights"]["cooc"] = 1.0
