@@ -102,7 +102,7 @@ def choose_blend(model: Any, retriever: Any, index: Any, validation: Any, fit_ta
     tids = None if trig is None else trig.item_ids
     weights, valid_recall = choose_blend_weights(
         keep_only(user.item_ids, eligible), co, None if tids is None else keep_only(tids, eligible),
-        fit_table.item_ids, validation.positives, trending=trend, new_items_grid=(0.0,))
+        fit_table.item_ids, validation.positives, trending=trend, new_items_grid=())  # the credit: below
     # the credit for new items: the held-out events' items the fitted model never saw stand for the items
     # that arrive after the snapshot; items that existed but drew no event stay in as the misses a credit costs
     if existing is not None:

@@ -325,10 +325,12 @@ def choose_new_item_credit(user: np.ndarray, coengagement: np.ndarray | None, tr
     and table never saw (not in ``known``): a model trained without the held-out events embeds them from
     content, as it will the items that arrive after the snapshot. The best credit is kept only when it
     beats no extra credit by more than ``min_gain`` (relative); on a split whose held-out events reach no
-    new item every credit ties and it stays 0.
+    new item every credit ties and it stays 0. An empty ``grid`` leaves ``weights`` as they are.
     """
     from mfli.eval.metrics import recall_at_k
 
+    if not grid:
+        return weights, {}
     tried: dict[str, float] = {}
     for w in grid:
         ids, _ = blend(user, coengagement, trigger, replace(weights, new_items=float(w)), known, k, trending)

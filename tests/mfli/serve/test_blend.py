@@ -281,3 +281,12 @@ def test_the_new_item_credit_is_chosen_where_validation_users_reach_new_items():
     user, known, pos = _new_item_case(200, 0.7)
     w, table = choose_new_item_credit(user, None, None, known, pos, BlendWeights(0.0, 0.0), k=1, min_gain=10.0)
     assert w.new_items == 0.0 and max(table.values()) > table["new_items:0"]
+
+
+def test_an_empty_credit_grid_leaves_the_weights_alone():
+    user, known, pos = _new_item_case(50, 0.7)
+    w = BlendWeights(coengagement=0.5, trigger=0.2)
+    assert choose_new_item_credit(user, None, None, known, pos, w, k=1, grid=()) == (w, {})
+    w2, table = choose_blend_weights(user, None, None, known, pos, k=1, coengagement_grid=(0.0,),
+                                     trigger_grid=(0.0,), new_items_grid=())
+    assert w2.new_items == 0.0 and list(table) == ["0/0"]
