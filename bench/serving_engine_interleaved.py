@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--subquantizers", default="",
                     help="comma list of EngineConfig.fastscan_subquantizers to time side by side as methods "
                          "mfli_sN (empty: the serving default only, as method mfli)")
+    ap.add_argument("--variants", default="",
+                    help="comma list of sub-quantisers/eta (EngineConfig.fastscan_subquantizers / fastscan_eta; "
+                         "'d' for one per dimension) to time side by side as methods mfli_sN_eE")
     ap.add_argument("--points", default="32/300,48/300,48/400,64/400,64/500,80/500,96/500",
                     help="the engine's sweep: comma list of clusters/short list")
     ap.add_argument("--scann-points", default="20/200,30/250,40/250,60/300,80/400",
@@ -112,6 +115,12 @@ def main(argv: list[str] | None = None) -> dict:
     if a.subquantizers:
         engines = {f"mfli_s{v}": ScanEngine(index, data.codebooks, dataclasses.replace(
             default_scan_config(), fastscan_subquantizers=int(v))) for v in a.subquantizers.split(",")}
+    if a.variants:
+        engines = {}
+        for v in a.variants.split(","):
+            ns, eta = v.split("/")
+            engines[f"mfli_s{ns}_e{eta}"] = ScanEngine(index, data.codebooks, dataclasses.replace(
+                default_scan_config(), fastscan_subquantizers=None if ns == "d" else int(ns), fastscan_eta=float(eta)))
     ivf, _ = build_ivf(X, round(4 * math.sqrt(N)), 0)
     points: dict[str, tuple] = {}
     sweep = [tuple(int(x) for x in p.split("/")) for p in a.points.split(",")]

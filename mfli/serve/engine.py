@@ -121,6 +121,9 @@ class EngineConfig:
     # "fastscan" (4-bit residual-to-centroid PQ in faiss fast-scan blocks, mfli.serve.engine_fastscan)
     prerank: str = "codes"
     fastscan_subquantizers: int | None = None  # 4-bit sub-quantisers of F * d (None: one per dimension)
+    # fast-scan codes chosen for the score-aware loss: the error along each item's direction weighs
+    # fastscan_eta times the rest (mfli.serve.engine_fastscan.anisotropic_codes); 1: nearest-centroid codes
+    fastscan_eta: float = 1.0
     # joint routing through a two-level tree of the columns (mfli.serve.route_tree; same clusters, fewer
     # scored): groups of columns (None: about sqrt(columns) from 1,024 columns on, else none; 0: none)
     route_groups: int | None = None
@@ -132,6 +135,8 @@ class EngineConfig:
             raise ValueError(f"prerank must be one of {list(PRERANKS)}, got {self.prerank!r}")
         if self.fastscan_subquantizers is not None and self.fastscan_subquantizers < 1:
             raise ValueError("fastscan_subquantizers must be >= 1")
+        if not self.fastscan_eta >= 1.0:
+            raise ValueError(f"fastscan_eta must be >= 1, got {self.fastscan_eta}")
         if self.routing not in ("joint", "per_facet"):
             raise ValueError(f"routing must be 'joint' or 'per_facet', got {self.routing!r}")
         if self.n_clusters < 1 or self.shortlist < 1 or self.threads < 1:
@@ -327,7 +332,8 @@ class ScanEngine:
             stored = self._stored_quantiser(quantiser)
             self._fs = FastScanLists(self._emb, self.entry_rows, self.offsets, cent,
                                      self.config.fastscan_subquantizers, self.config.pq_train_size,
-                                     self.config.seed, quantiser=None if stored is None else stored.centroids)
+                                     self.config.seed, quantiser=None if stored is None else stored.centroids,
+                                     eta=self.config.fastscan_eta)
             self.quantiser_source = "fitted" if stored is None else stored.source
         self._bits = np.zeros((self.config.threads, N // 8 + 1), np.uint8)
         self._none_removed = np.zeros(N // 8 + 1, np.uint8)

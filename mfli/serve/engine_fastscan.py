@@ -53,6 +53,8 @@ class FastScanLists:
         quantiser: ``(n_sub, 16, D / n_sub)`` float32 sub-quantiser centroids fitted before (e.g. read from
             a snapshot, :mod:`mfli.serve.quantiser_store`): used instead of fitting; ``train_size`` and
             ``seed`` are then unused.
+        eta: > 1 chooses the codes for the score-aware loss (:func:`anisotropic_codes`); 1 keeps the
+            nearest-centroid codes.
 
     Attributes:
         quantiser: ``(n_sub, 16, D / n_sub)`` float32, the sub-quantiser centroids the codes use.
@@ -60,7 +62,7 @@ class FastScanLists:
 
     def __init__(self, emb: np.ndarray, entry_rows: np.ndarray, offsets: np.ndarray, centroids: np.ndarray,
                  n_sub: int | None = None, train_size: int = 65_536, seed: int = 0,
-                 quantiser: np.ndarray | None = None) -> None:
+                 quantiser: np.ndarray | None = None, eta: float = 1.0) -> None:
         import faiss
 
         D = emb.shape[1]
@@ -73,6 +75,8 @@ class FastScanLists:
             raise ValueError(f"centroids must be (C={C}, D={D}), got {centroids.shape}")
         if E < 16:
             raise ValueError(f"fast-scan needs at least 16 entries to fit 4-bit codes, got {E}")
+        if not eta >= 1.0:
+            raise ValueError(f"fast-scan eta must be >= 1, got {eta}")
         self.D, self.C, self.E, self.n_sub = D, C, E, n_sub
         self._quantizer = faiss.IndexFlatIP(D)
         self._quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
@@ -105,6 +109,10 @@ class FastScanLists:
         self.quantiser = pq_cent
         codes = pq4_codes(emb, np.ascontiguousarray(entry_rows), np.ascontiguousarray(offsets, np.int64),
                           np.ascontiguousarray(centroids, dtype=np.float32), np.ascontiguousarray(pq_cent))
+        if eta != 1.0:
+            anisotropic_codes(emb, np.ascontiguousarray(entry_rows), np.ascontiguousarray(offsets, np.int64),
+                              np.ascontiguousarray(centroids, dtype=np.float32), np.ascontiguousarray(pq_cent),
+                              codes, float(eta))
         ids = np.arange(E, dtype=np.int64)
         for c in np.flatnonzero(np.diff(offsets)):
             lo, hi = int(offsets[c]), int(offsets[c + 1])
@@ -203,3 +211,97 @@ def pq4_codes(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.ndarray, cent
             if M & 1:
                 out[e, M >> 1] = best[M - 1]
     return out
+
+
+@nb.njit(nogil=True, cache=True)
+def anisotropic_codes(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.ndarray, centroids: np.ndarray,
+                      pq: np.ndarray, codes: np.ndarray, eta: float, passes: int = 2) -> int:
+    """Re-choose every entry's 4-bit codes for the score-aware loss of ScaNN (Guo et al., 2020), in place.
+
+    The pre-ranker only needs ``q . e`` right for the items that score high, and for those ``q`` points
+    along ``e``: an error parallel to ``e`` moves their scores, an orthogonal one mostly does not. So
+    each entry's codes minimise ``|err|^2 + (eta - 1) (err . e / |e|)^2`` (``err`` = its residual minus the
+    reconstruction) instead of ``|err|^2``, by coordinate descent from the nearest-centroid codes
+    (``pq4_codes``): ``passes`` sweeps over the sub-quantisers, each keeping a sub-code only if it lowers
+    the loss (ties keep the current one, so ``eta = 1`` changes nothing).
+
+    Args:
+        emb, entry_rows, offsets, centroids, pq: as :func:`pq4_codes`.
+        codes: ``(E, ceil(M / 2))`` uint8, the codes :func:`pq4_codes` returned; rewritten.
+        eta: weight of the squared error along the item's direction, relative to the rest (>= 1).
+
+    Returns:
+        The number of sub-codes changed.
+    """
+    C = offsets.size - 1
+    M, K, ds = pq.shape
+    D = M * ds
+    pqT = np.empty((M, ds, K), np.float32)  # codeword k contiguous: the loops over k run 8 wide
+    for m in range(M):
+        for k in range(K):
+            for j in range(ds):
+                pqT[m, j, k] = pq[m, k, j]
+    res = np.empty(D, np.float32)
+    xh = np.empty(D, np.float32)
+    b = np.empty(M, np.int64)
+    # per entry, every sub-code's squared error and error along the item's direction: they do not
+    # change between sweeps, only the rest of the projection does
+    nn = np.empty((M, K), np.float32)
+    pp = np.empty((M, K), np.float32)
+    loss = np.empty(K, np.float32)
+    w = np.float32(eta - 1.0)
+    changed = 0
+    for c in range(C):
+        for e in range(offsets[c], offsets[c + 1]):
+            r = entry_rows[e]
+            norm = 0.0
+            for j in range(D):
+                res[j] = emb[r, j] - centroids[c, j]
+                norm += np.float64(emb[r, j]) * emb[r, j]
+            norm = np.sqrt(norm)
+            if norm == 0.0:
+                continue  # no direction to favour: the nearest-centroid codes stand
+            for j in range(D):
+                xh[j] = np.float32(emb[r, j] / norm)
+            for m in range(M):
+                for k in range(K):
+                    nn[m, k] = 0.0
+                    pp[m, k] = 0.0
+                for j in range(ds):
+                    rj = res[m * ds + j]
+                    xj = xh[m * ds + j]
+                    for k in range(K):
+                        x = rj - pqT[m, j, k]
+                        nn[m, k] += x * x
+                        pp[m, k] += x * xj
+            s = 0.0  # err . xh of the current codes
+            for m in range(M):
+                byte = codes[e, m >> 1]
+                b[m] = (byte & 15) if (m & 1) == 0 else (byte >> 4)
+                s += pp[m, b[m]]
+            for _ in range(passes):
+                moved = 0
+                for m in range(M):
+                    rest = np.float32(s - pp[m, b[m]])
+                    low = np.float32(np.inf)
+                    for k in range(K):  # branch-free, so it runs 8 wide
+                        t = rest + pp[m, k]
+                        loss[k] = nn[m, k] + w * t * t
+                        low = min(low, loss[k])
+                    best_k = b[m]
+                    if low < loss[best_k]:  # strict: ties keep the current code
+                        best_k = 0
+                        while loss[best_k] != low:
+                            best_k += 1
+                    if best_k != b[m]:
+                        b[m] = best_k
+                        moved += 1
+                        s = rest + pp[m, best_k]
+                changed += moved
+                if moved == 0:
+                    break
+            for m in range(0, M - 1, 2):
+                codes[e, m >> 1] = np.uint8(b[m] | (b[m + 1] << 4))
+            if M & 1:
+                codes[e, M >> 1] = np.uint8(b[M - 1])
+    return changed

@@ -179,3 +179,20 @@ def test_fastscan_short_list_finds_what_exact_rescoring_of_all_candidates_finds(
     with pytest.raises(ValueError, match="prerank"):
         EngineConfig(prerank="hnsw").validated()
     assert engine.nbytes()["engine"] > ScanEngine(index, cb, EngineConfig(pq_subquantizers=0)).nbytes()["engine"]
+
+
+def test_score_aware_fastscan_codes_serve_the_same_way(world):
+    """fastscan_eta > 1 only changes the codes: same columns, exact scores, a short list as good."""
+    _, emb, cb, index, engine, Q = world
+    if engine.config.prerank != "fastscan":
+        pytest.skip("fast-scan pre-ranker")
+    aware = ScanEngine(index, cb, dataclasses.replace(engine.config, fastscan_eta=4.0))
+    full = engine.search(Q, 10, n_clusters=5, shortlist=10_000)
+    short = aware.search(Q, 10, n_clusters=5, shortlist=40)
+    hit = np.mean([np.isin(full.item_ids[b], short.item_ids[b]).mean() for b in range(len(Q))])
+    assert hit >= 0.9, hit
+    x = emb.reshape(len(emb), -1)
+    rows = index.rows_of(short.item_ids[0])
+    np.testing.assert_allclose(short.scores[0], x[rows] @ Q[0].reshape(-1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="fastscan_eta"):
+        EngineConfig(fastscan_eta=0.5).validated()
