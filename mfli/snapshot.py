@@ -224,8 +224,8 @@ class Snapshot:
             return True
         stored = self.fastscan_quantiser
         scan = self.serving.scan
-        want = (subquantizers(scan.fastscan_subquantizers, self.index.n_facets * self.index.dim), scan.pq_train_size,
-                scan.seed)
+        want = (subquantizers(scan.fastscan_subquantizers, self.index.n_facets * self.index.dim, scan.fastscan_dims),
+                scan.pq_train_size, scan.seed)
         if stored is not None and tuple(stored.key.get(f) for f in ("n_sub", "train_size", "seed")) == want:
             save_quantiser(path, stored.centroids, stored.key)
             return True

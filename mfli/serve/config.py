@@ -36,11 +36,13 @@ def default_scan_config() -> EngineConfig:
     """The scan engine settings snapshots are gated and served with unless a run chooses others.
 
     48 clusters (one budget over both facets) and a short list of 300. The short list is pre-ranked by
-    4-bit fast-scan codes (``prerank="fastscan"``, one sub-quantiser per dimension): at 1,000,000 items
-    this reached recall@100 0.958 against exact search, where the previous default (48 / 400, one
-    sub-quantiser per two dimensions) reached 0.916 at 1.17x / 1.15x the queries/s at batch 1 / 256
-    (docs/benchmarks_serving.md, "Column tree and one sub-quantiser per dimension"); at 100,000 items
-    48 clusters / 400 had reached 0.969 where 32 / 300 reached only 0.940.
+    4-bit fast-scan codes (``prerank="fastscan"``) of one sub-quantiser per two dimensions, chosen for
+    the score-aware loss (``fastscan_eta=8``: an error along the item's direction weighs 8x). At
+    1,000,000 items, in two interleaved runs against one nearest-centroid sub-code per dimension (the
+    previous default), that answered 1.00-1.08x the queries/s at equal recall@100 (0.90 and 0.95,
+    batch 1 and 256) with half the code bytes (64 MB less); 48 / 300 reached recall 0.927 against
+    0.950 (docs/benchmarks_serving.md, "Score-aware fast-scan codes"). Its cost is the encoder: about
+    9 s more per 2M entries at engine start.
 
     Trigger mode is answered from neighbour lists of 100 items (``neighbours=100``; requests with k >
     100 take the reference path): with the user's 10 most recent items as triggers they raised
@@ -53,7 +55,8 @@ def default_scan_config() -> EngineConfig:
     a time (two runs; under the 5x target there), for 308 bytes per item (200 of uint16 codes, ``compact_lists``; 108 of scores) and a
     build of 60-120 s on one thread (docs/benchmarks_serving.md, "Trigger mode: stored list scores").
     """
-    return EngineConfig(n_clusters=48, shortlist=300, prerank="fastscan", neighbours=100)
+    return EngineConfig(n_clusters=48, shortlist=300, prerank="fastscan", neighbours=100, fastscan_dims=2,
+                        fastscan_eta=8.0)
 
 
 @dataclass
@@ -96,7 +99,9 @@ class ServingConfig:
         gets :data:`LEGACY_ENGINE`, the scorer its gates measured; a retriever dict without
         ``new_item_facet_weights`` scores new items like every other (the behaviour before the field); a scan
         dict without ``list_scores`` rescores its trigger lists exactly, as the gates of a snapshot saved
-        before stored list scores measured (and its stored lists, which carry none, are served as they are)."""
+        before stored list scores measured (and its stored lists, which carry none, are served as they are); one
+        without ``fastscan_dims`` / ``fastscan_eta`` keeps the fast-scan codes its gates measured (one
+        nearest-centroid sub-code per dimension)."""
         data = dict(data or {})
         data.setdefault("engine", LEGACY_ENGINE)
         _check_fields(cls, data, "serving config")
@@ -109,6 +114,9 @@ class ServingConfig:
         _check_fields(EngineConfig, sdata, "scan engine config")
         if sdata:
             sdata.setdefault("list_scores", False)
+            # fast-scan codes as before these fields: one sub-quantiser per dimension, nearest-centroid codes
+            sdata.setdefault("fastscan_dims", 1)
+            sdata.setdefault("fastscan_eta", 1.0)
         # fields left out take the serving defaults (default_scan_config), not EngineConfig's
         scan = EngineConfig(**{**dataclasses.asdict(default_scan_config()), **sdata})
         blend = data.pop("blend", None)

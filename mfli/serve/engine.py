@@ -120,7 +120,8 @@ class EngineConfig:
     # pre-ranker of the short list: "codes" (learned code path + 8-bit residual PQ, numba scan) or
     # "fastscan" (4-bit residual-to-centroid PQ in faiss fast-scan blocks, mfli.serve.engine_fastscan)
     prerank: str = "codes"
-    fastscan_subquantizers: int | None = None  # 4-bit sub-quantisers of F * d (None: one per dimension)
+    fastscan_subquantizers: int | None = None  # 4-bit sub-quantisers of F * d (None: one per fastscan_dims)
+    fastscan_dims: int = 1  # dimensions per sub-quantiser when fastscan_subquantizers is None
     # fast-scan codes chosen for the score-aware loss: the error along each item's direction weighs
     # fastscan_eta times the rest (mfli.serve.engine_fastscan.anisotropic_codes); 1: nearest-centroid codes
     fastscan_eta: float = 1.0
@@ -135,6 +136,8 @@ class EngineConfig:
             raise ValueError(f"prerank must be one of {list(PRERANKS)}, got {self.prerank!r}")
         if self.fastscan_subquantizers is not None and self.fastscan_subquantizers < 1:
             raise ValueError("fastscan_subquantizers must be >= 1")
+        if self.fastscan_dims < 1:
+            raise ValueError(f"fastscan_dims must be >= 1, got {self.fastscan_dims}")
         if not self.fastscan_eta >= 1.0:
             raise ValueError(f"fastscan_eta must be >= 1, got {self.fastscan_eta}")
         if self.routing not in ("joint", "per_facet"):
@@ -326,12 +329,13 @@ class ScanEngine:
         self._fs = None
         self.quantiser_source: str | None = None
         if fastscan:
-            from mfli.serve.engine_fastscan import FastScanLists
+            from mfli.serve.engine_fastscan import FastScanLists, subquantizers
 
             self.entry_col = np.repeat(np.arange(self.offsets.size - 1, dtype=np.int32), np.diff(self.offsets))
             stored = self._stored_quantiser(quantiser)
             self._fs = FastScanLists(self._emb, self.entry_rows, self.offsets, cent,
-                                     self.config.fastscan_subquantizers, self.config.pq_train_size,
+                                     subquantizers(self.config.fastscan_subquantizers, self.D, self.config.fastscan_dims),
+                                     self.config.pq_train_size,
                                      self.config.seed, quantiser=None if stored is None else stored.centroids,
                                      eta=self.config.fastscan_eta)
             self.quantiser_source = "fitted" if stored is None else stored.source
@@ -396,7 +400,8 @@ class ScanEngine:
         from mfli.serve.engine_fastscan import subquantizers
         from mfli.serve.quantiser_store import quantiser_key
 
-        return quantiser_key(subquantizers(self.config.fastscan_subquantizers, self.D), self.config.pq_train_size,
+        return quantiser_key(subquantizers(self.config.fastscan_subquantizers, self.D, self.config.fastscan_dims),
+                             self.config.pq_train_size,
                              self.config.seed, self._layout_digest())
 
     def save_quantiser(self, path) -> None:

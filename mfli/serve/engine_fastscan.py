@@ -30,14 +30,18 @@ import numpy as np
 _IMPLEM = 13
 
 
-def subquantizers(n_sub: int | None, D: int) -> int:
+def subquantizers(n_sub: int | None, D: int, dims: int = 1) -> int:
     """The 4-bit sub-quantisers of ``EngineConfig.fastscan_subquantizers = n_sub`` over ``D`` dimensions.
 
-    None means one per dimension, not one per two: at 1M items (D = 128) a short list of 200 then held
-    recall@100 0.937 with 48 clusters, against 0.818 (0.916 with 400); twice the code bytes, and
-    1.09-1.21x the engine's queries/s at equal recall (docs/benchmarks_serving.md, "Column tree").
+    None means one per ``dims`` dimensions (``EngineConfig.fastscan_dims``), or one per dimension where
+    ``D`` is not a multiple of ``dims``. With nearest-centroid codes one per dimension beat one per two:
+    at 1M items (D = 128) a short list of 200 then held recall@100 0.937 with 48 clusters, against 0.818
+    (0.916 with 400), for 1.09-1.21x the queries/s at equal recall (docs/benchmarks_serving.md, "Column
+    tree"). Score-aware codes (``fastscan_eta``) close most of that gap for one per two, at half the bytes.
     """
-    return D if n_sub is None else int(n_sub)
+    if n_sub is not None:
+        return int(n_sub)
+    return D // dims if dims >= 1 and D % dims == 0 else D
 
 
 class FastScanLists:

@@ -130,14 +130,28 @@ def test_anisotropic_eta_must_be_at_least_one():
         FastScanLists(emb, entry_rows, offsets, cent, train_size=200, eta=0.5)
 
 
-def test_eta_round_trips_through_the_serving_config_and_defaults_to_plain_codes():
+def test_fastscan_settings_round_trip_and_older_configs_keep_their_codes():
     import dataclasses
 
     from mfli.serve.config import ServingConfig, default_scan_config
+    from mfli.serve.engine import EngineConfig
 
-    cfg = ServingConfig(scan=dataclasses.replace(default_scan_config(), fastscan_eta=4.0))
-    assert ServingConfig.from_dict(cfg.to_dict()).scan.fastscan_eta == 4.0
+    cfg = ServingConfig(scan=dataclasses.replace(default_scan_config(), fastscan_eta=4.0, fastscan_dims=4))
+    back = ServingConfig.from_dict(cfg.to_dict()).scan
+    assert (back.fastscan_eta, back.fastscan_dims) == (4.0, 4)
     old = ServingConfig().to_dict()
-    del old["scan"]["fastscan_eta"]  # a serving.json written before the field: the codes its gates measured
-    assert ServingConfig.from_dict(old).scan.fastscan_eta == 1.0
-    assert default_scan_config().fastscan_eta == 1.0
+    del old["scan"]["fastscan_eta"], old["scan"]["fastscan_dims"]  # a serving.json written before the fields
+    scan = ServingConfig.from_dict(old).scan
+    assert (scan.fastscan_eta, scan.fastscan_dims) == (1.0, 1)  # the codes its gates measured
+    assert (EngineConfig().fastscan_eta, EngineConfig().fastscan_dims) == (1.0, 1)
+    assert default_scan_config().fastscan_eta > 1.0 and default_scan_config().fastscan_dims == 2
+    with pytest.raises(ValueError, match="fastscan_dims"):
+        EngineConfig(fastscan_dims=0).validated()
+
+
+def test_subquantizers_per_dims_fall_back_to_one_per_dimension():
+    from mfli.serve.engine_fastscan import subquantizers
+
+    assert subquantizers(None, 128) == 128 and subquantizers(None, 128, 2) == 64
+    assert subquantizers(None, 127, 2) == 127  # not a multiple: one per dimension
+    assert subquantizers(32, 128, 2) == 32  # an explicit count wins
