@@ -227,7 +227,7 @@ def anisotropic_codes(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.ndarr
     each entry's codes minimise ``|err|^2 + (eta - 1) (err . e / |e|)^2`` (``err`` = its residual minus the
     reconstruction) instead of ``|err|^2``, by coordinate descent from the nearest-centroid codes
     (``pq4_codes``): ``passes`` sweeps over the sub-quantisers, each keeping a sub-code only if it lowers
-    the loss (ties keep the current one, so ``eta = 1`` changes nothing).
+    the loss (ties keep the current one; :class:`FastScanLists` skips the pass when ``eta = 1``).
 
     Args:
         emb, entry_rows, offsets, centroids, pq: as :func:`pq4_codes`.
