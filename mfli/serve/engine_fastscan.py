@@ -217,7 +217,7 @@ def pq4_codes(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.ndarray, cent
     return out
 
 
-@nb.njit(nogil=True, cache=True)
+@nb.njit(nogil=True, cache=True, parallel=True)
 def anisotropic_codes(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.ndarray, centroids: np.ndarray,
                       pq: np.ndarray, codes: np.ndarray, eta: float, passes: int = 2) -> int:
     """Re-choose every entry's 4-bit codes for the score-aware loss of ScaNN (Guo et al., 2020), in place.
@@ -245,17 +245,17 @@ def anisotropic_codes(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.ndarr
         for k in range(K):
             for j in range(ds):
                 pqT[m, j, k] = pq[m, k, j]
-    res = np.empty(D, np.float32)
-    xh = np.empty(D, np.float32)
-    b = np.empty(M, np.int64)
-    # per entry, every sub-code's squared error and error along the item's direction: they do not
-    # change between sweeps, only the rest of the projection does
-    nn = np.empty((M, K), np.float32)
-    pp = np.empty((M, K), np.float32)
-    loss = np.empty(K, np.float32)
     w = np.float32(eta - 1.0)
-    changed = 0
-    for c in range(C):
+    changed = np.zeros(C, np.int64)
+    for c in nb.prange(C):  # entries are independent: the same codes for any thread count
+        res = np.empty(D, np.float32)
+        xh = np.empty(D, np.float32)
+        b = np.empty(M, np.int64)
+        # per entry, every sub-code's squared error and error along the item's direction: they do not
+        # change between sweeps, only the rest of the projection does
+        nn = np.empty((M, K), np.float32)
+        pp = np.empty((M, K), np.float32)
+        loss = np.empty(K, np.float32)
         for e in range(offsets[c], offsets[c + 1]):
             r = entry_rows[e]
             norm = 0.0
@@ -301,11 +301,11 @@ def anisotropic_codes(emb: np.ndarray, entry_rows: np.ndarray, offsets: np.ndarr
                         b[m] = best_k
                         moved += 1
                         s = rest + pp[m, best_k]
-                changed += moved
+                changed[c] += moved
                 if moved == 0:
                     break
             for m in range(0, M - 1, 2):
                 codes[e, m >> 1] = np.uint8(b[m] | (b[m + 1] << 4))
             if M & 1:
                 codes[e, M >> 1] = np.uint8(b[M - 1])
-    return changed
+    return changed.sum()

@@ -155,3 +155,25 @@ def test_subquantizers_per_dims_fall_back_to_one_per_dimension():
     assert subquantizers(None, 128) == 128 and subquantizers(None, 128, 2) == 64
     assert subquantizers(None, 127, 2) == 127  # not a multiple: one per dimension
     assert subquantizers(32, 128, 2) == 32  # an explicit count wins
+
+
+def test_anisotropic_codes_do_not_depend_on_the_thread_count():
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two numba threads")
+    rng = np.random.default_rng(5)
+    emb, entry_rows, offsets, cent = _columns(rng, 3000, 16, 12)
+    pq = (rng.standard_normal((8, 16, 2)) * 0.7).astype(np.float32)
+    plain = pq4_codes(emb, entry_rows, offsets, cent, pq)
+    before = numba.get_num_threads()
+    out = []
+    try:
+        for n in (1, 2):
+            numba.set_num_threads(n)
+            codes = plain.copy()
+            out.append((anisotropic_codes(emb, entry_rows, offsets, cent, pq, codes, 8.0), codes))
+    finally:
+        numba.set_num_threads(before)
+    assert out[0][0] == out[1][0] > 0
+    np.testing.assert_array_equal(out[0][1], out[1][1])
