@@ -42,8 +42,8 @@ def default_scan_config() -> EngineConfig:
     previous default), that answered 1.00-1.08x the queries/s at equal recall@100 (0.90 and 0.95,
     batch 1 and 256) with half the code bytes (64 MB less); 48 / 300 reached recall 0.927 against
     0.950 (docs/benchmarks_serving.md, "Score-aware fast-scan codes"). Its cost is the encoder at
-    engine start: 8.2 s at 1M with the snapshot's lists and quantiser (3.3 s with nearest-centroid
-    codes, on another host).
+    engine start: 6.3 s at 1M with the snapshot's lists and quantiser on two threads (3.3 s with
+    nearest-centroid codes, on another host).
 
     Trigger mode is answered from neighbour lists of 100 items (``neighbours=100``; requests with k >
     100 take the reference path): with the user's 10 most recent items as triggers they raised
