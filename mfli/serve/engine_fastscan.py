@@ -111,12 +111,11 @@ class FastScanLists:
         # its inverted list as they are
         pq_cent = faiss.vector_to_array(ivf.pq.centroids).reshape(n_sub, 16, D // n_sub)
         self.quantiser = pq_cent
-        codes = pq4_codes(emb, np.ascontiguousarray(entry_rows), np.ascontiguousarray(offsets, np.int64),
-                          np.ascontiguousarray(centroids, dtype=np.float32), np.ascontiguousarray(pq_cent))
+        layout = (emb, np.ascontiguousarray(entry_rows), np.ascontiguousarray(offsets, np.int64),
+                  np.ascontiguousarray(centroids, dtype=np.float32), np.ascontiguousarray(pq_cent))
+        codes = pq4_codes(*layout)
         if eta != 1.0:
-            anisotropic_codes(emb, np.ascontiguousarray(entry_rows), np.ascontiguousarray(offsets, np.int64),
-                              np.ascontiguousarray(centroids, dtype=np.float32), np.ascontiguousarray(pq_cent),
-                              codes, float(eta))
+            anisotropic_codes(*layout, codes, float(eta))
         ids = np.arange(E, dtype=np.int64)
         for c in np.flatnonzero(np.diff(offsets)):
             lo, hi = int(offsets[c]), int(offsets[c + 1])
